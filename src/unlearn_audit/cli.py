@@ -1,0 +1,238 @@
+"""The `unlearn-audit` command: one sub-command per stage, plus the pipelines that wire them.
+
+Every user error becomes one line on stderr and exit code 2 (see `errors.UserError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import add_dataclass_arguments, config_from_args
+from .errors import UserError
+
+log = logging.getLogger("unlearn_audit")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def add_load_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; they can run code")
+    p.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with a hub model")
+
+
+def load_options(args):
+    from .models.loading import LoadOptions
+
+    return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    print(line(header))
+    for r in rows:
+        print(line(r))
+
+
+# ------------------------------------------------------------------------------------------- world
+def cmd_world(args) -> int:
+    from .data.synthetic import WorldConfig, write_world
+
+    cfg = config_from_args(WorldConfig, args, args.config)
+    out = write_world(cfg, args.out)
+    from .data.corpus import Corpus
+
+    info = Corpus(out).info
+    print(f"world written to {out}: " + ", ".join(f"{k.split('/')[-1].replace('.json', '')}={v}"
+                                                    for k, v in info["counts"].items() if k.startswith("raw/")))
+    print(f"content hash {info['content_hash'][:16]}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- train-tiny
+def tiny_quality(model_dir: Path, corpus, show: bool = True) -> dict:
+    """Greedy exact-match and ROUGE-L recall on forget/retain QA, cached as quality.json in the model."""
+    from .evaluate.knowmem import evaluate_knowmem
+    from .models.loading import load_model, load_tokenizer, read_model_json
+    from .utils.io import atomic_write_json
+
+    cached = read_model_json(model_dir, "quality.json")
+    if cached and cached.get("corpus") == corpus.content_hash:
+        return cached
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    quality = {"corpus": corpus.content_hash}
+    for split in ("forget", "retain"):
+        _, rows, _ = evaluate_knowmem(model, tok, corpus.knowmem(split), corpus.knowmem_icl(split))
+        quality[split] = {
+            "exact_match": sum(r["response"].strip() == r["gt"].strip() for r in rows) / len(rows),
+            "rougeL_recall": sum(r["rougeL_recall"] for r in rows) / len(rows),
+            "n": len(rows),
+        }
+    atomic_write_json(model_dir / "quality.json", quality)
+    return quality
+
+
+def cmd_train_tiny(args) -> int:
+    from .data.corpus import Corpus
+    from .models.tiny import TinyRecipe, train_tiny
+
+    recipe = config_from_args(TinyRecipe, args, args.config)
+    corpus = Corpus.open(args.corpus)
+    started = time.time()
+    out = train_tiny(corpus, args.role, recipe, args.out, threads=args.threads, progress=not args.quiet)
+    from .models.loading import read_model_json
+
+    info = read_model_json(out, "training.json") or {}
+    q = tiny_quality(out, corpus)
+    print(f"{args.role} model in {out} ({info.get('parameters', 0) / 1e6:.2f}M parameters, trained in "
+          f"{info.get('seconds', 0):.0f}s, this call {time.time() - started:.0f}s)")
+    for split in ("forget", "retain"):
+        print(f"  KnowMem {split}: exact match {q[split]['exact_match']:.2f}, ROUGE-L recall "
+              f"{q[split]['rougeL_recall']:.2f} ({q[split]['n']} questions)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    from .data.corpus import Corpus
+    from .evaluate.runner import EvalConfig, evaluate_model, parse_metrics, retrained_auc
+    from .models.loading import load_model, load_tokenizer, model_fingerprint
+    from .utils.io import atomic_write_json
+
+    corpus = Corpus.open(args.corpus)
+    cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size)
+    cfg.validate()
+    opts = load_options(args)
+    device = args.device or default_device()
+    out = Path(args.out)
+    started = time.time()
+    auc_ret = None
+    if args.retrained and "privleak" in cfg.metrics:
+        ret = load_model(args.retrained, args.dtype, opts, device)
+        auc_ret = retrained_auc(ret, load_tokenizer(args.retrained, opts), corpus, cfg)
+        del ret
+    model = load_model(args.model, args.dtype, opts, device)
+    tok = load_tokenizer(args.model, opts)
+    scheme = "full"
+    if args.quantize:
+        from .quantize import apply_scheme
+
+        model = apply_scheme(model, args.quantize, tokenizer=tok, corpus=corpus)
+        scheme = args.quantize
+    identity = {"model": model_fingerprint(args.model), "scheme": scheme, "dtype": args.dtype}
+    res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=not args.quiet)
+    metrics = {
+        "model": str(args.model),
+        "scheme": scheme,
+        "corpus": corpus.name,
+        **res["metrics"],
+        "details": res["details"],
+        "model_hash": identity["model"],
+        "corpus_hash": corpus.content_hash,
+        "retrained": str(args.retrained) if args.retrained else None,
+        "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
+        "unlearn_audit_version": __version__,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    print_table([[m, f"{res['metrics'][m]:.2f}"] for m in cfg.metrics], ["metric", "value (x100)"])
+    if "privleak" in res["details"]:
+        d = res["details"]["privleak"]
+        print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")
+    print(f"wrote {out / 'metrics.json'} in {time.time() - started:.1f}s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .data.synthetic import WorldConfig
+    from .models.tiny import TinyRecipe
+
+    parser = argparse.ArgumentParser(
+        prog="unlearn-audit",
+        description="Did the model really forget, or is the knowledge only hidden? Unlearn, quantize, audit.",
+    )
+    parser.add_argument("--version", action="version", version=f"unlearn-audit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("world", help="write the built-in fictitious world in the MUSE layout")
+    p.add_argument("--out", required=True, help="folder to write the corpus into")
+    p.add_argument("--config", help="YAML file with world options (flags override it)")
+    add_dataclass_arguments(p, WorldConfig)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("train-tiny", help="train (or fetch from cache) the tiny target or retrained model")
+    p.add_argument("--corpus", required=True, help="corpus folder (e.g. made by `world`)")
+    p.add_argument("--role", required=True, choices=["target", "retrained"],
+                   help="target: forget+retain; retrained: retain only")
+    p.add_argument("--out", help="copy the model here (it is always cached in the user cache dir)")
+    p.add_argument("--config", help="YAML file with recipe options (flags override it)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_arguments(p, TinyRecipe)
+    p.set_defaults(func=cmd_train_tiny)
+
+    p = sub.add_parser("eval", help="MUSE metrics (VerbMem, KnowMem forget/retain, PrivLeak) of one model")
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--corpus", required=True, help="corpus folder in the MUSE layout, or muse-news / muse-books")
+    p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
+    p.add_argument("--retrained", help="retrained model: PrivLeak is measured relative to its AUC")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
+    p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 64)")
+    p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="dtype to run the model in (default fp32; bf16 weights upcast exactly)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", required=True, help="folder for metrics.json and per-item logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_load_flags(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """Silence chatty library logs and the offline hub probes that only cost time here."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

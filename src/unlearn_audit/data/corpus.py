@@ -1,0 +1,146 @@
+"""The `Corpus`: forget / retain / holdout texts and the MUSE evaluation sets, read lazily from disk.
+
+On-disk layout (the MUSE layout, used for real MUSE data and for the built-in world alike)::
+
+    raw/{forget,retain,holdout}.json          lists of training texts
+    knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl}.json   lists of {question, answer}
+    verbmem/forget.json                       list of {prompt, gt}
+    privleak/{forget,retain,holdout}.json     lists of texts
+    corpus.json                               name, seed, counts, content hash (optional for MUSE)
+
+Parts are only read when asked for, so a folder that lacks some raw files (the MUSE copies in
+../shared) works for evaluation and fails, with a one-line error naming the file, only when a
+missing part is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..utils.io import read_json, sha256_files
+
+RAW_SPLITS = ("forget", "retain", "holdout")
+QA_SPLITS = ("forget", "retain")
+HUB_ALIASES = {"muse-news": "muse-bench/MUSE-News", "muse-books": "muse-bench/MUSE-Books"}
+
+
+@dataclass(frozen=True)
+class QA:
+    """One knowledge-memorization item."""
+
+    question: str
+    answer: str
+
+
+class Corpus:
+    """A corpus folder in the MUSE layout; every accessor validates what it returns."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"corpus folder not found: {self.root} (create one with `unlearn-audit world --out DIR`)")
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.root)!r})"
+
+    @classmethod
+    def open(cls, spec: str | Path) -> Corpus:
+        """Open a corpus by folder path, or by hub alias (`muse-news`, `muse-books`) when a network exists."""
+        if isinstance(spec, str) and spec in HUB_ALIASES:
+            from .hub import download_muse
+
+            return cls(download_muse(spec, HUB_ALIASES[spec]))
+        return cls(spec)
+
+    # ---------------------------------------------------------------- metadata
+    @functools.cached_property
+    def info(self) -> dict:
+        """`corpus.json` if present, else a description derived from the files (real MUSE folders)."""
+        path = self.root / "corpus.json"
+        if path.is_file():
+            info = read_json(path, "corpus description")
+            if not isinstance(info, dict):
+                raise UserError(f"{path} must hold a JSON object")
+            return info
+        return {"name": self.root.name, "content_hash": self.content_hash}
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name", self.root.name))
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        """Hash of every JSON part of the corpus (not corpus.json itself)."""
+        if (self.root / "corpus.json").is_file() and self.info.get("content_hash"):
+            return str(self.info["content_hash"])
+        files = [p for p in self.root.rglob("*.json") if p.name != "corpus.json"]
+        return sha256_files(files, self.root)
+
+    # ---------------------------------------------------------------- accessors
+    def raw(self, split: str) -> list[str]:
+        """Training texts of a split (forget / retain / holdout)."""
+        _check_split(split, RAW_SPLITS, "raw")
+        return self._texts(f"raw/{split}.json")
+
+    def privleak(self, split: str) -> list[str]:
+        """Texts scored by the membership-inference metric."""
+        _check_split(split, RAW_SPLITS, "privleak")
+        return self._texts(f"privleak/{split}.json")
+
+    def knowmem(self, split: str) -> list[QA]:
+        """Questions probing knowledge of a split (forget / retain)."""
+        _check_split(split, QA_SPLITS, "knowmem")
+        return self._qa(f"knowmem/{split}_qa.json")
+
+    def knowmem_icl(self, split: str) -> list[QA]:
+        """Few-shot examples put in front of every KnowMem question of that split."""
+        _check_split(split, QA_SPLITS, "knowmem")
+        return self._qa(f"knowmem/{split}_qa_icl.json")
+
+    def verbmem(self) -> list[dict[str, str]]:
+        """Prompt/continuation pairs from the forget set for verbatim memorization."""
+        return self._records("verbmem/forget.json", ("prompt", "gt"))
+
+    # ---------------------------------------------------------------- validation
+    def _load(self, rel: str):
+        return read_json(self.root / rel, f"corpus part {rel}")
+
+    def _list(self, rel: str) -> list:
+        data = self._load(rel)
+        if not isinstance(data, list):
+            raise UserError(f"{self.root / rel}: expected a JSON list, found {type(data).__name__}")
+        if not data:
+            raise UserError(f"{self.root / rel}: the list is empty; this split needs at least one item")
+        return data
+
+    def _texts(self, rel: str) -> list[str]:
+        data = self._list(rel)
+        for i, item in enumerate(data):
+            if isinstance(item, dict) and isinstance(item.get("text"), str):
+                data[i] = item["text"]  # MUSE hub exports sometimes wrap texts as {"text": ...}
+            elif not isinstance(item, str):
+                raise UserError(f"{self.root / rel}: item {i} must be a string, found {type(item).__name__}")
+        return data
+
+    def _records(self, rel: str, fields: tuple[str, ...]) -> list[dict[str, str]]:
+        data = self._list(rel)
+        for i, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise UserError(f"{self.root / rel}: item {i} must be an object with fields {', '.join(fields)}")
+            for f in fields:
+                if f not in item:
+                    raise UserError(f"{self.root / rel}: item {i} lacks the field '{f}'")
+                if not isinstance(item[f], str):
+                    raise UserError(f"{self.root / rel}: item {i} field '{f}' must be a string")
+        return [{f: item[f] for f in fields} for item in data]
+
+    def _qa(self, rel: str) -> list[QA]:
+        return [QA(r["question"], r["answer"]) for r in self._records(rel, ("question", "answer"))]
+
+
+def _check_split(split: str, allowed: tuple[str, ...], part: str) -> None:
+    if split not in allowed:
+        raise UserError(f"unknown {part} split '{split}'; choose one of {', '.join(allowed)}")

@@ -1,0 +1,170 @@
+"""Run the four MUSE metrics on one model and write MUSE-style logs.
+
+Output folder layout (MUSE's, so existing tooling can re-score it)::
+
+    verbmem_f/{log.json,agg.json}  knowmem_f/{log.json,agg.json}  knowmem_r/{log.json,agg.json}
+    privleak/{log.json,auc.json}   metrics.json (written last, by the caller)
+
+A finished metric is recorded in `progress.json` with the model/corpus/config it was computed for, so
+an interrupted evaluation resumes without redoing finished metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data.corpus import Corpus
+from ..errors import UserError
+from ..models.generation import token_logprobs
+from ..utils.io import atomic_write_json, read_json, sha256_json
+from .knowmem import evaluate_knowmem
+from .privleak import DEFAULT_AUC_KEY, SPLITS, auc_table, privleak, published_auc_retrain, text_scores
+from .verbmem import evaluate_verbmem
+
+log = logging.getLogger(__name__)
+
+METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how (shared by `eval`, `audit` and the experiment grid)."""
+
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    limit: int | None = None
+    batch_size: int | None = None
+    privleak_key: str = DEFAULT_AUC_KEY
+    agg_key: str = "mean_rougeL"
+
+    def validate(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be at least 1")
+
+
+@dataclass
+class AucRetrain:
+    """The retrained model's AUC that PrivLeak is relative to, and where it came from."""
+
+    value: float
+    source: str
+
+
+def take(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
+
+
+def privleak_scores(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> tuple[dict, int]:
+    """Per-text membership scores of the forget, retain and holdout privleak texts (MUSE's log)."""
+    texts = {s: take(corpus.privleak(s), cfg.limit) for s in SPLITS}
+    total = 2 * sum(map(len, texts.values()))
+    logs: dict[str, list[dict]] = {}
+    truncated = 0
+    with tqdm(total=total, desc="privleak", disable=not show, leave=False) as bar:
+        for split, items in texts.items():
+            lps, t1 = token_logprobs(model, tokenizer, items, cfg.batch_size, bar.update)
+            lower, _ = token_logprobs(model, tokenizer, [t.lower() for t in items], cfg.batch_size, bar.update)
+            truncated += t1
+            logs[split] = [{"text": t, **text_scores(t, a, b)} for t, a, b in zip(items, lps, lower)]
+    return logs, truncated
+
+
+def retrained_auc(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> AucRetrain:
+    """Measure AUC_retrain on the retrained model itself (preferred over published constants)."""
+    logs, _ = privleak_scores(model, tokenizer, corpus, cfg, show)
+    return AucRetrain(auc_table(logs)[cfg.privleak_key], "measured on the retrained model")
+
+
+def default_auc_retrain(corpus: Corpus) -> AucRetrain:
+    """Without a retrained model: MUSE's published constant for NEWS/BOOKS, else the ideal 0.5."""
+    published = published_auc_retrain(corpus.name)
+    if published:
+        return AucRetrain(*published)
+    return AucRetrain(0.5, "no --retrained given: the ideal AUC 0.5 of a model that never saw the forget set")
+
+
+def run_metric(name: str, model, tokenizer, corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, show: bool):
+    """Compute one metric: (value on MUSE's x100 scale, extra fields, files to write)."""
+    if name == "privleak":
+        logs, truncated = privleak_scores(model, tokenizer, corpus, cfg, show)
+        table = auc_table(logs)
+        auc = table[cfg.privleak_key]
+        extra = {"auc": auc, "auc_retrain": auc_ret.value, "auc_retrain_source": auc_ret.source,
+                 "truncated": truncated}
+        return privleak(auc, auc_ret.value), extra, {"log.json": logs, "auc.json": table}
+    if name == "verbmem_f":
+        items = take(corpus.verbmem(), cfg.limit)
+        with tqdm(total=len(items), desc=name, disable=not show, leave=False) as bar:
+            agg, rows, truncated = evaluate_verbmem(model, tokenizer, items, cfg.batch_size, bar.update)
+    else:
+        split = "forget" if name == "knowmem_f" else "retain"
+        qa = take(corpus.knowmem(split), cfg.limit)
+        icl = corpus.knowmem_icl(split)
+        with tqdm(total=len(qa), desc=name, disable=not show, leave=False) as bar:
+            agg, rows, truncated = evaluate_knowmem(model, tokenizer, qa, icl, cfg.batch_size, bar.update)
+    return agg[cfg.agg_key] * 100, {"truncated": truncated}, {"log.json": rows, "agg.json": agg}
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    corpus: Corpus,
+    cfg: EvalConfig,
+    auc_ret: AucRetrain | None = None,
+    out_dir: str | Path | None = None,
+    identity: dict | None = None,
+    show: bool = True,
+) -> dict:
+    """Evaluate `cfg.metrics`; with `out_dir`, write logs and resume finished metrics from it."""
+    cfg.validate()
+    auc_ret = auc_ret or default_auc_retrain(corpus)
+    key = sha256_json({"identity": identity or {}, "corpus": corpus.content_hash, "config": asdict(cfg),
+                       "auc_retrain": asdict(auc_ret)})
+    progress = load_progress(out_dir, key)
+    results: dict = {"metrics": {}, "details": {}, "seconds": {}}
+    for name in cfg.metrics:
+        if name in progress["done"]:
+            done = progress["done"][name]
+            log.info("%s already computed in %s; reusing it", name, out_dir)
+        else:
+            started = time.time()
+            value, extra, files = run_metric(name, model, tokenizer, corpus, cfg, auc_ret, show)
+            done = {"value": value, "extra": extra, "seconds": round(time.time() - started, 3)}
+            if out_dir is not None:
+                for fname, content in files.items():
+                    atomic_write_json(Path(out_dir) / name / fname, content)
+                progress["done"][name] = done
+                atomic_write_json(Path(out_dir) / "progress.json", progress)
+        results["metrics"][name] = done["value"]
+        results["details"][name] = done["extra"]
+        results["seconds"][name] = done["seconds"]
+    return results
+
+
+def load_progress(out_dir: str | Path | None, key: str) -> dict:
+    """Finished metrics of an earlier run with the same model, corpus and config (else none)."""
+    fresh = {"key": key, "done": {}}
+    if out_dir is None:
+        return fresh
+    path = Path(out_dir) / "progress.json"
+    if not path.is_file():
+        return fresh
+    try:
+        stored = read_json(path)
+    except UserError:
+        return fresh
+    return stored if isinstance(stored, dict) and stored.get("key") == key else fresh
+
+
+def parse_metrics(text: str | Sequence[str]) -> list[str]:
+    """'verbmem_f,knowmem_f' -> ['verbmem_f', 'knowmem_f'] (also accepts a list)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [m.strip() for m in items if m.strip()]

@@ -1,0 +1,209 @@
+"""Batched greedy generation and batched token log-probabilities: the two model calls MUSE makes.
+
+MUSE's reference loop calls `generate` (or a forward pass) once per item. Here prompts are sorted by
+length, left-padded into batches and decoded with the KV cache; a stopping criterion ends a row as soon
+as its output contains a stop string (the text after it is cut away by the metric anyway), so the
+results equal the per-item loop while the work shrinks by the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CPU_TOKENS = 8192  # tokens per batch on CPU: large enough to amortise Python overhead
+BATCH_CAP = 64
+
+
+def max_positions(model) -> int | None:
+    """The model's context length, when its config states one."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def choose_batch_size(model, longest: int, requested: int | None = None, cap: int = BATCH_CAP) -> int:
+    """Batch size for sequences of length `longest`: the user's choice, else a memory-based guess."""
+    if requested:
+        return max(1, int(requested))
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cfg = model.config
+        vocab = getattr(cfg, "vocab_size", 32000)
+        hidden = getattr(cfg, "hidden_size", 4096)
+        layers = getattr(cfg, "num_hidden_layers", 32)
+        per_token = 4 * vocab + 2 * 2 * layers * hidden + 16 * hidden  # logits fp32 + KV cache + activations
+        budget = int(0.4 * free / max(1, per_token))
+    else:
+        budget = DEFAULT_CPU_TOKENS
+    return int(max(1, min(cap, budget // max(1, longest))))
+
+
+class StopOnStrings:
+    """Stopping criterion: a row is done once its new text contains any stop string."""
+
+    def __init__(self, tokenizer, prompt_len: int, stops: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = tuple(stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], limit: int | None) -> tuple[list[list[int]], int]:
+    """Token ids of each prompt (special tokens as MUSE adds them), left-truncated to `limit` tokens."""
+    ids = [tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
+    truncated = 0
+    if limit is not None:
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                ids[i] = seq[-limit:]
+                truncated += 1
+    return ids, truncated
+
+
+def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences right-aligned (left padding), as decoder-only generation needs."""
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generation_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
+    """Greedy decoding exactly as MUSE asks for it (do_sample=False, the tokenizer's pad token)."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos,
+    )
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    stop_strings: Sequence[str] = (),
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[str], int]:
+    """Greedy continuations of `prompts` (decoded, special tokens skipped) and how many were truncated."""
+    from transformers import StoppingCriteriaList
+
+    ctx = max_positions(model)
+    limit = None if ctx is None else max(1, ctx - max_new_tokens)
+    ids, truncated = encode_prompts(tokenizer, prompts, limit)
+    if truncated:
+        log.warning("%d prompt(s) longer than the context; kept their last %d tokens", truncated, limit)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    outputs: list[str] = [""] * len(ids)
+    device = next(model.parameters()).device
+    kwargs = generation_kwargs(model, tokenizer, max_new_tokens)
+    start = 0
+    while start < len(order):
+        bs = choose_batch_size(model, len(ids[order[start]]) + max_new_tokens, batch_size)
+        rows = order[start : start + bs]
+        input_ids, mask = left_pad([ids[i] for i in rows], tokenizer.pad_token_id, device)
+        stopping = None
+        if stop_strings:
+            stopping = StoppingCriteriaList([StopOnStrings(tokenizer, input_ids.shape[1], stop_strings)])
+        out = model.generate(input_ids=input_ids, attention_mask=mask, stopping_criteria=stopping, **kwargs)
+        texts = tokenizer.batch_decode(
+            out[:, input_ids.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=True
+        )
+        for i, text in zip(rows, texts):
+            outputs[i] = text
+        start += len(rows)
+        if progress:
+            progress(len(rows))
+    return outputs, truncated
+
+
+def right_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences left-aligned (right padding) for teacher-forced scoring."""
+    width = max(map(len, batch))
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def token_logprobs(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], int]:
+    """log p(token_t | tokens_<t) for t = 1..n-1 of each text (BOS included as MUSE encodes it).
+
+    Returns one float64 array per text and how many texts were cut to the model's context.
+    """
+    ctx = max_positions(model)
+    ids = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
+    truncated = 0
+    if ctx is not None:
+        for i, seq in enumerate(ids):
+            if len(seq) > ctx:
+                ids[i] = seq[:ctx]
+                truncated += 1
+    if truncated:
+        log.warning("%d text(s) longer than the context (%d tokens) were truncated for scoring", truncated, ctx)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    result: list[np.ndarray] = [np.zeros(0)] * len(ids)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start = 0
+    while start < len(order):
+        bs = choose_batch_size(model, len(ids[order[start]]), batch_size)
+        rows = order[start : start + bs]
+        input_ids, mask = right_pad([ids[i] for i in rows], pad, device)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        lp = gather_logprobs(logits[:, :-1], input_ids[:, 1:])
+        for r, i in enumerate(rows):
+            result[i] = lp[r, : len(ids[i]) - 1].double().cpu().numpy()
+        start += len(rows)
+        if progress:
+            progress(len(rows))
+    return result, truncated
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[target] in float32 without materialising the whole log-softmax twice."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def batches_needed(n: int, batch_size: int) -> int:
+    """Number of batches of `batch_size` covering `n` items."""
+    return math.ceil(n / max(1, batch_size))

@@ -1,0 +1,172 @@
+"""Safe loading of causal LMs and tokenizers from a local folder or a hub id.
+
+Rules (the project's non-negotiables): safetensors weights are preferred and pickle weights
+(`pytorch_model.bin`) are refused unless the user passes `--allow-pickle`; `trust_remote_code` is only
+ever set by an explicit flag; every failure a user can cause becomes a one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FULL_HASH_LIMIT = 512 * 2**20  # hash every byte of models smaller than this; fingerprint larger ones
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How models are loaded; mirrors the CLI flags --allow-pickle and --trust-remote-code."""
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+def is_local(spec: str | Path) -> bool:
+    """True when `spec` names an existing path (else it is treated as a hub id)."""
+    return Path(spec).exists()
+
+
+def weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(safetensors files, pickle files) of a local model folder."""
+    safe = sorted(folder.glob("*.safetensors"))
+    pickled = sorted(list(folder.glob("pytorch_model*.bin")) + list(folder.glob("*.pt")))
+    return safe, pickled
+
+
+def check_local_model(folder: Path, opts: LoadOptions) -> None:
+    """Refuse folders that are not loadable models, with a sentence saying why."""
+    if not folder.is_dir():
+        raise UserError(f"model path {folder} is not a folder (pass a save_pretrained folder or a hub id)")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model folder {folder} has no config.json; is it a save_pretrained folder?")
+    safe, pickled = weight_files(folder)
+    if not safe and not pickled:
+        raise UserError(f"model folder {folder} holds no weights (*.safetensors)")
+    if not safe and not opts.allow_pickle:
+        raise UserError(
+            f"model folder {folder} only has pickle weights ({pickled[0].name}); loading pickle can run code. "
+            "Convert to safetensors, or pass --allow-pickle if you trust the source"
+        )
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
+    """Map fp32/bf16/fp16/auto to what `from_pretrained` expects."""
+    if name is None or name == "auto":
+        return "auto"
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)} or auto")
+    return DTYPES[name]
+
+
+def load_model(
+    spec: str | Path,
+    dtype: str | torch.dtype | None = "fp32",
+    opts: LoadOptions | None = None,
+    device: str | torch.device | None = None,
+    **kwargs,
+):
+    """Load a causal LM for evaluation or training, safely (see module docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    opts = opts or LoadOptions()
+    if is_local(spec):
+        check_local_model(Path(spec), opts)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(spec),
+            dtype=resolve_dtype(dtype),
+            use_safetensors=None if opts.allow_pickle else True,
+            trust_remote_code=opts.trust_remote_code,
+            **kwargs,
+        )
+    except UserError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"could not load model '{spec}': {first_line(exc)}") from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
+    """Load a tokenizer and make sure it can pad (unk, else eos, becomes the pad token, with a warning)."""
+    from transformers import AutoTokenizer
+
+    opts = opts or LoadOptions()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"could not load the tokenizer of '{spec}': {first_line(exc)}") from None
+    ensure_pad_token(tok)
+    return tok
+
+
+def ensure_pad_token(tok) -> None:
+    """Batched generation needs a pad token; reuse unk or eos as real Llama setups do."""
+    if tok.pad_token is not None:
+        return
+    fallback = tok.unk_token or tok.eos_token
+    if fallback is None:
+        raise UserError("the tokenizer has no pad, unk or eos token; add a pad token to it before evaluating")
+    log.warning("tokenizer has no pad token; using %r for padding", fallback)
+    tok.pad_token = fallback
+
+
+def model_fingerprint(spec: str | Path) -> str:
+    """Content hash of a local model (config + weights); hub ids hash their name and resolved revision."""
+    path = Path(spec)
+    if not path.exists():
+        return hashlib.sha256(f"hub:{spec}".encode()).hexdigest()
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"})
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
+        if p.name in {"training.json", "unlearn.json", "quality.json", "quantization.json"}:
+            continue  # provenance files do not change the model
+        h.update(p.name.encode() + b"\0")
+        if total <= FULL_HASH_LIMIT or p.suffix == ".json":
+            h.update(p.read_bytes())
+        else:  # large model: size + safetensors header (names, dtypes, shapes, offsets) + first MiB
+            with open(p, "rb") as fh:
+                h.update(str(p.stat().st_size).encode())
+                h.update(fh.read(2**20))
+    return h.hexdigest()
+
+
+def describe_dtypes(model) -> dict[str, int]:
+    """How many parameters the model holds in each dtype (for provenance)."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        key = str(p.dtype).replace("torch.", "")
+        counts[key] = counts.get(key, 0) + p.numel()
+    return counts
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception message, so the CLI can print one line."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_model_json(folder: str | Path, name: str) -> dict | None:
+    """Read a provenance JSON (training.json, unlearn.json...) from a local model folder, if present."""
+    p = Path(folder) / name
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
