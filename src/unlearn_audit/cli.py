@@ -36,6 +36,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fmt(value, digits: int = 2) -> str:
+    """A metric for display; None (undefined, e.g. PrivLeak with AUC_retrain = 0) shows as n/a."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def print_table(rows: list[list[str]], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -144,7 +149,7 @@ def cmd_eval(args) -> int:
         "unlearn_audit_version": __version__,
     }
     atomic_write_json(out / "metrics.json", metrics)
-    print_table([[m, f"{res['metrics'][m]:.2f}"] for m in cfg.metrics], ["metric", "value (x100)"])
+    print_table([[m, fmt(res["metrics"][m])] for m in cfg.metrics], ["metric", "value (x100)"])
     if "privleak" in res["details"]:
         d = res["details"]["privleak"]
         print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")

@@ -71,8 +71,10 @@ def auc_table(log: dict[str, list[dict]]) -> dict[str, float]:
     return table
 
 
-def privleak(auc: float, auc_retrain: float) -> float:
-    """PrivLeak in percent: relative gap of the model's AUC to the retrained model's."""
+def privleak(auc: float, auc_retrain: float) -> float | None:
+    """PrivLeak in percent: relative gap of the model's AUC to the retrained model's (None if AUC_retrain = 0)."""
+    if auc_retrain == 0:
+        return None
     return (auc - auc_retrain) / auc_retrain * 100
 
 

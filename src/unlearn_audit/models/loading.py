@@ -93,7 +93,7 @@ def load_model(
         )
     except UserError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec}': {first_line(exc)}") from None
     if device is not None:
         model.to(device)
@@ -108,7 +108,7 @@ def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
     opts = opts or LoadOptions()
     try:
         tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"could not load the tokenizer of '{spec}': {first_line(exc)}") from None
     ensure_pad_token(tok)
     return tok

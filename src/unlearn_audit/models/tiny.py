@@ -48,7 +48,7 @@ class TinyRecipe:
     head_dim: int = field(default=64, metadata={"help": "attention head size"})
     vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary budget (rounded up to 128)"})
     max_length: int = field(default=512, metadata={"help": "context length in tokens"})
-    epochs: int = field(default=40, metadata={"help": "passes over the training texts"})
+    epochs: int = field(default=50, metadata={"help": "passes over the training texts"})
     learning_rate: float = field(default=4e-3, metadata={"help": "peak AdamW learning rate (cosine decay)"})
     batch_size: int = field(default=16, metadata={"help": "texts per step"})
     weight_decay: float = field(default=1.0, metadata={"help": "decoupled AdamW weight decay"})

@@ -1,0 +1,88 @@
+"""Shared fixtures: a micro world and tiny models trained once per test session (CPU, seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+# A recipe small enough that target and retrained train in ~10 s each on 2 cores.
+MICRO_RECIPE = dict(hidden_size=128, num_layers=2, intermediate_size=256, epochs=30, learning_rate=5e-3,
+                    batch_size=16)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the tests' model cache out of the user's cache dir."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("UNLEARN_AUDIT_CACHE")
+    os.environ["UNLEARN_AUDIT_CACHE"] = str(path)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield path
+    if old is None:
+        os.environ.pop("UNLEARN_AUDIT_CACHE", None)
+    else:
+        os.environ["UNLEARN_AUDIT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present next to the project")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory) -> Path:
+    from unlearn_audit.data.synthetic import WorldConfig, write_world
+
+    return write_world(WorldConfig(people=20, seed=3), tmp_path_factory.mktemp("world") / "micro")
+
+
+@pytest.fixture(scope="session")
+def micro_recipe():
+    from unlearn_audit.models.tiny import TinyRecipe
+
+    return TinyRecipe(**MICRO_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def micro_target(micro_world, micro_recipe) -> Path:
+    from unlearn_audit.data.corpus import Corpus
+    from unlearn_audit.models.tiny import train_tiny
+
+    return train_tiny(Corpus(micro_world), "target", micro_recipe, progress=False)
+
+
+@pytest.fixture(scope="session")
+def micro_retrained(micro_world, micro_recipe) -> Path:
+    from unlearn_audit.data.corpus import Corpus
+    from unlearn_audit.models.tiny import train_tiny
+
+    return train_tiny(Corpus(micro_world), "retrained", micro_recipe, progress=False)
+
+
+@pytest.fixture()
+def run_cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from unlearn_audit.cli import main
+
+    def run(*argv: str):
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -1,0 +1,88 @@
+"""The Corpus loader: reads real MUSE files, and names the exact file/field on bad input."""
+
+import json
+
+import pytest
+
+from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.errors import UserError
+
+
+def test_reads_the_real_muse_news_files(shared_dir):
+    c = Corpus(shared_dir / "muse" / "news")
+    assert len(c.knowmem("forget")) == 100
+    assert len(c.knowmem("retain")) == 100
+    assert len(c.verbmem()) == 100
+    for split in ("forget", "retain", "holdout"):
+        assert len(c.privleak(split)) == 100
+    assert all(isinstance(q.question, str) and isinstance(q.answer, str) for q in c.knowmem_icl("forget"))
+    assert len(c.raw("forget")) == 889
+    assert c.name == "news" and len(c.content_hash) == 64
+
+
+def test_books_lacks_raw_files_and_fails_only_when_asked(shared_dir):
+    c = Corpus(shared_dir / "muse" / "books")
+    assert len(c.knowmem("forget")) == 100  # evaluation parts work
+    with pytest.raises(UserError, match=r"missing file: corpus part raw/forget.json"):
+        c.raw("forget")
+
+
+def write(root, rel, content):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+def test_missing_folder():
+    with pytest.raises(UserError, match="corpus folder not found"):
+        Corpus("/nonexistent/corpus")
+
+
+def test_malformed_json_names_file_and_position(tmp_path):
+    write(tmp_path, "knowmem/forget_qa.json", '[{"question": "q", "answer": ')
+    with pytest.raises(UserError, match=r"malformed JSON in corpus part knowmem/forget_qa.json .*line 1"):
+        Corpus(tmp_path).knowmem("forget")
+
+
+def test_missing_field_names_item_and_field(tmp_path):
+    write(tmp_path, "knowmem/forget_qa.json", [{"question": "q", "answer": "a"}, {"question": "q2"}])
+    with pytest.raises(UserError, match=r"item 1 lacks the field 'answer'"):
+        Corpus(tmp_path).knowmem("forget")
+
+
+def test_wrong_field_type(tmp_path):
+    write(tmp_path, "verbmem/forget.json", [{"prompt": "p", "gt": 3}])
+    with pytest.raises(UserError, match=r"field 'gt' must be a string"):
+        Corpus(tmp_path).verbmem()
+
+
+def test_empty_split(tmp_path):
+    write(tmp_path, "privleak/holdout.json", [])
+    with pytest.raises(UserError, match=r"privleak/holdout.json: the list is empty"):
+        Corpus(tmp_path).privleak("holdout")
+
+
+def test_not_a_list(tmp_path):
+    write(tmp_path, "raw/forget.json", {"text": "x"})
+    with pytest.raises(UserError, match="expected a JSON list"):
+        Corpus(tmp_path).raw("forget")
+
+
+def test_unknown_split_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="unknown raw split"):
+        Corpus(tmp_path).raw("train")
+
+
+def test_hub_alias_without_network_or_extra_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="muse-news|hub"):
+        Corpus.open("muse-news")
+
+
+def test_cli_reports_bad_corpus_in_one_line_with_exit_2(run_cli, tmp_path):
+    write(tmp_path, "knowmem/forget_qa.json", "{broken")
+    code, out, err = run_cli("eval", "--model", tmp_path, "--corpus", tmp_path / "nope", "--out", tmp_path / "o")
+    assert code == 2
+    assert err.startswith("error: corpus folder not found") and err.count("\n") == 1
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -1,0 +1,79 @@
+"""The built-in world: deterministic, split by person, complete MUSE layout."""
+
+import json
+
+import pytest
+
+from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.data.synthetic import WorldConfig, build_world, write_world
+from unlearn_audit.errors import UserError
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = write_world(WorldConfig(people=30, seed=7), tmp_path / "a")
+    b = write_world(WorldConfig(people=30, seed=7), tmp_path / "b")
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.json"))
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.json"))
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_different_seed_gives_a_different_world():
+    a = build_world(WorldConfig(people=30, seed=1))
+    b = build_world(WorldConfig(people=30, seed=2))
+    assert a["corpus.json"]["content_hash"] != b["corpus.json"]["content_hash"]
+
+
+def test_splits_are_disjoint_by_person_and_sized_as_asked():
+    files = build_world(WorldConfig(people=100, seed=0))
+    people = files["world/people.json"]
+    names = {s: {p["name"] for p in people[s]} for s in people}
+    assert len(names["forget"]) == 10 and len(names["holdout"]) == 10 and len(names["retain"]) == 80
+    assert not names["forget"] & names["retain"]
+    assert not names["forget"] & names["holdout"]
+    assert not names["retain"] & names["holdout"]
+    # no forget person is mentioned in retain or holdout texts, nor in the ICL examples
+    retain_text = " ".join(files["raw/retain.json"] + files["raw/holdout.json"])
+    icl = json.dumps(files["knowmem/forget_qa_icl.json"] + files["knowmem/retain_qa_icl.json"])
+    for name in names["forget"]:
+        assert name not in retain_text and name not in icl
+
+
+def test_forget_questions_cover_every_fact_of_every_forget_person():
+    files = build_world(WorldConfig(people=40, seed=0))
+    forget = files["world/people.json"]["forget"]
+    qa = files["knowmem/forget_qa.json"]
+    assert len(qa) == 6 * len(forget)
+    for person in forget:
+        answers = {q["answer"] for q in qa if person["name"] in q["question"]}
+        assert answers == {v for k, v in person.items() if k != "name"}
+
+
+def test_verbmem_items_are_prefix_and_rest_of_forget_bios():
+    files = build_world(WorldConfig(people=40, seed=0))
+    bios = files["privleak/forget.json"]
+    for item in files["verbmem/forget.json"]:
+        assert item["prompt"].endswith(" ") and item["gt"]
+        assert item["prompt"] + item["gt"] in bios
+
+
+def test_written_world_loads_as_a_corpus(tmp_path):
+    out = write_world(WorldConfig(people=20, seed=0), tmp_path / "w")
+    c = Corpus(out)
+    assert c.name == "world"
+    assert len(c.knowmem("forget")) == 12
+    assert c.raw("holdout") and c.privleak("holdout") and c.verbmem()
+    assert c.info["counts"]["raw/forget.json"] == len(c.raw("forget"))
+
+
+@pytest.mark.parametrize("kwargs", [{"people": 5}, {"bios_per_person": 0}, {"forget_share": 0.7}])
+def test_bad_world_options_are_user_errors(kwargs):
+    with pytest.raises(UserError):
+        build_world(WorldConfig(**kwargs))
+
+
+def test_world_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a corpus folder"):
+        write_world(WorldConfig(people=20), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -1,0 +1,64 @@
+"""Metric functions against hand-computed values, and MUSE's formatting rules."""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from unlearn_audit.data.corpus import QA
+from unlearn_audit.evaluate import aggregate, mia_auc, min_k_score, rouge
+from unlearn_audit.evaluate.knowmem import build_prompts, cut_answer
+from unlearn_audit.evaluate.privleak import privleak, text_scores
+
+
+def test_rouge_keys_and_values():
+    r = rouge("the golden snitch", "the snitch")
+    assert set(r) == {"rougeL", "rougeL_recall", "rouge1", "rouge1_recall"}
+    assert r["rougeL_recall"] == pytest.approx(2 / 3)
+    assert r["rougeL"] == pytest.approx(2 * (1 * 2 / 3) / (1 + 2 / 3))
+    assert rouge("Running dogs", "run dog")["rouge1"] == 0.0  # no stemming, as MUSE
+
+
+def test_aggregate_mean_max_and_interval():
+    rows = [{"prompt": "p", "rougeL": 0.0}, {"prompt": "q", "rougeL": 1.0}, {"prompt": "r", "rougeL": 0.5}]
+    agg = aggregate(rows)
+    assert agg["mean_rougeL"] == 0.5 and agg["max_rougeL"] == 1.0
+    assert 0.0 <= agg["rougeL_ci_lo"] <= 0.5 <= agg["rougeL_ci_hi"] <= 1.0
+    assert aggregate(rows) == agg  # the bootstrap is seeded
+
+
+def test_min_k_is_minus_mean_of_lowest_tokens():
+    lp = [-0.1, -5.0, -2.0, -0.5, -3.0, -1.0, -0.2, -0.3, -4.0, -0.05]
+    assert min_k_score(lp, 0.2) == pytest.approx(4.5)  # int(10*0.2) = 2 lowest: -5, -4
+    assert min_k_score(lp, 0.05) == pytest.approx(5.0)  # int(0.5) = 0 -> at least one token
+    assert min_k_score(lp, 0.6) == pytest.approx(-np.mean(sorted(lp)[:6]))
+
+
+def test_text_scores_follow_muse_definitions():
+    lp, lower = np.array([-1.0, -2.0, -3.0]), np.array([-1.0, -1.0, -1.0])
+    s = text_scores("Abc abc", lp, lower)
+    assert s["PPL"] == pytest.approx(2.0)  # MUSE stores the mean NLL under "PPL"
+    assert s["PPL/lower"] == pytest.approx(2.0)
+    assert s["PPL/zlib"] == pytest.approx(2.0 / len(zlib.compress(b"Abc abc")))
+
+
+def test_mia_auc_orientation():
+    # members (holdout, label 1) with lower scores than nonmembers are detected -> AUC 1
+    assert mia_auc([5, 6, 7], [1, 2, 3]) == 1.0
+    assert mia_auc([1, 2, 3], [5, 6, 7]) == 0.0
+    assert mia_auc([1, 2], [1, 2]) == 0.5
+
+
+def test_privleak_formula():
+    assert privleak(0.25, 0.5) == -50.0
+    assert math.isclose(privleak(0.4772, 0.4772), 0.0)
+
+
+def test_knowmem_prompt_and_cut_follow_muse():
+    prompts = build_prompts([QA("Q?", "A")], [QA("q1", "a1"), QA("q2", "a2")])
+    assert prompts == ["Question: q1\nAnswer: a1\n\nQuestion: q2\nAnswer: a2\n\nQuestion: Q?\nAnswer: "]
+    assert cut_answer("Paris\n\nQuestion: next") == "Paris"
+    assert cut_answer("Paris\nQuestion: x") == "Paris"
+    assert cut_answer("Paris Question: x") == "Paris "
+    assert cut_answer("no stop here") == "no stop here"

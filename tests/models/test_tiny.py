@@ -1,0 +1,65 @@
+"""Tiny target/retrained models: trained with HF Trainer, cached, loadable, and knowing their facts."""
+
+import json
+import time
+
+from transformers import AutoModelForCausalLM
+
+from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.evaluate.knowmem import evaluate_knowmem
+from unlearn_audit.models.loading import load_model, load_tokenizer
+from unlearn_audit.models.tiny import build_tokenizer, cached_model_dir, train_tiny
+
+
+def exact_match(model_dir, corpus, split):
+    _, rows, _ = evaluate_knowmem(load_model(model_dir), load_tokenizer(model_dir), corpus.knowmem(split),
+                                  corpus.knowmem_icl(split))
+    return sum(r["response"].strip() == r["gt"] for r in rows) / len(rows)
+
+
+def test_micro_target_trains_fast_and_answers_its_questions(micro_target, micro_world):
+    info = json.loads((micro_target / "training.json").read_text())
+    assert info["seconds"] < 60
+    assert info["role"] == "target" and info["recipe"]["dtype"] == "fp32"
+    corpus = Corpus(micro_world)
+    # chance is at most 1/12 per attribute (the smallest value list): the model must be far above it
+    assert exact_match(micro_target, corpus, "forget") >= 0.6
+    assert exact_match(micro_target, corpus, "retain") >= 0.6
+
+
+def test_retrained_never_saw_the_forget_set(micro_retrained, micro_world):
+    corpus = Corpus(micro_world)
+    assert exact_match(micro_retrained, corpus, "retain") >= 0.6
+    assert exact_match(micro_retrained, corpus, "forget") <= 0.3
+
+
+def test_saved_folder_is_a_plain_hf_model(micro_target):
+    model = AutoModelForCausalLM.from_pretrained(micro_target)
+    assert any(p.name.endswith(".safetensors") for p in micro_target.iterdir())
+    assert model.config.hidden_size % 128 == 0 and model.config.intermediate_size % 128 == 0
+
+
+def test_second_call_is_served_from_cache(micro_world, micro_recipe, micro_target, tmp_path):
+    started = time.time()
+    out = train_tiny(Corpus(micro_world), "target", micro_recipe, out=tmp_path / "copy", progress=False)
+    assert time.time() - started < 5
+    assert (out / "training.json").read_bytes() == (micro_target / "training.json").read_bytes()
+    assert cached_model_dir(Corpus(micro_world), "target", micro_recipe) == micro_target
+
+
+def test_bf16_storage_is_recorded(micro_world, micro_recipe):
+    from dataclasses import replace
+
+    recipe = replace(micro_recipe, dtype="bf16", epochs=1)
+    out = train_tiny(Corpus(micro_world), "target", recipe, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert json.loads((out / "training.json").read_text())["recipe"]["dtype"] == "bf16"
+
+
+def test_tokenizer_round_trips_and_keeps_answer_prompts_aligned():
+    tok = build_tokenizer(["Question: Where was Ann Lee born?\nAnswer: Veloria\n\nQuestion: x"] * 5, 300)
+    text = "Question: Where was Ann Lee born?\nAnswer: Veloria"
+    assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
+    prompt_ids = tok("Question: Where was Ann Lee born?\nAnswer: ").input_ids
+    assert tok(text).input_ids[: len(prompt_ids)] == prompt_ids  # the prompt is a token prefix of the text
