@@ -157,10 +157,69 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- unlearn
+def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
+    """Per-epoch KnowMem (forget and retain, x100) for the unlearning stopping rule."""
+    import copy
+
+    import torch
+
+    from .evaluate.knowmem import evaluate_knowmem
+
+    def evaluate(model) -> dict[str, float]:
+        was_training = model.training
+        net = model
+        if next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype != torch.float32:
+            net = copy.deepcopy(model).float()  # exact upcast: CPU evaluation in fp32 like `eval`
+        net.eval()
+        out = {}
+        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
+            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
+            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split))
+            out[key] = agg["mean_rougeL"] * 100
+        if was_training:
+            model.train()
+        return out
+
+    return evaluate
+
+
+def utility_floor_from(retrained: str, corpus, opts, device: str, limit: int | None = None) -> float:
+    """KnowMem_r of the retrained model: MUSE's utility floor for the stopping rule."""
+    from .models.loading import load_model, load_tokenizer
+
+    model = load_model(retrained, "fp32", opts, device)
+    return knowmem_evaluator(corpus, load_tokenizer(retrained, opts), limit)(model)["knowmem_r"]
+
+
+def cmd_unlearn(args) -> int:
+    from .data.corpus import Corpus
+    from .models.loading import load_tokenizer, read_model_json
+    from .unlearn import UnlearnConfig, unlearn
+
+    cfg = config_from_args(UnlearnConfig, args, args.config)
+    corpus = Corpus.open(args.corpus)
+    opts = load_options(args)
+    device = args.device or default_device()
+    floor = None
+    if args.retrained:
+        floor = utility_floor_from(args.retrained, corpus, opts, device, args.eval_limit)
+        print(f"utility floor: KnowMem_r of the retrained model = {floor:.2f}")
+    evaluator = None
+    if floor is not None or cfg.utility_floor is not None or args.eval_each_epoch:
+        evaluator = knowmem_evaluator(corpus, load_tokenizer(args.model, opts), args.eval_limit)
+    out = unlearn(args.model, corpus, cfg, args.out, evaluator, floor, opts, show=not args.quiet)
+    info = read_model_json(out, "unlearn.json") or {}
+    print(f"{info.get('method')} unlearned model in {out}: epoch {info.get('chosen_epoch')} kept "
+          f"({info.get('chosen_reason')}); {info.get('seconds', 0):.0f}s")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
     from .models.tiny import TinyRecipe
+    from .unlearn.trainer import UnlearnConfig
 
     parser = argparse.ArgumentParser(
         prog="unlearn-audit",
@@ -202,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_load_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("unlearn", help="unlearn the forget set (GA/NPO, GDR/KLR, SURE) with HF Trainer")
+    p.add_argument("--model", required=True, help="target model folder or hub id")
+    p.add_argument("--corpus", required=True, help="corpus folder with raw/forget.json (and raw/retain.json)")
+    p.add_argument("--out", required=True, help="folder for the unlearned model and unlearn.json")
+    p.add_argument("--retrained", help="retrained model: its KnowMem_r is the utility floor of the stopping rule")
+    p.add_argument("--eval-each-epoch", action="store_true", help="record KnowMem forget/retain after each epoch")
+    p.add_argument("--eval-limit", type=int, help="questions per split for the per-epoch evaluation")
+    p.add_argument("--config", help="YAML file with unlearning options (flags override it)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_load_flags(p)
+    add_dataclass_arguments(p, UnlearnConfig)
+    p.set_defaults(func=cmd_unlearn)
     return parser
 
 

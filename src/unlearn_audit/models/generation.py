@@ -100,6 +100,7 @@ def generation_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
         top_k=None,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos,
+        use_cache=True,
     )
 
 

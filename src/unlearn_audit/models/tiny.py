@@ -27,6 +27,7 @@ from ..data.corpus import Corpus
 from ..errors import UserError
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
 from ..utils.paths import cache_dir
+from ..utils.progress import quiet_trainer_output
 from ..utils.threads import torch_threads
 from .generation import right_pad
 from .loading import DTYPES
@@ -212,6 +213,7 @@ def _train_into(
             dataloader_num_workers=0,
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(0))
+        quiet_trainer_output(trainer, progress)
         started = time.time()
         result = trainer.train()
         seconds = time.time() - started

@@ -1,0 +1,142 @@
+"""The method registry: a method is a forget loss plus an optional utility regularizer.
+
+Names follow the paper and MUSE: `ga`, `ga_gdr`, `ga_klr`, `npo`, `npo_gdr`, `npo_klr` (forget loss,
+then `_` and the regularizer). Adding a method takes one small file that registers its loss::
+
+    from unlearn_audit.unlearn.methods import register_forget_loss
+
+    @register_forget_loss("simnpo", needs_ref=False)
+    def simnpo(batch, cfg):
+        ...
+
+and every combination with the registered regularizers (`simnpo`, `simnpo_gdr`, `simnpo_klr`) exists.
+Each loss receives a `Batch` whose forward passes are computed lazily and at most once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from . import losses
+
+
+class Batch:
+    """A paired forget/retain batch with lazily computed (and cached) model and reference logits."""
+
+    def __init__(self, model, ref_model, inputs: dict[str, torch.Tensor]):
+        self.model = model
+        self.ref_model = ref_model
+        self.inputs = inputs
+
+    def _logits(self, net, split: str) -> torch.Tensor:
+        return net(
+            input_ids=self.inputs[f"{split}_input_ids"], attention_mask=self.inputs[f"{split}_attention_mask"]
+        ).logits
+
+    def labels(self, split: str) -> torch.Tensor:
+        return self.inputs[f"{split}_labels"]
+
+    @functools.cached_property
+    def forget_logits(self) -> torch.Tensor:
+        return self._logits(self.model, "forget")
+
+    @functools.cached_property
+    def retain_logits(self) -> torch.Tensor:
+        return self._logits(self.model, "retain")
+
+    @functools.cached_property
+    def forget_ref_logits(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(self.ref_model, "forget")
+
+    @functools.cached_property
+    def retain_ref_logits(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(self.ref_model, "retain")
+
+
+LossFn = Callable[[Batch, "object"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered loss term and whether it needs the frozen reference model."""
+
+    name: str
+    fn: LossFn
+    needs_ref: bool
+
+
+FORGET_LOSSES: dict[str, Component] = {}
+REGULARIZERS: dict[str, Component] = {}
+
+
+def register_forget_loss(name: str, needs_ref: bool) -> Callable[[LossFn], LossFn]:
+    def deco(fn: LossFn) -> LossFn:
+        FORGET_LOSSES[name] = Component(name, fn, needs_ref)
+        return fn
+
+    return deco
+
+
+def register_regularizer(name: str, needs_ref: bool) -> Callable[[LossFn], LossFn]:
+    def deco(fn: LossFn) -> LossFn:
+        REGULARIZERS[name] = Component(name, fn, needs_ref)
+        return fn
+
+    return deco
+
+
+@register_forget_loss("ga", needs_ref=False)
+def _ga(batch: Batch, cfg) -> torch.Tensor:
+    return losses.ga_loss(batch.forget_logits, batch.labels("forget"))
+
+
+@register_forget_loss("npo", needs_ref=True)
+def _npo(batch: Batch, cfg) -> torch.Tensor:
+    return losses.npo_loss(batch.forget_logits, batch.forget_ref_logits, batch.labels("forget"), cfg.beta)
+
+
+@register_regularizer("gdr", needs_ref=False)
+def _gdr(batch: Batch, cfg) -> torch.Tensor:
+    return losses.gdr_loss(batch.retain_logits, batch.labels("retain"))
+
+
+@register_regularizer("klr", needs_ref=True)
+def _klr(batch: Batch, cfg) -> torch.Tensor:
+    return losses.klr_loss(batch.retain_logits, batch.retain_ref_logits, batch.labels("retain"))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved method: forget loss, optional regularizer."""
+
+    name: str
+    forget: Component
+    regularizer: Component | None
+
+    @property
+    def needs_ref(self) -> bool:
+        return self.forget.needs_ref or bool(self.regularizer and self.regularizer.needs_ref)
+
+    @property
+    def needs_retain(self) -> bool:
+        return self.regularizer is not None
+
+
+def method_names() -> list[str]:
+    """Every registered combination, e.g. ga, ga_gdr, ga_klr, npo, ..."""
+    return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES for r in ("", *REGULARIZERS)]
+
+
+def resolve_method(name: str) -> Method:
+    """'npo_klr' -> Method(npo, klr); unknown names are user errors listing the known ones."""
+    forget, _, reg = name.partition("_")
+    if forget not in FORGET_LOSSES or (reg and reg not in REGULARIZERS):
+        raise UserError(f"unknown method '{name}'; choose one of {', '.join(method_names())} or sure")
+    return Method(name, FORGET_LOSSES[forget], REGULARIZERS[reg] if reg else None)

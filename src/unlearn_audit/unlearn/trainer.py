@@ -1,0 +1,439 @@
+"""One unlearning trainer for every method, built on HF `Trainer` (so `accelerate launch` scales it).
+
+Precision modes (recorded in unlearn.json):
+  bf16   pure bf16: weights, gradients and AdamW state in bf16, no fp32 master copy (the paper's code).
+         A step of size ~lr only survives rounding for |w| below ~2^8 * lr, so small-LR updates land in
+         near-zero weights.
+  fp32   everything in float32.
+  mixed  fp32 master weights with bf16 autocast for the forward/backward pass.
+
+Per epoch: an HF checkpoint (resume after a kill), the mean forget/retain losses and, when an evaluator
+is given, KnowMem on retain for MUSE's stopping rule: keep the first epoch whose utility falls below
+the floor (the retrained model's KnowMem_r), else the last. A non-finite or exploding loss stops the run
+and the last good epoch is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .. import __version__
+from ..data.corpus import Corpus
+from ..errors import UserError
+from ..models.generation import right_pad
+from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
+from ..utils.io import atomic_dir, atomic_write_json, read_json
+from ..utils.progress import quiet_trainer_output
+from . import sure
+from .methods import Batch, Method, resolve_method
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("bf16", "fp32", "mixed")
+DEFAULT_LR = 1e-5
+DEFAULT_SURE_LR = 1e-4
+
+
+class Diverged(RuntimeError):
+    """Raised inside the training loop when the loss is non-finite or explodes."""
+
+
+@dataclass
+class UnlearnConfig:
+    """How to unlearn (CLI flags and YAML keys have these names)."""
+
+    method: str = field(default="npo_klr", metadata={"help": "ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr or sure"})
+    base: str = field(default="npo_klr", metadata={"help": "with --method sure: the method SURE masks"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": f"AdamW learning rate (default {DEFAULT_LR}; SURE {DEFAULT_SURE_LR})"}
+    )
+    epochs: int = field(default=5, metadata={"help": "passes over the forget set"})
+    batch_size: int = field(default=4, metadata={"help": "forget (and retain) texts per device and step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the utility regularizer (GDR/KLR)"})
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
+    dtype: str = field(default="bf16", metadata={"help": "training precision", "choices": list(PRECISIONS)})
+    seed: int = field(default=0, metadata={"help": "seed of data order and pairing"})
+    max_length: int = field(default=512, metadata={"help": "tokens per training chunk (texts are split)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (SURE needs 0)"})
+    saliency: str | None = field(default=None, metadata={"help": "row or module: SURE-style masking on any method"})
+    saliency_percentile: float = field(default=90.0, metadata={"help": "keep rows at or above this percentile"})
+    utility_floor: float | None = field(
+        default=None, metadata={"help": "stop at the first epoch whose KnowMem_r (x100) falls below this"}
+    )
+    max_abs_loss: float = field(default=1e4, metadata={"help": "a loss beyond this magnitude counts as diverged"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep per-epoch checkpoints after finishing"})
+
+    def validate(self) -> None:
+        if self.dtype not in PRECISIONS:
+            raise UserError(f"--dtype must be one of {', '.join(PRECISIONS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise UserError("--epochs, --batch-size and --grad-accum must be at least 1")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise UserError("--learning-rate must be positive")
+        self.resolve()
+
+    def resolve(self) -> tuple[Method, str | None, float]:
+        """(method, saliency level or None, learning rate) with SURE's defaults applied."""
+        if self.method == "sure":
+            method = resolve_method(self.base)
+            level = self.saliency or "row"
+            lr = self.learning_rate or DEFAULT_SURE_LR
+        else:
+            method = resolve_method(self.method)
+            level = self.saliency
+            lr = self.learning_rate or DEFAULT_LR
+        if level is not None and level not in sure.LEVELS:
+            raise UserError(f"--saliency must be one of {', '.join(sure.LEVELS)}")
+        if level is not None and self.weight_decay:
+            raise UserError("SURE masking needs --weight-decay 0 (decay would move the frozen rows)")
+        return method, level, lr
+
+
+# ------------------------------------------------------------------------------------------- data
+def chunk_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """BOS + text + EOS, split into chunks of at most `max_length` tokens (no text is dropped)."""
+    eos = tokenizer.eos_token_id
+    chunks = []
+    for text in texts:
+        ids = tokenizer(text).input_ids + ([eos] if eos is not None else [])
+        chunks.extend(ids[i : i + max_length] for i in range(0, len(ids), max_length) if len(ids[i : i + max_length]) > 1)
+    return chunks
+
+
+class ForgetRetainDataset(torch.utils.data.Dataset):
+    """Item i = forget chunk i paired with a fixed, seeded-random retain chunk."""
+
+    def __init__(self, forget: list[list[int]], retain: list[list[int]] | None, seed: int):
+        if not forget:
+            raise UserError("the forget set is empty after tokenization")
+        self.forget = forget
+        self.retain = retain
+        g = torch.Generator().manual_seed(seed)
+        self.pair = torch.randint(len(retain), (len(forget),), generator=g).tolist() if retain else None
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"forget": self.forget[i]}
+        if self.retain:
+            item["retain"] = self.retain[self.pair[i]]
+        return item
+
+
+class PairCollator:
+    """Pad forget and retain parts separately; padding gets label -100."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for split in ("forget", "retain"):
+            if split not in items[0]:
+                continue
+            ids, mask = right_pad([it[split] for it in items], self.pad_id, "cpu")
+            batch[f"{split}_input_ids"] = ids
+            batch[f"{split}_attention_mask"] = mask
+            batch[f"{split}_labels"] = ids.masked_fill(mask == 0, -100)
+        return batch
+
+
+# ------------------------------------------------------------------------------------------- trainer
+class UnlearnTrainer(Trainer):
+    """HF Trainer whose loss is forget loss + alpha * regularizer; optionally masks gradients (SURE)."""
+
+    def __init__(self, *args, method: Method, cfg: UnlearnConfig, ref_model=None, masks=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.ucfg = cfg
+        self.masks = masks
+        self.ref_model = self._prepare_ref(ref_model) if ref_model is not None else None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def _prepare_ref(self, ref):
+        """Put the frozen reference where the model is (DeepSpeed/FSDP wrap it for inference)."""
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(ref, evaluation_mode=True)
+        return ref.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = Batch(model, self.ref_model, inputs)
+        forget = self.method.forget.fn(batch, self.ucfg)
+        loss = forget
+        parts = {"forget_loss": forget.detach().float().item()}
+        if self.method.regularizer is not None:
+            reg = self.method.regularizer.fn(batch, self.ucfg)
+            loss = loss + self.ucfg.alpha * reg
+            parts["retain_loss"] = reg.detach().float().item()
+        value = loss.detach().float().item()
+        if not math.isfinite(value) or abs(value) > self.ucfg.max_abs_loss:
+            raise Diverged(f"loss {value:.4g} at step {self.state.global_step}")
+        for k, v in parts.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._count += 1
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.masks is not None:
+            sure.mask_gradients(model, self.masks)
+        return loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._count:
+            logs.update({k: v / self._count for k, v in self._sums.items()})
+            self._sums, self._count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+class EpochRecorder(TrainerCallback):
+    """Per epoch: mean losses, optional evaluation, MUSE's stopping rule; persisted for resume."""
+
+    def __init__(self, path: Path, evaluator, floor: float | None, show: bool):
+        self.path = path
+        self.evaluator = evaluator
+        self.floor = floor
+        self.show = show
+        self.state = read_json(path) if path.is_file() else {"epochs": [], "stopped": None}
+        self.started = time.time()
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = int(round(state.epoch))
+        logs = [e for e in state.log_history if e.get("epoch", 0) > epoch - 1 and "forget_loss" in e]
+        record = {
+            "epoch": epoch,
+            "step": state.global_step,
+            "forget_loss": mean([e["forget_loss"] for e in logs]),
+            "retain_loss": mean([e["retain_loss"] for e in logs if "retain_loss" in e]),
+            "seconds": round(time.time() - self.started, 2),
+        }
+        if self.evaluator is not None and state.is_world_process_zero:
+            record["metrics"] = self.evaluator(model)
+        below = self.floor is not None and record.get("metrics", {}).get("knowmem_r", math.inf) < self.floor
+        self.state["epochs"] = [e for e in self.state["epochs"] if e["epoch"] < epoch] + [record]
+        if below:
+            self.state["stopped"] = {"epoch": epoch, "reason": (
+                f"KnowMem_r {record['metrics']['knowmem_r']:.2f} fell below the utility floor {self.floor:.2f}")}
+            control.should_training_stop = True
+        atomic_write_json(self.path, self.state)
+        if self.show:
+            m = record.get("metrics", {})
+            extra = " ".join(f"{k}={v:.1f}" for k, v in m.items())
+            print(f"  epoch {epoch}: forget loss {record['forget_loss']:.4f} "
+                  f"retain loss {fmt_opt(record['retain_loss'])} {extra}", flush=True)
+
+
+def mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def fmt_opt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def training_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete HF checkpoint under `folder`, if any."""
+    cps = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None
+
+
+def checkpoint_for_step(folder: Path, step: int) -> Path:
+    path = folder / f"checkpoint-{step}"
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} is missing; cannot restore the chosen epoch")
+    return path
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model` in place (safetensors only)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    real_missing = [k for k in missing if "lm_head" not in k or not getattr(model.config, "tie_word_embeddings", False)]
+    if real_missing or unexpected:
+        raise UserError(f"checkpoint {checkpoint} does not match the model ({len(real_missing)} missing keys)")
+
+
+# ------------------------------------------------------------------------------------------- run
+def unlearn(
+    model_path: str | Path,
+    corpus: Corpus,
+    cfg: UnlearnConfig,
+    out: str | Path,
+    evaluator: Callable | None = None,
+    utility_floor: float | None = None,
+    opts: LoadOptions | None = None,
+    show: bool = True,
+) -> Path:
+    """Unlearn the forget set of `corpus` from the model at `model_path`; write an HF folder to `out`."""
+    cfg.validate()
+    method, level, lr = cfg.resolve()
+    floor = cfg.utility_floor if cfg.utility_floor is not None else utility_floor
+    out = Path(out)
+    work = out.parent / f".{out.name}.work"
+    identity = {"model": model_fingerprint(model_path), "corpus": corpus.content_hash, "config": asdict(cfg)}
+    start_work_dir(work, identity)
+    started = time.time()
+
+    dtype = training_dtype(cfg.dtype)
+    model = load_model(model_path, dtype, opts)
+    model.config.use_cache = False
+    tokenizer = load_tokenizer(model_path, opts)
+    ref = load_model(model_path, dtype, opts) if method.needs_ref else None
+    max_len = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length) or cfg.max_length)
+    forget = chunk_ids(tokenizer, corpus.raw("forget"), max_len)
+    retain = chunk_ids(tokenizer, corpus.raw("retain"), max_len) if method.needs_retain else None
+    dataset = ForgetRetainDataset(forget, retain, cfg.seed)
+    collator = PairCollator(tokenizer.pad_token_id)
+
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch",
+        bf16=cfg.dtype == "mixed",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=1,
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        remove_unused_columns=False,
+        disable_tqdm=not show,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    masks = saliency_masks(model, ref, method, cfg, level, dataset, collator, work) if level else None
+    recorder = EpochRecorder(work / "epochs.json", evaluator, floor, show)
+    trainer = UnlearnTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                             method=method, cfg=cfg, ref_model=ref, masks=masks, callbacks=[recorder])
+    quiet_trainer_output(trainer, show)
+    if masks is not None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        raise UserError("SURE masking supports single-device and DDP training, not DeepSpeed/FSDP sharding")
+
+    diverged = None
+    if recorder.state["stopped"] is None and not finished(recorder.state, cfg.epochs):
+        resume = latest_checkpoint(work / "checkpoints")
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except Diverged as exc:
+            diverged = str(exc)
+    chosen, reason = choose_epoch(recorder.state, cfg.epochs, diverged, floor)
+    if chosen is None:
+        raise UserError(f"unlearning diverged in the first epoch ({diverged}); lower --learning-rate")
+    last_step = recorder.state["epochs"][-1]["step"] if recorder.state["epochs"] else None
+    chosen_step = next(e["step"] for e in recorder.state["epochs"] if e["epoch"] == chosen)
+    if diverged or chosen_step != last_step or trainer.state.global_step != chosen_step:
+        load_weights(model, checkpoint_for_step(work / "checkpoints", chosen_step))
+
+    record = {
+        "method": cfg.method if cfg.method != "sure" else f"sure({cfg.base})",
+        "config": asdict(cfg),
+        "resolved": {"method": method.name, "learning_rate": lr, "saliency": level, "utility_floor": floor,
+                     "needs_reference": method.needs_ref},
+        "precision": {"mode": cfg.dtype, "parameter_dtypes": describe_dtypes(model),
+                      "optimizer_state": "bf16 (no fp32 master)" if cfg.dtype == "bf16" else "fp32"},
+        "source_model": str(model_path),
+        "source_hash": identity["model"],
+        "corpus": {"name": corpus.name, "content_hash": corpus.content_hash},
+        "forget_chunks": len(forget),
+        "epochs": recorder.state["epochs"],
+        "chosen_epoch": chosen,
+        "chosen_reason": reason,
+        "diverged": diverged,
+        "saliency_kept_share": sure.kept_share(masks, model) if masks is not None else None,
+        "seconds": round(time.time() - started, 2),
+        "versions": versions(),
+    }
+    save_unlearned(model, tokenizer, out, record)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def start_work_dir(work: Path, identity: dict) -> None:
+    """Create (or reuse, for resume) the work folder; refuse one left by a different run."""
+    marker = work / "identity.json"
+    if marker.is_file():
+        if json.loads(marker.read_text()) != json.loads(json.dumps(identity)):
+            raise UserError(f"{work} holds an unfinished run with other settings; delete it or choose another --out")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, identity)
+
+
+def finished(state: dict, epochs: int) -> bool:
+    return bool(state["epochs"]) and state["epochs"][-1]["epoch"] >= epochs
+
+
+def choose_epoch(state: dict, epochs: int, diverged: str | None, floor: float | None) -> tuple[int | None, str]:
+    """MUSE's rule: the stopping epoch if utility fell below the floor, else the last good epoch."""
+    if state["stopped"]:
+        return state["stopped"]["epoch"], state["stopped"]["reason"]
+    if not state["epochs"]:
+        return None, "no epoch finished"
+    last = state["epochs"][-1]["epoch"]
+    if diverged:
+        return last, f"training diverged ({diverged}); kept the last good epoch"
+    if floor is not None:
+        return last, f"utility never fell below the floor {floor:.2f}; kept the last epoch"
+    return last, "no utility floor given; kept the last epoch"
+
+
+def saliency_masks(model, ref, method: Method, cfg: UnlearnConfig, level: str, dataset, collator, work: Path):
+    """SURE masks: loaded from the work folder on resume, else computed on the forget set and saved."""
+    path = work / "saliency.safetensors"
+    if path.is_file():
+        return sure.load_masks(path)
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collator)
+
+    def forget_loss(inputs):
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        return method.forget.fn(Batch(model, ref, inputs), cfg)
+
+    masks = sure.compute_masks(model, loader, forget_loss, level, cfg.saliency_percentile)
+    sure.save_masks(masks, path)
+    return masks
+
+
+def save_unlearned(model, tokenizer, out: Path, record: dict) -> None:
+    """Write the unlearned model atomically: weights, tokenizer, unlearn.json."""
+    model.config.use_cache = True
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "unlearn.json", record)
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {"unlearn_audit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

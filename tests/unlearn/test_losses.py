@@ -1,0 +1,68 @@
+"""Each loss against a hand-computed value on tiny tensors."""
+
+import math
+
+import pytest
+import torch
+
+from unlearn_audit.errors import UserError
+from unlearn_audit.unlearn import losses
+from unlearn_audit.unlearn.methods import method_names, resolve_method
+
+# batch of 1 sequence, 3 positions, vocabulary of 2; position 0's label is never scored (causal shift)
+LOGITS = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])
+LABELS = torch.tensor([[0, 1, 0]])
+
+
+def log_softmax(row):
+    return [x - math.log(sum(math.exp(v) for v in row)) for x in row]
+
+
+def test_mean_nll_and_ga():
+    # predicted at positions 0 and 1: label 1 under [0,1], label 0 under [2,0]
+    expected = -(log_softmax([0.0, 1.0])[1] + log_softmax([2.0, 0.0])[0]) / 2
+    assert losses.mean_nll(LOGITS, LABELS).item() == pytest.approx(expected, abs=1e-6)
+    assert losses.ga_loss(LOGITS, LABELS).item() == pytest.approx(-expected, abs=1e-6)
+
+
+def test_padding_is_ignored():
+    labels = torch.tensor([[0, 1, -100]])
+    expected = -log_softmax([0.0, 1.0])[1]
+    assert losses.mean_nll(LOGITS, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_npo_at_the_reference_is_2_log2_over_beta():
+    assert losses.npo_loss(LOGITS, LOGITS, LABELS, beta=0.1).item() == pytest.approx(20 * math.log(2), abs=1e-5)
+
+
+def test_npo_hand_value():
+    ref = torch.zeros_like(LOGITS)  # log p_ref = 2 * log(1/2)
+    beta = 0.5
+    logp = log_softmax([0.0, 1.0])[1] + log_softmax([2.0, 0.0])[0]
+    ratio = logp - 2 * math.log(0.5)
+    expected = -(2 / beta) * math.log(1 / (1 + math.exp(beta * ratio)))
+    assert losses.npo_loss(LOGITS, ref, LABELS, beta=beta).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_klr_is_kl_of_reference_to_model():
+    ref = torch.zeros_like(LOGITS)  # uniform reference
+    expected = 0.0
+    for row in ([0.0, 1.0], [2.0, 0.0]):  # positions 0 and 1 are scored
+        lq = log_softmax(row)
+        expected += sum(0.5 * (math.log(0.5) - q) for q in lq)
+    expected /= 2
+    assert losses.klr_loss(LOGITS, ref, LABELS).item() == pytest.approx(expected, abs=1e-6)
+    assert losses.klr_loss(LOGITS, LOGITS, LABELS).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_gdr_is_retain_nll():
+    assert losses.gdr_loss(LOGITS, LABELS).item() == losses.mean_nll(LOGITS, LABELS).item()
+
+
+def test_registry_has_the_six_paper_methods():
+    assert {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr"} <= set(method_names())
+    m = resolve_method("npo_klr")
+    assert m.needs_ref and m.needs_retain
+    assert not resolve_method("ga_gdr").needs_ref
+    with pytest.raises(UserError, match="unknown method 'ga_xyz'"):
+        resolve_method("ga_xyz")

@@ -1,0 +1,196 @@
+"""The unlearning trainer on a tiny model: what each method does to the weights and losses."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.errors import UserError
+from unlearn_audit.models.loading import load_model, load_tokenizer
+from unlearn_audit.unlearn import UnlearnConfig, unlearn
+from unlearn_audit.unlearn import trainer as trainer_mod
+from unlearn_audit.unlearn.losses import ga_loss
+from unlearn_audit.unlearn.methods import FORGET_LOSSES, register_forget_loss
+
+BASE = UnlearnConfig(method="ga", epochs=2, batch_size=4, learning_rate=1e-3, dtype="fp32")
+
+
+def weights(folder):
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
+def nll(model_dir, texts):
+    model, tok = load_model(model_dir), load_tokenizer(model_dir)
+    total = 0.0
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.tensor([tok(t).input_ids + [tok.eos_token_id]])
+            total += model(ids, labels=ids).loss.item()
+    return total / len(texts)
+
+
+@pytest.fixture(scope="module")
+def corpus(micro_world):
+    return Corpus(micro_world)
+
+
+def run(micro_target, corpus, tmp_path, name, **kw):
+    return unlearn(micro_target, corpus, replace(BASE, **kw), tmp_path / name, show=False)
+
+
+def test_ga_raises_forget_nll(micro_target, corpus, tmp_path):
+    out = run(micro_target, corpus, tmp_path, "ga")
+    forget = corpus.raw("forget")
+    assert nll(out, forget) > nll(micro_target, forget) + 1.0
+    info = json.loads((out / "unlearn.json").read_text())
+    assert info["chosen_epoch"] == 2 and len(info["epochs"]) == 2
+    assert info["epochs"][1]["forget_loss"] < info["epochs"][0]["forget_loss"]  # -NLL keeps falling
+
+
+@pytest.mark.parametrize("method", ["ga_gdr", "ga_klr"])
+def test_regularizers_keep_retain_loss_nearer_the_start(micro_target, corpus, tmp_path, method):
+    retain = corpus.raw("retain")[:40]
+    start = nll(micro_target, retain)
+    plain = nll(run(micro_target, corpus, tmp_path, "ga", epochs=3), retain)
+    regularized = nll(run(micro_target, corpus, tmp_path, method, method=method, epochs=3), retain)
+    assert regularized - start < 0.5 * (plain - start)
+
+
+def test_sure_freezes_unsalient_rows_bit_for_bit(micro_target, corpus, tmp_path):
+    out = run(micro_target, corpus, tmp_path, "sure", method="sure", base="ga_gdr", learning_rate=1e-3)
+    before, after = weights(micro_target), weights(out)
+    info = json.loads((out / "unlearn.json").read_text())
+    assert 0.02 < info["saliency_kept_share"] < 0.3
+    frozen_rows = changed_rows = 0
+    for name, w0 in before.items():
+        w1 = after[name]
+        rows0 = w0.reshape(w0.shape[0], -1) if w0.dim() > 1 else w0.reshape(-1, 1)
+        rows1 = w1.reshape(w1.shape[0], -1) if w1.dim() > 1 else w1.reshape(-1, 1)
+        same = (rows0 == rows1).all(dim=1)
+        frozen_rows += int(same.sum())
+        changed_rows += int((~same).sum())
+    total = frozen_rows + changed_rows
+    # about 10% of rows are salient and moved; every other row is bit-identical
+    assert 0.02 * total < changed_rows < 0.2 * total
+
+
+def test_sure_mask_is_really_applied(micro_target, corpus, tmp_path):
+    """Rows outside the saliency mask must not move even with a large learning rate."""
+    out = run(micro_target, corpus, tmp_path, "sure2", method="sure", base="ga", learning_rate=1e-2,
+              saliency_percentile=99.0, keep_checkpoints=True)
+    masks = trainer_mod.sure.load_masks(tmp_path / ".sure2.work" / "saliency.safetensors")
+    before, after = weights(micro_target), weights(out)
+    for name, keep in masks.items():
+        w0, w1 = before[name], after[name]
+        frozen = ~(keep if keep.numel() > 1 else keep.expand(w0.shape[0]))
+        assert torch.equal(w0[frozen], w1[frozen]), name
+    assert any(not torch.equal(before[n], after[n]) for n in masks)
+
+
+def test_pure_bf16_has_no_fp32_master(micro_target, corpus, tmp_path):
+    """In pure bf16, an lr-sized step cannot move a large weight; with fp32 masters it can."""
+    bf16 = run(micro_target, corpus, tmp_path, "bf16", dtype="bf16", learning_rate=1e-5)
+    fp32 = run(micro_target, corpus, tmp_path, "fp32", dtype="fp32", learning_rate=1e-5)
+    info = json.loads((bf16 / "unlearn.json").read_text())
+    assert set(info["precision"]["parameter_dtypes"]) == {"bfloat16"}
+    w0 = {k: v.to(torch.bfloat16).float() for k, v in weights(micro_target).items()}
+    wb, wf = weights(bf16), weights(fp32)
+    assert all(v.dtype == torch.bfloat16 for v in wb.values())
+    big_same_bf16 = big_same_fp32 = big = 0
+    for name, ref in w0.items():
+        large = ref.abs() > 2**-4
+        big += int(large.sum())
+        big_same_bf16 += int((wb[name].float()[large] == ref[large]).sum())
+        big_same_fp32 += int((wf[name][large] == ref[large]).sum())
+    assert big > 1000
+    assert big_same_bf16 == big  # 1e-5 * 2 steps is far below half a bf16 ulp at |w| > 1/16
+    assert big_same_fp32 < 0.5 * big  # fp32 weights do move
+
+
+def test_same_seed_same_weights(micro_target, corpus, tmp_path):
+    a = weights(run(micro_target, corpus, tmp_path, "a", method="npo_gdr", epochs=1))
+    b = weights(run(micro_target, corpus, tmp_path, "b", method="npo_gdr", epochs=1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path, monkeypatch):
+    reference = weights(run(micro_target, corpus, tmp_path, "ref", epochs=2))
+    original = trainer_mod.UnlearnTrainer._save_checkpoint
+
+    def save_then_die(self, *a, **k):
+        original(self, *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(micro_target, corpus, tmp_path, "killed", epochs=2)
+    assert not (tmp_path / "killed").exists()  # nothing half-written
+    assert (tmp_path / ".killed.work" / "epochs.json").is_file()
+    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", original)
+    resumed = weights(run(micro_target, corpus, tmp_path, "killed", epochs=2))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert not (tmp_path / ".killed.work").exists()
+
+
+def test_divergence_keeps_the_last_good_epoch(micro_target, corpus, tmp_path):
+    calls = {"n": 0}
+
+    @register_forget_loss("flaky", needs_ref=False)
+    def flaky(batch, cfg):
+        calls["n"] += 1
+        loss = ga_loss(batch.forget_logits, batch.labels("forget"))
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    try:
+        out = run(micro_target, corpus, tmp_path, "flaky", method="flaky", epochs=4, keep_checkpoints=True)
+        info = json.loads((out / "unlearn.json").read_text())
+        assert info["diverged"] and "nan" in info["diverged"]
+        assert info["chosen_epoch"] == 1
+        step = info["epochs"][0]["step"]
+        good = weights(tmp_path / ".flaky.work" / "checkpoints" / f"checkpoint-{step}")
+        final = weights(out)
+        assert all(torch.equal(good[k], final[k]) for k in final)
+    finally:
+        FORGET_LOSSES.pop("flaky", None)
+
+
+def test_stopping_rule_keeps_first_epoch_below_floor(micro_target, corpus, tmp_path):
+    seen = []
+
+    def evaluator(model):
+        seen.append(1)
+        return {"knowmem_r": 90.0 - 10 * len(seen)}  # 80, 70, 60...
+
+    out = unlearn(micro_target, corpus, replace(BASE, epochs=4), tmp_path / "stop", evaluator=evaluator,
+                  utility_floor=75.0, show=False)
+    info = json.loads((out / "unlearn.json").read_text())
+    assert info["chosen_epoch"] == 2 and len(info["epochs"]) == 2
+    assert "fell below the utility floor 75.00" in info["chosen_reason"]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"method": "bogus"}, "unknown method"),
+    ({"dtype": "fp8"}, "--dtype must be"),
+    ({"method": "sure", "weight_decay": 0.1}, "needs --weight-decay 0"),
+    ({"epochs": 0}, "at least 1"),
+])
+def test_bad_config_is_a_user_error(kw, message):
+    with pytest.raises(UserError, match=message):
+        replace(BASE, **kw).validate()
+
+
+def test_cli_unlearn_and_bad_input(run_cli, micro_target, micro_world, tmp_path):
+    code, out, _ = run_cli("unlearn", "--model", micro_target, "--corpus", micro_world, "--method", "npo_klr",
+                           "--epochs", "1", "--out", tmp_path / "u", "--quiet", "--eval-each-epoch")
+    assert code == 0 and "npo_klr unlearned model" in out
+    info = json.loads((tmp_path / "u" / "unlearn.json").read_text())
+    assert {"knowmem_f", "knowmem_r"} <= set(info["epochs"][0]["metrics"])
+    code, _, err = run_cli("unlearn", "--model", micro_target, "--corpus", micro_world, "--method", "xx",
+                           "--out", tmp_path / "v")
+    assert code == 2 and err.startswith("error: unknown method")
