@@ -130,9 +130,11 @@ def cmd_eval(args) -> int:
     tok = load_tokenizer(args.model, opts)
     scheme = "full"
     if args.quantize:
-        from .quantize import apply_scheme
+        from .quantize import quantized_model
 
-        model = apply_scheme(model, args.quantize, tokenizer=tok, corpus=corpus)
+        del model
+        model = quantized_model(args.model, args.quantize, opts, quantize_options(args), args.dtype, device, tok,
+                                calibration_texts(corpus, args.quantize))
         scheme = args.quantize
     identity = {"model": model_fingerprint(args.model), "scheme": scheme, "dtype": args.dtype}
     res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=not args.quiet)
@@ -155,6 +157,69 @@ def cmd_eval(args) -> int:
         print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")
     print(f"wrote {out / 'metrics.json'} in {time.time() - started:.1f}s")
     return 0
+
+
+# ------------------------------------------------------------------------------------------- quantize
+def quantize_options(args):
+    from .quantize import QuantizeOptions
+
+    return QuantizeOptions(include_embeddings=getattr(args, "quantize_embeddings", False),
+                           include_lm_head=getattr(args, "quantize_lm_head", False),
+                           calibration_samples=getattr(args, "calibration_samples", 64))
+
+
+def calibration_texts(corpus, scheme: str) -> list[str] | None:
+    """Retain texts for GPTQ/AWQ calibration (never the forget set); None for calibration-free schemes."""
+    from .quantize import parse_scheme
+
+    if parse_scheme(scheme).family not in ("gptq", "awq"):
+        return None
+    if corpus is None:
+        raise UserError(f"{scheme} calibrates on data: pass --calibration CORPUS (its retain texts are used)")
+    return corpus.raw("retain")
+
+
+def cmd_quantize(args) -> int:
+    from .data.corpus import Corpus
+    from .models.loading import load_tokenizer, model_fingerprint
+    from .quantize import parse_scheme, quantized_model, save_quantized
+
+    scheme = parse_scheme(args.scheme)
+    opts = load_options(args)
+    corpus = Corpus.open(args.calibration) if args.calibration else None
+    tok = load_tokenizer(args.model, opts)
+    started = time.time()
+    model = quantized_model(args.model, scheme, opts, quantize_options(args), args.dtype, args.device, tok,
+                            calibration_texts(corpus, scheme.name))
+    record = {"scheme": scheme.name, "family": scheme.family, "bits": scheme.bits, "group_size": scheme.group_size,
+              "source_model": str(args.model), "source_hash": model_fingerprint(args.model),
+              "calibration": str(args.calibration) if corpus else None,
+              "embeddings_quantized": args.quantize_embeddings, "lm_head_quantized": args.quantize_lm_head,
+              "storage": "dequantized weights (quantize-dequantize)" if scheme.family == "rtn" else "library format",
+              "seconds": round(time.time() - started, 2), "unlearn_audit_version": __version__}
+    out = save_quantized(model, tok, scheme, args.out, record)
+    print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")
+    return 0
+
+
+def cmd_bins(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .quantize.bins import BinsOptions, analyse, table, write_outputs
+
+    opts = BinsOptions(include_embeddings=args.quantize_embeddings, include_lm_head=args.quantize_lm_head)
+    with tqdm(desc="bins", unit="tensor", disable=args.quiet, leave=False) as bar:
+        result = analyse(args.target, args.unlearned, args.scheme, args.lr, opts, bar.update)
+    print(table(result))
+    if args.out:
+        files = write_outputs(result, args.out)
+        print(f"wrote {files['json']}, {files['table']}, {files['plot']}")
+    return 0
+
+
+def add_quantize_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize-embeddings", action="store_true", help="also quantize the input embeddings")
+    p.add_argument("--quantize-lm-head", action="store_true", help="also quantize the output head")
 
 
 # ------------------------------------------------------------------------------------------- unlearn
@@ -260,7 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for metrics.json and per-item logs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_load_flags(p)
+    add_quantize_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a model folder (RTN, bitsandbytes, GPTQ, AWQ, HQQ)")
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--scheme", required=True, help="e.g. rtn-int4-g128, rtn-int8-channel, bnb-nf4, gptq-int4-g128")
+    p.add_argument("--calibration", help="corpus whose retain texts calibrate GPTQ/AWQ")
+    p.add_argument("--calibration-samples", type=int, default=64, help="calibration texts (default 64)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"], help="dtype to load in")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--out", required=True, help="folder for the quantized model")
+    add_load_flags(p)
+    add_quantize_flags(p)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bins", help="weight-bin analysis: does the unlearning update survive quantization?")
+    p.add_argument("--target", required=True, help="target model folder (safetensors)")
+    p.add_argument("--unlearned", required=True, help="unlearned model folder (safetensors)")
+    p.add_argument("--scheme", default="rtn-int4-g128", help="rtn-* or bnb-* scheme (default rtn-int4-g128)")
+    p.add_argument("--lr", type=float, help="unlearning learning rate: reports the bf16 cap against the bins")
+    p.add_argument("--out", help="folder for bins.json, bins.md and bins.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quantize_flags(p)
+    p.set_defaults(func=cmd_bins)
 
     p = sub.add_parser("unlearn", help="unlearn the forget set (GA/NPO, GDR/KLR, SURE) with HF Trainer")
     p.add_argument("--model", required=True, help="target model folder or hub id")

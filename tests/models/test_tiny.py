@@ -20,7 +20,7 @@ def exact_match(model_dir, corpus, split):
 def test_micro_target_trains_fast_and_answers_its_questions(micro_target, micro_world):
     info = json.loads((micro_target / "training.json").read_text())
     assert info["seconds"] < 60
-    assert info["role"] == "target" and info["recipe"]["dtype"] == "fp32"
+    assert info["role"] == "target" and info["recipe"]["dtype"] == "bf16"
     corpus = Corpus(micro_world)
     # chance is at most 1/12 per attribute (the smallest value list): the model must be far above it
     assert exact_match(micro_target, corpus, "forget") >= 0.6

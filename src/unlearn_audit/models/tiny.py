@@ -55,7 +55,9 @@ class TinyRecipe:
     weight_decay: float = field(default=1.0, metadata={"help": "decoupled AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and data order"})
-    dtype: str = field(default="fp32", metadata={"help": "dtype the weights are stored in", "choices": ["fp32", "bf16"]})
+    dtype: str = field(default="bf16", metadata={
+        "help": "dtype the weights are stored in (trained in fp32; bf16 like released checkpoints)",
+        "choices": ["fp32", "bf16"]})
 
     def validate(self) -> None:
         for name in ("hidden_size", "intermediate_size"):

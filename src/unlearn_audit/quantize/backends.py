@@ -1,0 +1,240 @@
+"""Quantize a model the way deployments do: our RTN, or a library behind an optional extra.
+
+`quantized_model(spec, scheme)` loads a model and returns it quantized, ready for evaluation:
+  rtn-*   Linear weights replaced by Q(w) (quantize-dequantize; runs anywhere).
+  bnb-*   loaded through transformers' BitsAndBytesConfig (real 4-bit / LLM.int8 kernels; CPU works
+          with bitsandbytes >= 0.45). The paper's released code used exactly load_in_4bit (FP4) and
+          load_in_8bit.
+  gptq-*, awq-*  llmcompressor `oneshot`, calibrated on the corpus's retain texts (no hub data).
+  hqq-*   HQQ's calibration-free quantizer.
+Libraries are imported lazily; a missing one is a one-line error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..models.loading import LoadOptions, load_model
+from ..utils.io import atomic_dir, atomic_write_json
+from .rtn import fake_quantize
+from .schemes import Scheme, parse_scheme
+
+log = logging.getLogger(__name__)
+
+EXTRAS = {"bnb": ("bitsandbytes", "bnb"), "gptq": ("llmcompressor", "gptq"), "awq": ("llmcompressor", "gptq"),
+          "hqq": ("hqq", "hqq")}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Which layers to quantize and how to calibrate."""
+
+    include_embeddings: bool = False
+    include_lm_head: bool = False
+    calibration_samples: int = 64
+    calibration_max_length: int = 512
+
+
+def require(family: str):
+    """Import the library a scheme family needs, or explain which extra installs it."""
+    module, extra = EXTRAS[family]
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"{family} schemes need the '{module}' package: pip install 'unlearn-audit[{extra}]'") from None
+
+
+def target_linears(model, opts: QuantizeOptions) -> list[tuple[str, torch.nn.Module]]:
+    """The modules whose weights are quantized: every nn.Linear but lm_head (unless asked), plus embeddings."""
+    out = []
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            if mod is head and not opts.include_lm_head:
+                continue
+            out.append((name, mod))
+        elif isinstance(mod, torch.nn.Embedding) and opts.include_embeddings:
+            out.append((name, mod))
+    return out
+
+
+@torch.no_grad()
+def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
+    """Replace each target weight by its RTN quantize-dequantize, in place; returns the model."""
+    opts = opts or QuantizeOptions()
+    if scheme.family != "rtn":
+        raise UserError(f"{scheme.name} is not an RTN scheme")
+    for _, mod in target_linears(model, opts):
+        mod.weight.copy_(fake_quantize(mod.weight, scheme.rtn).to(mod.weight.dtype))
+    return model
+
+
+def calibration_dataset(tokenizer, texts: list[str], opts: QuantizeOptions):
+    """Tokenized calibration texts as a `datasets.Dataset` (what llmcompressor's oneshot expects)."""
+    import datasets
+
+    texts = [t for t in texts if t.strip()][: opts.calibration_samples]
+    if not texts:
+        raise UserError("no calibration texts: the corpus's raw/retain.json is empty")
+    enc = [tokenizer(t, truncation=True, max_length=opts.calibration_max_length) for t in texts]
+    return datasets.Dataset.from_dict(
+        {"input_ids": [e["input_ids"] for e in enc], "attention_mask": [e["attention_mask"] for e in enc]}
+    )
+
+
+def llmcompressor_recipe(scheme: Scheme):
+    """GPTQ or AWQ recipe for int-N weights in groups, symmetric, lm_head left in full precision."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    args = QuantizationArgs(num_bits=scheme.bits, type="int", symmetric=True, strategy="group",
+                            group_size=scheme.group_size)
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=args)}
+    if scheme.family == "gptq":
+        from llmcompressor.modifiers.quantization import GPTQModifier
+
+        return GPTQModifier(config_groups=groups, ignore=["lm_head"])
+    from llmcompressor.modifiers.awq import AWQModifier
+
+    return AWQModifier(config_groups=groups, ignore=["lm_head"])
+
+
+@contextlib.contextmanager
+def cpu_awq_workaround():
+    """llmcompressor's AWQ pins memory for an accelerator; on CPU that raises, so make it a no-op."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from llmcompressor.pipelines import cache
+
+    original = cache.IntermediatesCache.__dict__.get("pin_memory")
+    if original is None:
+        yield
+        return
+    cache.IntermediatesCache.pin_memory = staticmethod(lambda *a, **k: None) if isinstance(original, staticmethod) \
+        else (lambda self, *a, **k: None)
+    try:
+        yield
+    finally:
+        cache.IntermediatesCache.pin_memory = original
+
+
+def apply_llmcompressor(model, tokenizer, scheme: Scheme, calibration_texts: list[str], opts: QuantizeOptions):
+    """Run GPTQ/AWQ in place; the model then applies the quantized weights in its forward pass."""
+    require(scheme.family)
+    from llmcompressor import oneshot
+
+    dataset = calibration_dataset(tokenizer, calibration_texts, opts)
+    ctx = cpu_awq_workaround() if scheme.family == "awq" else contextlib.nullcontext()
+    with ctx, quiet_library_logs():
+        oneshot(model=model, dataset=dataset, recipe=llmcompressor_recipe(scheme), processor=tokenizer,
+                num_calibration_samples=len(dataset), max_seq_length=opts.calibration_max_length)
+    return model
+
+
+def apply_hqq(model, scheme: Scheme):
+    """HQQ quantization in place (calibration-free)."""
+    require("hqq")
+    from hqq.core.quantize import BaseQuantizeConfig
+    from hqq.models.hf.base import AutoHQQHFModel
+
+    dtype = next(model.parameters()).dtype
+    device = str(next(model.parameters()).device)
+    cfg = BaseQuantizeConfig(nbits=scheme.bits, group_size=scheme.group_size)
+    with quiet_library_logs():
+        AutoHQQHFModel.quantize_model(model, quant_config=cfg, compute_dtype=dtype, device=device)
+    return model
+
+
+def bnb_config(scheme: Scheme):
+    """transformers' BitsAndBytesConfig for bnb-fp4 / bnb-nf4 / bnb-int8 (library defaults otherwise)."""
+    require("bnb")
+    from transformers import BitsAndBytesConfig
+
+    if scheme.kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=scheme.kind,
+                              bnb_4bit_compute_dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def quiet_library_logs():
+    """Hide the per-call warnings quantization libraries print (fp16 casts, missing kernels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in ("bitsandbytes", "llmcompressor", "hqq")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        loguru = silence_loguru()
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+            if loguru:
+                for name in ("llmcompressor", "compressed_tensors"):
+                    loguru.enable(name)
+
+
+def silence_loguru():
+    """llmcompressor and compressed-tensors log through loguru; mute them for the duration."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return None
+    for name in ("llmcompressor", "compressed_tensors"):
+        logger.disable(name)
+    return logger
+
+
+def quantized_model(
+    spec: str | Path,
+    scheme: str | Scheme,
+    load: LoadOptions | None = None,
+    opts: QuantizeOptions | None = None,
+    dtype: str = "fp32",
+    device: str | None = None,
+    tokenizer=None,
+    calibration_texts: list[str] | None = None,
+):
+    """Load the model at `spec` and quantize it with `scheme`; returns a model ready to evaluate."""
+    s = parse_scheme(scheme) if isinstance(scheme, str) else scheme
+    opts = opts or QuantizeOptions()
+    if s.family == "bnb":
+        if opts.include_embeddings or opts.include_lm_head:
+            raise UserError("bitsandbytes keeps embeddings and lm_head in full precision; drop those flags")
+        with quiet_library_logs():
+            return load_model(spec, None if dtype == "auto" else dtype, load,
+                              quantization_config=bnb_config(s), device_map=device or "cpu")
+    model = load_model(spec, dtype, load, device)
+    if s.family == "rtn":
+        return apply_rtn(model, s, opts)
+    if s.family == "hqq":
+        return apply_hqq(model, s)
+    if tokenizer is None or not calibration_texts:
+        raise UserError(f"{s.name} needs calibration texts (pass a corpus with raw/retain.json)")
+    return apply_llmcompressor(model, tokenizer, s, calibration_texts, opts)
+
+
+def save_quantized(model, tokenizer, scheme: Scheme, out: str | Path, record: dict) -> Path:
+    """Write a quantized model atomically as an HF folder with quantization.json recording the scheme."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        if scheme.family in ("gptq", "awq"):
+            model.save_pretrained(tmp, save_compressed=True)
+        elif scheme.family == "hqq":
+            from hqq.models.hf.base import AutoHQQHFModel
+
+            AutoHQQHFModel.save_quantized(model, str(tmp))
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "quantization.json", record)
+    return out

@@ -1,0 +1,309 @@
+"""Weight-bin analysis: will the unlearning update survive quantization? Answered from weights alone.
+
+For every quantized weight tensor of a (target, unlearned) pair, streamed row-chunk by row-chunk from
+the safetensors shards (a 7B pair needs a few chunk buffers, not whole models):
+  changed_share     share of weights with w_u != w_t
+  same_code_share   share whose N-bit code under the scheme equals the target's (each model quantized
+                    with its own scales, as a deployment would)
+  zero_bin_share    share of the changed weights whose target value lies in the bin that rounds to 0
+  erased_share      share of the changed weights whose quantized value equals the target's
+  erased_mass_share the same, weighted by |w_u - w_t| (the verdict uses it)
+  histograms of |dw| / Delta and |w_t| / Delta over the changed weights (Delta: the target's step)
+With `lr`, the bf16 cap: an AdamW step of size lr only survives bf16 rounding for |w| below
+2^ceil(log2(lr) + 8); when that cap lies inside the zero bin, the bf16 update cannot leave it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..utils.io import atomic_write_json, atomic_write_text
+from .schemes import Scheme, parse_scheme
+
+HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
+CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class BinsOptions:
+    include_embeddings: bool = False
+    include_lm_head: bool = False
+    chunk_elements: int = CHUNK_ELEMENTS
+
+
+def bf16_cap(lr: float) -> float:
+    """Largest |w| a bf16 weight can still be moved by an update of size `lr` (round to nearest)."""
+    return 2.0 ** math.ceil(math.log2(lr) + 8)
+
+
+# ------------------------------------------------------------------------------------------- files
+class ShardedWeights:
+    """Lazy access to the tensors of a safetensors model folder (single file or sharded)."""
+
+    def __init__(self, folder: str | Path):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise UserError(f"model folder not found: {self.folder} (bins reads local safetensors folders)")
+        files = sorted(self.folder.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{self.folder} holds no *.safetensors weights; bins needs safetensors")
+        self.handles = {f: safe_open(str(f), framework="pt") for f in files}
+        self.where = {name: f for f, h in self.handles.items() for name in h.keys()}
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def slice(self, name: str):
+        return self.handles[self.where[name]].get_slice(name)
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        return str(self.slice(name).get_dtype())
+
+    def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows [start, stop) as float32, first rounded to `as_dtype` when given."""
+        x = self.slice(name)[start:stop]
+        return (x.to(as_dtype) if as_dtype is not None else x).float()
+
+
+def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> list[str]:
+    """2-D weights present in both models that the scheme quantizes (Linear layers by default)."""
+    common = [n for n in a.names() if n in b.where]
+    if not common:
+        raise UserError("the two models share no tensor names; are they the same architecture?")
+    picked = []
+    for n in common:
+        if len(a.shape(n)) != 2 or a.shape(n) != b.shape(n) or not n.endswith("weight"):
+            continue
+        if "embed" in n and not opts.include_embeddings:
+            continue
+        if "lm_head" in n and not opts.include_lm_head:
+            continue
+        picked.append(n)
+    if not picked:
+        raise UserError("no quantizable 2-D weights found in both models")
+    return picked
+
+
+PRECISION_BITS = {"F64": 53, "F32": 24, "BF16": 8, "F16": 11}
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def comparison_dtype(target_dtype: str, unlearned_dtype: str) -> torch.dtype | None:
+    """When the unlearned model is stored more coarsely (fp32 target, bf16 unlearned), round the target the
+    same way first, so that `changed` measures the unlearning update and not the storage rounding."""
+    t, u = PRECISION_BITS.get(target_dtype), PRECISION_BITS.get(unlearned_dtype)
+    if t is not None and u is not None and u < t:
+        return TORCH_DTYPES[unlearned_dtype]
+    return None
+
+
+def chunk_rows(shape: list[int], scheme: Scheme, budget: int) -> int:
+    """Rows per chunk: within the element budget, and whole bitsandbytes blocks for codebook schemes."""
+    rows, cols = shape
+    step = 1
+    if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
+        step = 64 // math.gcd(cols, 64)
+    n = max(step, (budget // max(cols, 1)) // step * step)
+    return min(rows, n)
+
+
+# ------------------------------------------------------------------------------------------- stats
+class Tally:
+    """Counters and histograms accumulated over chunks."""
+
+    def __init__(self):
+        self.n = self.changed = self.same_code = self.same_value = self.zero_bin = self.erased = 0
+        self.mass = self.erased_mass = 0.0
+        self.movable = self.cap_inside = 0
+        self.dw_hist = np.zeros(len(HIST_EDGES) - 1)
+        self.w_hist = np.zeros(len(HIST_EDGES) - 1)
+
+    def add(self, other: Tally) -> None:
+        for k in ("n", "changed", "same_code", "same_value", "zero_bin", "erased", "mass", "erased_mass",
+                  "movable", "cap_inside"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.dw_hist += other.dw_hist
+        self.w_hist += other.w_hist
+
+    def summary(self, with_cap: bool) -> dict:
+        ch = max(self.changed, 1)
+        out = {
+            "weights": int(self.n),
+            "changed_share": self.changed / max(self.n, 1),
+            "same_code_share": self.same_code / max(self.n, 1),
+            "same_value_share": self.same_value / max(self.n, 1),
+            "zero_bin_share": self.zero_bin / ch if self.changed else 0.0,
+            "erased_share": self.erased / ch if self.changed else 0.0,
+            "erased_mass_share": self.erased_mass / self.mass if self.mass > 0 else 0.0,
+            "dw_over_delta": percentiles(self.dw_hist),
+            "w_over_delta": percentiles(self.w_hist),
+        }
+        if with_cap:
+            out["bf16_movable_share"] = self.movable / max(self.n, 1)
+            out["cap_inside_zero_bin_share"] = self.cap_inside / max(self.n, 1)
+        return out
+
+
+def percentiles(hist: np.ndarray, qs=(50, 90, 99)) -> dict[str, float | None]:
+    """Approximate percentiles from a log-binned histogram (upper bin edge)."""
+    total = hist.sum()
+    if total == 0:
+        return {f"p{q}": None for q in qs}
+    cdf = np.cumsum(hist) / total
+    return {f"p{q}": float(HIST_EDGES[1:][np.searchsorted(cdf, q / 100)]) for q in qs}
+
+
+def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
+    """Statistics of one chunk of rows (target and unlearned, float32)."""
+    t = Tally()
+    ct, qt, step = scheme.quantize_weight(wt)
+    cu, qu, _ = scheme.quantize_weight(wu)
+    half = scheme.zero_halfwidth(step)
+    changed = wt != wu
+    erased = changed & (qu == qt)
+    dw = (wu - wt).abs()
+    t.n = wt.numel()
+    t.changed = int(changed.sum())
+    t.same_code = int((cu == ct).sum())
+    t.same_value = int((qu == qt).sum())
+    t.zero_bin = int((changed & (wt.abs() < half)).sum())
+    t.erased = int(erased.sum())
+    t.mass = float(dw[changed].sum())
+    t.erased_mass = float(dw[erased].sum())
+    unit = step if scheme.family == "rtn" else 2 * half  # Delta; for codebooks the zero-bin width
+    safe = torch.where(unit > 0, unit, torch.ones_like(unit))
+    if t.changed:
+        t.dw_hist = np.histogram((dw[changed] / safe[changed]).numpy(), HIST_EDGES)[0].astype(float)
+        t.w_hist = np.histogram((wt.abs()[changed] / safe[changed]).numpy(), HIST_EDGES)[0].astype(float)
+    if cap is not None:
+        t.movable = int((wt.abs() < cap).sum())
+        t.cap_inside = int((half > cap).sum())
+    return t
+
+
+# ------------------------------------------------------------------------------------------- main
+def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | None = None,
+            opts: BinsOptions | None = None, progress=None) -> dict:
+    """The bin analysis of a model pair under `scheme` (see module docstring)."""
+    opts = opts or BinsOptions()
+    s = parse_scheme(scheme)
+    if not s.analysable:
+        raise UserError(f"bins cannot analyse {s.name}: it depends on calibration data; use an rtn-* or bnb-* scheme")
+    if s.family == "rtn" and s.rtn.granularity == "tensor":
+        raise UserError("bins streams row chunks; per-tensor RTN needs whole tensors: use -channel or -gN")
+    if lr is not None and lr <= 0:
+        raise UserError("--lr must be positive")
+    a, b = ShardedWeights(target), ShardedWeights(unlearned)
+    names = select_tensors(a, b, opts)
+    cap = bf16_cap(lr) if lr else None
+    total, layers = Tally(), {}
+    dtypes = {"target": sorted({a.dtype(n) for n in names}), "unlearned": sorted({b.dtype(n) for n in names})}
+    for name in names:
+        shape = a.shape(name)
+        per = chunk_rows(shape, s, opts.chunk_elements)
+        tensor = Tally()
+        rounding = comparison_dtype(a.dtype(name), b.dtype(name))
+        for r0 in range(0, shape[0], per):
+            wt = a.rows(name, r0, r0 + per, rounding)
+            tensor.add(tally_chunk(wt, b.rows(name, r0, r0 + per), s, cap))
+        layers[name] = tensor.summary(cap is not None)
+        total.add(tensor)
+        if progress:
+            progress(1)
+    overall = total.summary(cap is not None)
+    result = {
+        "scheme": s.name,
+        "bits": s.bits,
+        "target": str(target),
+        "unlearned": str(unlearned),
+        "dtypes": dtypes,
+        **overall,
+        "verdict": verdict(overall, s),
+        "lr": lr,
+        "bf16_cap": cap,
+        "histograms": {"edges": HIST_EDGES.tolist(), "dw_over_delta": total.dw_hist.tolist(),
+                       "w_over_delta": total.w_hist.tolist()},
+        "layers": layers,
+    }
+    return result
+
+
+def verdict(summary: dict, scheme: Scheme) -> str:
+    """One line: does the update survive N-bit quantization?"""
+    n = scheme.bits
+    if summary["changed_share"] == 0:
+        return "no weight changed: the models are identical"
+    share = summary["erased_mass_share"]
+    if summary["same_value_share"] == 1.0:
+        return f"quantized unlearned model equals the quantized target: update is erased by {n}-bit quantization in 100% of its mass"
+    if share >= 0.5:
+        return f"update is erased by {n}-bit quantization in {share:.0%} of its mass"
+    return f"update survives {n}-bit quantization ({share:.0%} of its mass erased)"
+
+
+def table(result: dict) -> str:
+    """A readable per-tensor table plus the overall line and the verdict."""
+    head = "| tensor | changed | same code | zero bin (of changed) | erased mass | median dw/Delta |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    rows = list(result["layers"].items()) + [("OVERALL", result)]
+    for name, r in rows:
+        med = r["dw_over_delta"]["p50"]
+        lines.append(f"| {name} | {r['changed_share']:.1%} | {r['same_code_share']:.1%} | "
+                     f"{r['zero_bin_share']:.1%} | {r['erased_mass_share']:.1%} | "
+                     f"{'-' if med is None else f'{med:.3g}'} |")
+    lines.append("")
+    lines.append(f"verdict ({result['scheme']}): {result['verdict']}")
+    if result.get("bf16_cap"):
+        lines.append(f"bf16 cap at lr {result['lr']:g}: |w| < {result['bf16_cap']:.4g}; movable share "
+                     f"{result['bf16_movable_share']:.1%}; weights whose zero bin contains the cap "
+                     f"{result['cap_inside_zero_bin_share']:.1%}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Histogram of |dw|/Delta and |w_target|/Delta over the changed weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.array(result["histograms"]["edges"])
+    centers = np.sqrt(np.maximum(edges[1:], 1e-7) * np.maximum(edges[:-1], 1e-7))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("dw_over_delta", "|w_unlearned - w_target| / Delta"), ("w_over_delta", "|w_target| / Delta")):
+        h = np.array(result["histograms"][key])
+        if h.sum():
+            ax.step(centers, h / h.sum(), where="mid", label=label)
+    ax.axvline(0.5, color="k", ls="--", lw=1, label="half a bin (0.5 Delta)")
+    ax.set_xscale("log")
+    ax.set_xlabel("size in units of the quantization step Delta")
+    ax.set_ylabel("share of changed weights")
+    ax.set_title(f"{result['scheme']}: {result['verdict']}", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
+    """bins.json, bins.md (the table) and bins.png under `out`, each written atomically."""
+    out = Path(out)
+    files = {"json": atomic_write_json(out / "bins.json", result),
+             "table": atomic_write_text(out / "bins.md", table(result) + "\n"),
+             "plot": plot(result, out / "bins.png")}
+    return files

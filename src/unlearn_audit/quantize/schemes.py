@@ -1,0 +1,87 @@
+"""Scheme names: one string per way a deployment quantizes a model.
+
+    rtn-int4-g128, rtn-int8-channel, rtn-int4-tensor, rtn-int3-g64-asym, rtn-int4-g128-ct ...  (our RTN)
+    bnb-fp4, bnb-nf4 (bitsandbytes 4-bit, blocks of 64; the paper's 4-bit), bnb-int8 (LLM.int8)
+    gptq-int4-g128, awq-int4-g128                         (llmcompressor, calibrated on retain texts)
+    hqq-int4-g64                                          (HQQ, calibration-free)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from .codebook import codebook_quantize
+from .rtn import RTNScheme, parse_rtn
+from .rtn import quantize as rtn_quantize
+
+FAMILIES = ("rtn", "bnb", "gptq", "awq", "hqq")
+LIB_PATTERN = re.compile(r"^(gptq|awq|hqq)-int(\d)-g(\d+)$")
+EXAMPLES = "rtn-int4-g128, rtn-int8-channel, bnb-fp4, bnb-nf4, bnb-int8, gptq-int4-g128, awq-int4-g128, hqq-int4-g64"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A parsed scheme string."""
+
+    name: str
+    family: str
+    bits: int
+    group_size: int | None = None
+    rtn: RTNScheme | None = None
+    kind: str | None = None  # bnb: fp4 / nf4 / int8
+
+    @property
+    def analysable(self) -> bool:
+        """Whether `bins` can reproduce the quantizer from the weights alone (no calibration data)."""
+        return self.family in ("rtn", "bnb")
+
+    def quantize_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes, dequantized, step) of a 2-D weight; `step` is Delta (RTN) or the block absmax (bnb)."""
+        if self.family == "rtn":
+            return rtn_quantize(w, self.rtn)
+        if self.family == "bnb" and self.kind in ("fp4", "nf4"):
+            return codebook_quantize(w, self.kind)
+        if self.family == "bnb" and self.kind == "int8":  # LLM.int8 weights: row-wise absmax / 127
+            return rtn_quantize(w, RTNScheme(8, "channel", None, True, "maxq"))
+        raise UserError(f"{self.name} depends on calibration data; bins supports rtn-* and bnb-* schemes")
+
+    def zero_halfwidth(self, step: torch.Tensor) -> torch.Tensor:
+        """Per-element half-width of the bin that rounds to zero."""
+        if self.family == "bnb" and self.kind in ("fp4", "nf4"):
+            from .codebook import zero_bin_halfwidth
+
+            return step * zero_bin_halfwidth(self.kind)
+        return step / 2
+
+
+def parse_scheme(name: str) -> Scheme:
+    """Parse a scheme string; unknown names are one-line user errors listing examples."""
+    name = name.strip()
+    if name == "full":
+        raise UserError("'full' means no quantization; do not pass --quantize for it")
+    if name.startswith("rtn-"):
+        rtn = parse_rtn(name)
+        return Scheme(name, "rtn", rtn.bits, rtn.group_size, rtn=rtn)
+    if name in ("bnb-fp4", "bnb-nf4"):
+        return Scheme(name, "bnb", 4, 64, kind=name[4:])
+    if name == "bnb-int8":
+        return Scheme(name, "bnb", 8, None, kind="int8")
+    m = LIB_PATTERN.match(name)
+    if m:
+        family, bits, group = m.group(1), int(m.group(2)), int(m.group(3))
+        if not 2 <= bits <= 8:
+            raise UserError(f"{name}: bits must be between 2 and 8")
+        return Scheme(name, family, bits, group)
+    raise UserError(f"unknown quantization scheme '{name}'; examples: {EXAMPLES}")
+
+
+def precision_label(name: str) -> str:
+    """'full' -> 'full'; 'rtn-int4-g128' -> 'int4'; 'bnb-nf4' -> '4-bit' (for tables and plots)."""
+    if name == "full":
+        return "full"
+    s = parse_scheme(name)
+    return f"int{s.bits}" if s.family != "bnb" else f"{s.bits}-bit"
