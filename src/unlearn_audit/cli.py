@@ -65,30 +65,9 @@ def cmd_world(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------- train-tiny
-def tiny_quality(model_dir: Path, corpus, show: bool = True) -> dict:
-    """Greedy exact-match and ROUGE-L recall on forget/retain QA, cached as quality.json in the model."""
-    from .evaluate.knowmem import evaluate_knowmem
-    from .models.loading import load_model, load_tokenizer, read_model_json
-    from .utils.io import atomic_write_json
-
-    cached = read_model_json(model_dir, "quality.json")
-    if cached and cached.get("corpus") == corpus.content_hash:
-        return cached
-    model, tok = load_model(model_dir), load_tokenizer(model_dir)
-    quality = {"corpus": corpus.content_hash}
-    for split in ("forget", "retain"):
-        _, rows, _ = evaluate_knowmem(model, tok, corpus.knowmem(split), corpus.knowmem_icl(split))
-        quality[split] = {
-            "exact_match": sum(r["response"].strip() == r["gt"].strip() for r in rows) / len(rows),
-            "rougeL_recall": sum(r["rougeL_recall"] for r in rows) / len(rows),
-            "n": len(rows),
-        }
-    atomic_write_json(model_dir / "quality.json", quality)
-    return quality
-
-
 def cmd_train_tiny(args) -> int:
     from .data.corpus import Corpus
+    from .experiment.cells import tiny_quality
     from .models.tiny import TinyRecipe, train_tiny
 
     recipe = config_from_args(TinyRecipe, args, args.config)
@@ -280,6 +259,75 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- grid, demo, report
+def print_report(pieces: dict, run_dir: Path) -> None:
+    print()
+    print(pieces["table"])
+    print()
+    print("Retained share of the target's forget-set knowledge (VerbMem / KnowMem, unlearned / target):")
+    print(pieces["retention"])
+    if pieces["bins"]:
+        print()
+        print("Weight bins:")
+        print("\n".join(pieces["bins"]))
+    print()
+    for line in pieces["agreement"]:
+        print("* " + line)
+    if pieces["failures"]:
+        print("\nFailed cells (re-run the same command to retry):")
+        print("\n".join(pieces["failures"]))
+    print(f"\nreport: {run_dir / 'report.md'}  results: {run_dir / 'results.json'}  "
+          f"plot: {run_dir / 'knowledge_vs_precision.png'}")
+
+
+def run_and_report(cfg, out: Path, quiet: bool) -> int:
+    from .experiment.grid import run_grid
+    from .experiment.report import render
+
+    started = time.time()
+    counts = run_grid(cfg, out, show=not quiet)
+    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}")
+    print_report(pieces, out)
+    print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 1 if counts.get("failed") else 0
+
+
+def cmd_grid(args) -> int:
+    from .experiment.config import load_grid
+
+    cfg = load_grid(args.config)
+    if args.workers:
+        cfg.workers = args.workers
+    return run_and_report(cfg, Path(args.out), args.quiet)
+
+
+def cmd_demo(args) -> int:
+    from .experiment.config import demo_config
+
+    cfg = demo_config(args.quick)
+    if args.workers:
+        cfg.workers = args.workers
+    out = Path(args.out or ("unlearn-audit-demo-quick" if args.quick else "unlearn-audit-demo"))
+    print(f"demo{' (quick)' if args.quick else ''}: {len(cfg.methods)} methods x {len(cfg.dtypes)} regimes x "
+          f"{len(cfg.schemes)} precisions on the built-in world; results in {out}/ (re-run to resume)")
+    return run_and_report(cfg, out, args.quiet)
+
+
+def cmd_report(args) -> int:
+    import yaml
+
+    from .experiment.report import render
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "ledger.sqlite").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no ledger.sqlite); run `demo` or `grid` first")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    schemes = cfg.get("schemes") or ["full", "rtn-int8-channel", "rtn-int4-g128"]
+    pieces = render(run_dir, schemes, title=f"unlearn-audit {cfg.get('name', 'report')}")
+    print_report(pieces, run_dir)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
@@ -363,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_flags(p)
     add_dataclass_arguments(p, UnlearnConfig)
     p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("demo", help="the main job: reproduce the paper's table on the built-in world")
+    p.add_argument("--out", help="run folder (default ./unlearn-audit-demo, or -quick)")
+    p.add_argument("--quick", action="store_true", help="the CI-sized grid (about 3 minutes)")
+    p.add_argument("--workers", type=int, help="worker processes (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("grid", help="run a YAML grid of methods x learning rates x dtypes x schemes x seeds")
+    p.add_argument("--config", required=True, help="grid YAML (see src/unlearn_audit/experiment/demo.yaml)")
+    p.add_argument("--out", required=True, help="run folder (re-run with the same folder to resume)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the grid")
+    p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("report", help="re-render tables and plots of a run folder from its ledger")
+    p.add_argument("run_dir", help="a folder made by demo or grid")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

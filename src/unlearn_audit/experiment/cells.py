@@ -1,0 +1,136 @@
+"""What each kind of grid cell does: this is where the stages are wired together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.corpus import Corpus
+from ..data.synthetic import WorldConfig, write_world
+from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model
+from ..models.loading import load_model, load_tokenizer
+from ..models.tiny import TinyRecipe, train_tiny
+from ..quantize import quantized_model
+from ..quantize.bins import analyse, plot
+from ..unlearn.trainer import UnlearnConfig, unlearn
+from ..utils.io import atomic_write_json
+
+
+def run_cell(runner, cell) -> dict:
+    """Dispatch on the cell kind; returns the JSON-serialisable result stored in the ledger."""
+    return {"corpus": corpus_cell, "model": model_cell, "unlearn": unlearn_cell, "eval": eval_cell,
+            "bins": bins_cell}[cell.kind](runner, cell)
+
+
+def corpus_of(runner, cell_id: str) -> Corpus:
+    return Corpus(runner.result(cell_id)["path"])
+
+
+def corpus_cell(runner, cell) -> dict:
+    if "path" in cell.config:
+        corpus = Corpus.open(cell.config["path"])
+    else:
+        from ..config import build_config
+
+        world = build_config(WorldConfig, dict(cell.config["world"]), source="grid world options")
+        corpus = Corpus(write_world(world, runner.run_dir / "corpus"))
+    return {"path": str(corpus.root), "name": corpus.name, "content_hash": corpus.content_hash}
+
+
+def model_cell(runner, cell) -> dict:
+    cfg = cell.config
+    if "path" in cfg:
+        return {"path": cfg["path"], "role": cfg["role"], "own": True}
+    from ..config import build_config
+
+    recipe = build_config(TinyRecipe, dict(cfg["recipe"]), source="grid recipe options")
+    corpus = corpus_of(runner, cfg["corpus"])
+    path = train_tiny(corpus, cfg["role"], recipe, progress=False)
+    return {"path": str(path), "role": cfg["role"], "quality": tiny_quality(path, corpus)}
+
+
+def tiny_quality(path: Path, corpus: Corpus) -> dict:
+    """Greedy exact match and ROUGE-L recall on forget/retain questions (the tiny-model quality bar),
+    cached as quality.json in the model folder."""
+    from ..evaluate.knowmem import evaluate_knowmem
+    from ..models.loading import read_model_json
+
+    path = Path(path)
+    cached = read_model_json(path, "quality.json")
+    if cached and cached.get("corpus") == corpus.content_hash:
+        return cached
+    model, tok = load_model(path), load_tokenizer(path)
+    quality: dict = {"corpus": corpus.content_hash}
+    for split in ("forget", "retain"):
+        _, rows, _ = evaluate_knowmem(model, tok, corpus.knowmem(split), corpus.knowmem_icl(split))
+        quality[split] = {
+            "exact_match": sum(r["response"].strip() == r["gt"].strip() for r in rows) / len(rows),
+            "rougeL_recall": sum(r["rougeL_recall"] for r in rows) / len(rows),
+            "n": len(rows),
+        }
+    atomic_write_json(path / "quality.json", quality)
+    return quality
+
+
+def unlearn_cell(runner, cell) -> dict:
+    cfg = cell.config
+    settings = UnlearnConfig(**cfg["settings"])
+    corpus = corpus_of(runner, cfg["corpus"])
+    target = runner.result(cfg["target"])["path"]
+    out = runner.run_dir / "models" / cell.id
+    unlearn(target, corpus, settings, out, show=False)
+    from ..models.loading import read_model_json
+
+    info = read_model_json(out, "unlearn.json") or {}
+    return {"path": str(out), "method": settings.method if settings.method != "sure" else "sure",
+            "base": settings.base if settings.method == "sure" else None,
+            "dtype": settings.dtype, "lr": info.get("resolved", {}).get("learning_rate"),
+            "seed": settings.seed, "chosen_epoch": info.get("chosen_epoch"), "diverged": info.get("diverged"),
+            "seconds": info.get("seconds")}
+
+
+def model_identity(runner, model_cell_id: str) -> dict:
+    """How a model cell is labelled in results: target, retrained or the unlearning run."""
+    cell = runner.by_id[model_cell_id]
+    res = runner.result(model_cell_id)
+    if cell.kind == "model":
+        return {"model": res["role"], "dtype": None, "lr": None, "seed": None}
+    return {"model": res["method"], "dtype": res["dtype"], "lr": res["lr"], "seed": res["seed"]}
+
+
+def eval_cell(runner, cell) -> dict:
+    cfg = cell.config
+    corpus = corpus_of(runner, cfg["corpus"])
+    path = runner.result(cfg["model"])["path"]
+    scheme = cfg["scheme"]
+    tok = load_tokenizer(path)
+    if scheme == "full":
+        model = load_model(path)
+    else:
+        model = quantized_model(path, scheme, tokenizer=tok, calibration_texts=corpus.raw("retain")
+                                if scheme.startswith(("gptq", "awq")) else None)
+    auc_ret = None
+    if "auc_ref" in cfg:
+        ref = runner.result(cfg["auc_ref"])["details"]["privleak"]
+        auc_ret = AucRetrain(ref["auc"], "measured on the retrained model")
+    ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"])
+    res = evaluate_model(model, tok, corpus, ecfg, auc_ret, runner.run_dir / "evals" / cell.id,
+                         identity={"cell": cell.id}, show=False)
+    if "auc_ref" not in cfg:  # the retrained model at full precision is its own reference
+        d = res["details"]["privleak"]
+        d["auc_retrain"], d["auc_retrain_source"] = d["auc"], "measured on the retrained model"
+        res["metrics"]["privleak"] = 0.0
+    return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
+            "details": res["details"], "seconds": res["seconds"]}
+
+
+def bins_cell(runner, cell) -> dict:
+    cfg = cell.config
+    unlearned = runner.result(cfg["unlearned"])
+    target = runner.result(cfg["target"])["path"]
+    lr = unlearned["lr"] if unlearned["dtype"] == "bf16" else None
+    result = analyse(target, unlearned["path"], cfg["scheme"], lr)
+    folder = runner.run_dir / "bins" / cell.id
+    atomic_write_json(folder / "bins.json", result)
+    plot(result, folder / "bins.png")
+    compact = {k: v for k, v in result.items() if k not in ("histograms", "layers")}
+    return {**model_identity(runner, cfg["unlearned"]), **compact, "plot": str(folder / "bins.png")}
