@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
-# A recipe small enough that target and retrained train in ~10 s each on 2 cores.
+# A recipe small enough that target and retrained train in ~10 s each on 2 cores
+# (tests/experiment/test_grid.py repeats it so grid cells hit the same cached models).
 MICRO_RECIPE = dict(hidden_size=128, num_layers=2, intermediate_size=256, epochs=30, learning_rate=5e-3,
                     batch_size=16)
 

@@ -328,6 +328,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .data.corpus import Corpus
+    from .evaluate.runner import parse_metrics
+    from .experiment.audit import AuditConfig, audit
+
+    cfg = AuditConfig(schemes=parse_metrics(args.schemes), metrics=parse_metrics(args.metrics),
+                      max_retained=args.max_retained, lr=args.lr, limit=args.limit, batch_size=args.batch_size,
+                      dtype=args.dtype, device=args.device or default_device())
+    corpus = Corpus.open(args.corpus)
+    result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
+                   show=not args.quiet)
+    print()
+    print(("PASS: " if result["exit_code"] == 0 else "FAIL: ") + result["verdict"])
+    return result["exit_code"]
+
+
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
@@ -425,6 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes sharing the grid")
     p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive quantization? (exit 0/1)")
+    p.add_argument("--target", required=True, help="the model before unlearning (folder or hub id)")
+    p.add_argument("--unlearned", required=True, help="the unlearned model (folder or hub id)")
+    p.add_argument("--corpus", required=True, help="corpus in the MUSE layout, or muse-news / muse-books")
+    p.add_argument("--retrained", help="model never trained on the forget set (PrivLeak reference)")
+    p.add_argument("--schemes", default="full,rtn-int8-channel,rtn-int4-g128",
+                   help="precisions to test, comma-separated (full is always included)")
+    p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
+    p.add_argument("--max-retained", type=float, default=0.25,
+                   help="forgetting holds when at most this share of the target's knowledge remains (default 0.25)")
+    p.add_argument("--lr", type=float, help="unlearning learning rate (bins reports the bf16 cap)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"], help="dtype to run models in")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", help="folder for audit.json, bins and per-item logs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_load_flags(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("report", help="re-render tables and plots of a run folder from its ledger")
     p.add_argument("run_dir", help="a folder made by demo or grid")

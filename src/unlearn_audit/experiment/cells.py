@@ -132,5 +132,5 @@ def bins_cell(runner, cell) -> dict:
     folder = runner.run_dir / "bins" / cell.id
     atomic_write_json(folder / "bins.json", result)
     plot(result, folder / "bins.png")
-    compact = {k: v for k, v in result.items() if k not in ("histograms", "layers")}
-    return {**model_identity(runner, cfg["unlearned"]), **compact, "plot": str(folder / "bins.png")}
+    compact = {k: v for k, v in result.items() if k not in ("histograms", "layers", "lr")}
+    return {**compact, **model_identity(runner, cfg["unlearned"]), "plot": str(folder / "bins.png")}

@@ -6,6 +6,7 @@ embedded demo grids (demo.yaml, demo_quick.yaml next to this module).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,5 +74,8 @@ def load_grid(path: str | Path) -> GridConfig:
 
 
 def demo_config(quick: bool) -> GridConfig:
-    """The embedded demo grid (quick: the CI-sized one)."""
+    """The embedded demo grid (quick: the CI-sized one); $UNLEARN_AUDIT_DEMO_CONFIG replaces it."""
+    override = os.environ.get("UNLEARN_AUDIT_DEMO_CONFIG")
+    if override:
+        return load_grid(override)
     return load_grid(HERE / ("demo_quick.yaml" if quick else "demo.yaml"))

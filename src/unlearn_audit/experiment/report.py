@@ -110,14 +110,18 @@ def constrained(method: str) -> bool:
 
 
 def regime_summary(rows: list[dict], schemes: list[str]) -> list[dict]:
-    """Average retained share (mean of VerbMem and KnowMem) of utility-constrained methods per regime."""
+    """Per training precision: the average retained share (mean of VerbMem and KnowMem on D_f,
+    unlearned / target) of the utility-constrained methods at each quantization scheme, and the same
+    relative to the retrained model ((u - retrained) / (target - retrained))."""
     out = []
-    regimes = sorted({(r["dtype"], r["lr"]) for r in rows if r["dtype"]}, key=str)
-    for dtype, lr in regimes:
-        entry = {"dtype": dtype, "lr": lr, "retained": {}}
+    for dtype in sorted({r["dtype"] for r in rows if r["dtype"]}):
+        picked = [r for r in rows if r["dtype"] == dtype and constrained(r["model"])]
+        entry = {"dtype": dtype, "lrs": sorted({r["lr"] for r in picked}), "methods": sorted({r["model"] for r in picked}),
+                 "retained": {}, "relative": {}}
         for s in schemes:
-            rs = [r for r in rows if r["dtype"] == dtype and r["lr"] == lr and r["scheme"] == s and constrained(r["model"])]
+            rs = [r for r in picked if r["scheme"] == s]
             entry["retained"][s] = mean([mean([r["retained_verbmem_f"], r["retained_knowmem_f"]]) for r in rs])
+            entry["relative"][s] = mean([mean([r["relative_verbmem_f"], r["relative_knowmem_f"]]) for r in rs])
         out.append(entry)
     return out
 
@@ -132,9 +136,16 @@ def agreement(summary: list[dict], schemes: list[str]) -> list[str]:
         if full is None:
             continue
         parts = [f"full precision {fmt(full, True)}"]
-        for s in eight + four:
-            parts.append(f"{s} {fmt(e['retained'].get(s), True)}")
-        head = f"{e['dtype']} regime (lr {e['lr']:g}): utility-constrained methods retain " + ", ".join(parts)
+        parts += [f"{s} {fmt(e['retained'].get(s), True)}" for s in eight + four]
+        rel = [f"{s} {fmt(e['relative'].get(s), True)}" for s in ["full", *eight, *four] if e["relative"].get(s) is not None]
+        head = (f"{e['dtype']} regime ({', '.join(e['methods'])}; lr {', '.join(f'{x:g}' for x in e['lrs'])}): "
+                f"retained share " + ", ".join(parts))
+        if rel:
+            head += f" (above the retrained model: {', '.join(rel)})"
+        if full > 0.75:
+            lines.append(head + ". NOT COMPARABLE: unlearning removed little at full precision, so there is "
+                         "nothing for quantization to bring back; raise the learning rate or the epochs")
+            continue
         verdicts = []
         for s in four:
             q = e["retained"].get(s)
@@ -142,13 +153,13 @@ def agreement(summary: list[dict], schemes: list[str]) -> list[str]:
                 continue
             gain = q - full
             if gain >= 0.2:
-                verdicts.append(f"AGREES with the paper at {s}: 4-bit quantization brings back {gain:.0%} of the "
-                                "target's knowledge that full precision had removed")
+                verdicts.append(f"AGREES with the paper at {s}: quantization brings back {gain:.0%} of the target's "
+                                "forget-set knowledge that full precision had removed")
             elif gain >= 0.05:
-                verdicts.append(f"PARTLY agrees at {s}: 4-bit brings back {gain:.0%} (paper: +62 points)")
+                verdicts.append(f"PARTLY agrees at {s}: +{gain:.0%} (paper: +62 points)")
             else:
-                verdicts.append(f"DISAGREES at {s}: forgetting survives 4-bit quantization here "
-                                f"(change {gain:+.0%}; paper: 21% -> 83%)")
+                verdicts.append(f"DISAGREES at {s}: the forgetting survives 4-bit quantization here "
+                                f"({gain:+.0%}; paper: 21% -> 83%)")
         lines.append(head + ". " + "; ".join(verdicts))
     return lines
 

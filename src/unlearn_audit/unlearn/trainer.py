@@ -32,7 +32,7 @@ from ..data.corpus import Corpus
 from ..errors import UserError
 from ..models.generation import right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
-from ..utils.io import atomic_dir, atomic_write_json, read_json
+from ..utils.io import atomic_write_json, read_json, replace_dir
 from ..utils.progress import quiet_trainer_output
 from . import sure
 from .methods import Batch, Method, resolve_method
@@ -231,8 +231,9 @@ class EpochRecorder(TrainerCallback):
             self.state["stopped"] = {"epoch": epoch, "reason": (
                 f"KnowMem_r {record['metrics']['knowmem_r']:.2f} fell below the utility floor {self.floor:.2f}")}
             control.should_training_stop = True
-        atomic_write_json(self.path, self.state)
-        if self.show:
+        if state.is_world_process_zero:
+            atomic_write_json(self.path, self.state)
+        if self.show and state.is_world_process_zero:
             m = record.get("metrics", {})
             extra = " ".join(f"{k}={v:.1f}" for k, v in m.items())
             print(f"  epoch {epoch}: forget loss {record['forget_loss']:.4f} "
@@ -351,7 +352,7 @@ def unlearn(
     last_step = recorder.state["epochs"][-1]["step"] if recorder.state["epochs"] else None
     chosen_step = next(e["step"] for e in recorder.state["epochs"] if e["epoch"] == chosen)
     if diverged or chosen_step != last_step or trainer.state.global_step != chosen_step:
-        load_weights(model, checkpoint_for_step(work / "checkpoints", chosen_step))
+        restore_checkpoint(trainer, model, checkpoint_for_step(work / "checkpoints", chosen_step))
 
     record = {
         "method": cfg.method if cfg.method != "sure" else f"sure({cfg.base})",
@@ -372,10 +373,18 @@ def unlearn(
         "seconds": round(time.time() - started, 2),
         "versions": versions(),
     }
-    save_unlearned(model, tokenizer, out, record)
-    if not cfg.keep_checkpoints:
+    save_unlearned(trainer, tokenizer, out, record)
+    if trainer.is_world_process_zero() and not cfg.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def restore_checkpoint(trainer, model, checkpoint: Path) -> None:
+    """Go back to a saved epoch (divergence, or an epoch before the last was chosen)."""
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        trainer._load_from_checkpoint(str(checkpoint))  # sharded engines restore their own state
+    else:
+        load_weights(model, checkpoint)
 
 
 def start_work_dir(work: Path, identity: dict) -> None:
@@ -424,13 +433,21 @@ def saliency_masks(model, ref, method: Method, cfg: UnlearnConfig, level: str, d
     return masks
 
 
-def save_unlearned(model, tokenizer, out: Path, record: dict) -> None:
-    """Write the unlearned model atomically: weights, tokenizer, unlearn.json."""
-    model.config.use_cache = True
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "unlearn.json", record)
+def save_unlearned(trainer, tokenizer, out: Path, record: dict) -> None:
+    """Write the unlearned model atomically: weights (gathered by the Trainer under DeepSpeed/FSDP),
+    tokenizer and unlearn.json; only the main process writes, every process waits for it."""
+    trainer.model.config.use_cache = True
+    staging = out.parent / f".{out.name}.saving"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; unlearn.json holds the config
+        tokenizer.save_pretrained(staging)
+        atomic_write_json(staging / "unlearn.json", record)
+        replace_dir(staging, out)
+    trainer.accelerator.wait_for_everyone()
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,80 @@
+"""`audit` verdicts and exit codes: 0 forgetting holds, 1 it does not, 2 error."""
+
+import json
+
+import pytest
+import torch
+
+from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.models.loading import load_model, load_tokenizer
+from unlearn_audit.quantize.rtn import RTNScheme, quantize
+
+FAST = ["--metrics", "verbmem_f,knowmem_f", "--limit", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def hidden_forgetting(micro_target, micro_world, tmp_path_factory):
+    """An 'unlearned' model whose whole update sits in the int2 zero bins: at full precision the
+    forget-set gradient pushes every zero-bin weight to +-0.49 Delta (knowledge gone), and int2 rounding
+    maps each of them back to the target's 0 (knowledge back). The paper's mechanism, in its purest form."""
+    model, tok = load_model(micro_target), load_tokenizer(micro_target)
+    model.train()
+    for text in Corpus(micro_world).raw("forget"):
+        ids = torch.tensor([tok(text).input_ids + [tok.eos_token_id]])
+        model(ids, labels=ids).loss.backward()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name != "lm_head":
+                _, _, delta = quantize(mod.weight, RTNScheme(2, "group", 128))
+                zero = mod.weight.abs() < delta / 2
+                mod.weight.copy_(torch.where(zero, torch.sign(mod.weight.grad) * 0.49 * delta, mod.weight))
+    out = tmp_path_factory.mktemp("hidden") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_forgetting_that_holds_exits_0(run_cli, micro_target, micro_retrained, micro_world, tmp_path):
+    code, out, _ = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--retrained",
+                           micro_retrained, "--corpus", micro_world, "--out", tmp_path, *FAST)
+    assert code == 0, out
+    assert "PASS: forgetting holds at every precision" in out
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["forgetting_holds"] and set(report["shares"]) == {"full", "rtn-int8-channel", "rtn-int4-g128"}
+    assert (tmp_path / "bins" / "rtn-int4-g128" / "bins.json").is_file()
+
+
+def test_no_forgetting_at_all_exits_1(run_cli, micro_target, micro_world):
+    code, out, _ = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--corpus", micro_world,
+                           *FAST)
+    assert code == 1 and "unlearning did not remove the knowledge" in out
+
+
+def test_knowledge_that_returns_after_quantization_exits_1(run_cli, micro_target, hidden_forgetting, micro_world,
+                                                           micro_retrained, tmp_path):
+    code, out, _ = run_cli("audit", "--target", micro_target, "--unlearned", hidden_forgetting, "--retrained",
+                           micro_retrained, "--corpus", micro_world, "--schemes", "full,rtn-int2-g128",
+                           "--out", tmp_path, *FAST)
+    assert code == 1, out
+    assert "FAIL: forgetting does not survive rtn-int2-g128" in out
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["shares"]["full"]["retained"] <= 0.25
+    assert report["shares"]["rtn-int2-g128"]["returned"] > 0.5
+    assert report["bins"]["rtn-int2-g128"]["same_value_share"] == 1.0  # quantized models are identical
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--schemes", "full,int4"], "unknown quantization scheme"),
+    (["--max-retained", "2"], "--max-retained"),
+    (["--metrics", "knowmem_r"], "needs verbmem_f or knowmem_f"),
+])
+def test_bad_input_exits_2(run_cli, micro_target, micro_world, extra, message):
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--corpus", micro_world,
+                           *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_missing_model_exits_2(run_cli, micro_target, micro_world, tmp_path):
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", tmp_path / "missing", "--corpus",
+                           micro_world, "--quiet")
+    assert code == 2 and err.startswith("error:")

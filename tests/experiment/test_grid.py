@@ -1,0 +1,121 @@
+"""Grid runs: every cell computed once, a killed run resumes without redoing finished cells."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from unlearn_audit.errors import UserError
+from unlearn_audit.experiment import grid as grid_mod
+from unlearn_audit.experiment.config import GridConfig, build_config, demo_config, load_grid
+from unlearn_audit.experiment.ledger import Ledger
+from unlearn_audit.experiment.report import render
+
+MICRO = dict(hidden_size=128, num_layers=2, intermediate_size=256, epochs=30, learning_rate=5e-3, batch_size=16)
+
+
+def micro_grid(world, **kw) -> dict:
+    from dataclasses import asdict
+
+    from unlearn_audit.models.tiny import TinyRecipe
+
+    recipe = {k: v for k, v in asdict(TinyRecipe(**MICRO)).items()}
+    cfg = dict(name="micro", corpus=str(world), recipe=recipe, methods=["ga_gdr", "npo"], dtypes=["bf16"],
+               learning_rates=[1e-3], schemes=["full", "rtn-int4-g128"], bins_schemes=["rtn-int4-g128"],
+               unlearn={"epochs": 1, "batch_size": 4}, eval_limit=6, workers=1)
+    cfg.update(kw)
+    return cfg
+
+
+def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world)))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    models = {(r["model"], r["scheme"]) for r in rows}
+    assert ("target", "rtn-int4-g128") in models and ("retrained", "full") in models
+    assert ("ga_gdr", "full") in models and ("npo", "rtn-int4-g128") in models
+    for r in rows:
+        assert {"model", "dtype", "lr", "scheme", "verbmem_f", "knowmem_f", "knowmem_r", "privleak"} <= set(r)
+    unlearned = [r for r in rows if r["model"] == "ga_gdr"]
+    assert all(r["retained_knowmem_f"] is not None for r in unlearned)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| Target |" in report and "Weight bins" in report
+    assert (tmp_path / "run" / "knowledge_vs_precision.png").is_file()
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    assert set(ledger.counts()) == {"done"}
+
+
+def test_report_rerenders_without_recomputing(run_cli, micro_world, micro_target, micro_retrained, tmp_path,
+                                              monkeypatch):
+    cfg = build_config(GridConfig, micro_grid(micro_world, methods=["ga_gdr"]))
+    grid_mod.run_grid(cfg, tmp_path / "run", show=False)
+    render(tmp_path / "run", cfg.schemes)
+    before = (tmp_path / "run" / "results.json").read_text()
+    import unlearn_audit.experiment.cells as cells
+
+    monkeypatch.setattr(cells, "run_cell", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    (tmp_path / "run" / "results.json").unlink()
+    code, out, _ = run_cli("report", tmp_path / "run")
+    assert code == 0 and "| Target |" in out
+    assert (tmp_path / "run" / "results.json").read_text() == before
+
+
+def test_killed_demo_resumes_without_redoing_finished_cells(micro_world, micro_target, micro_retrained, tmp_path):
+    """Kill `demo` mid-run (SIGKILL), re-run it: it finishes, and no finished cell is computed again."""
+    grid_file = tmp_path / "demo.yaml"
+    grid_file.write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga_gdr", "npo", "ga"])))
+    env = {**os.environ, "UNLEARN_AUDIT_DEMO_CONFIG": str(grid_file), "UNLEARN_AUDIT_THREADS": "1"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unlearn_audit.cli", "demo", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger_path = out / "ledger.sqlite"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if ledger_path.is_file() and Ledger(ledger_path).counts().get("done", 0) >= 6:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ledger = Ledger(ledger_path)
+    finished_before = {c.id: c.seconds for c in ledger.cells() if c.status == "done"}
+    assert 6 <= len(finished_before) < len(ledger.cells())
+    stamps = dict(ledger.conn.execute("SELECT id, finished FROM cells WHERE status='done'").fetchall())
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = dict(ledger.conn.execute("SELECT id, finished FROM cells WHERE status='done'").fetchall())
+    assert set(after) == {c.id for c in ledger.cells()}  # everything finished
+    assert all(after[i] == stamps[i] for i in stamps)  # and nothing finished before was recomputed
+
+
+def test_demo_configs_are_valid_and_quick_covers_the_required_cells():
+    quick = demo_config(quick=True)
+    assert {"ga_gdr", "npo_klr"} <= set(quick.methods) and "bf16" in quick.dtypes
+    assert {"full", "rtn-int8-channel", "rtn-int4-g128"} <= set(quick.schemes)
+    full = demo_config(quick=False)
+    assert {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "sure"} <= set(full.methods)
+    assert {"bf16", "fp32"} <= set(full.dtypes)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"methods": ["nope"]}, "unknown method"),
+    ({"dtypes": ["fp8"]}, "unknown dtype"),
+    ({"schemes": ["rtn-int4-g128"]}, "must include 'full'"),
+    ({"colour": "red"}, "unknown option"),
+    ({"bins_schemes": ["gptq-int4-g128"]}, "calibration"),
+])
+def test_bad_grid_configs(tmp_path, bad, message):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], **bad}))
+    with pytest.raises(UserError, match=message):
+        load_grid(tmp_path / "g.yaml")
+
+
+def test_grid_cli_bad_yaml_exit_2(run_cli, tmp_path):
+    (tmp_path / "g.yaml").write_text("methods: [ga\n")
+    code, _, err = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "o")
+    assert code == 2 and err.startswith("error: malformed YAML")
