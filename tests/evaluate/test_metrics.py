@@ -50,6 +50,19 @@ def test_mia_auc_orientation():
     assert mia_auc([1, 2], [1, 2]) == 0.5
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_mia_auc_equals_sklearn_roc_auc_with_ties(seed):
+    from sklearn.metrics import auc, roc_curve
+
+    rng = np.random.default_rng(seed)
+    non = np.round(rng.normal(2.0, 1.0, 57), 1)  # rounding makes ties
+    mem = np.round(rng.normal(1.5, 1.0, 43), 1)
+    scores = np.concatenate([non, mem])
+    labels = np.array([0] * len(non) + [1] * len(mem))
+    fpr, tpr, _ = roc_curve(labels, -scores)
+    assert mia_auc(non, mem) == pytest.approx(auc(fpr, tpr), abs=1e-12)
+
+
 def test_privleak_formula():
     assert privleak(0.25, 0.5) == -50.0
     assert math.isclose(privleak(0.4772, 0.4772), 0.0)

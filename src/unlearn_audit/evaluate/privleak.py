@@ -49,13 +49,23 @@ def text_scores(text: str, lp: np.ndarray, lp_lower: np.ndarray) -> dict[str, fl
 
 
 def mia_auc(nonmember_scores: Sequence[float], member_scores: Sequence[float]) -> float:
-    """AUC of telling members (label 1) from nonmembers (label 0) by low score (roc on -score)."""
-    from sklearn.metrics import auc, roc_curve
+    """AUC of telling members (label 1) from nonmembers (label 0) by low score.
 
-    scores = np.array(list(nonmember_scores) + list(member_scores), dtype=float)
-    labels = np.array([0] * len(nonmember_scores) + [1] * len(member_scores))
-    fpr, tpr, _ = roc_curve(labels, -scores)
-    return float(auc(fpr, tpr))
+    Equal to MUSE's `sklearn.metrics.auc(*roc_curve(labels, -scores)[:2])` (a test checks it, ties
+    included), computed as the Mann-Whitney statistic on average ranks: with x = -score,
+    AUC = (sum of member ranks - n1 (n1 + 1) / 2) / (n0 * n1). Ninety AUCs per model are needed, and
+    sklearn's input validation made them slower than the model's forward passes.
+    """
+    from scipy.stats import rankdata
+
+    x = -np.concatenate([np.asarray(nonmember_scores, float), np.asarray(member_scores, float)])
+    n0, n1 = len(nonmember_scores), len(member_scores)
+    if n0 == 0 or n1 == 0:
+        raise ValueError("mia_auc needs at least one member and one nonmember score")
+    if np.isnan(x).any():
+        return float("nan")
+    ranks = rankdata(x)
+    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
 def auc_table(log: dict[str, list[dict]]) -> dict[str, float]:

@@ -63,17 +63,20 @@ def take(items: list, limit: int | None) -> list:
 
 
 def privleak_scores(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> tuple[dict, int]:
-    """Per-text membership scores of the forget, retain and holdout privleak texts (MUSE's log)."""
+    """Per-text membership scores of the forget, retain and holdout privleak texts (MUSE's log).
+
+    All texts and their lowercased copies are scored in one batched pass (sorted by length)."""
     texts = {s: take(corpus.privleak(s), cfg.limit) for s in SPLITS}
-    total = 2 * sum(map(len, texts.values()))
+    flat = [t for s in SPLITS for t in texts[s]]
+    with tqdm(total=2 * len(flat), desc="privleak", disable=not show, leave=False) as bar:
+        lps, truncated = token_logprobs(model, tokenizer, flat + [t.lower() for t in flat], cfg.batch_size, bar.update)
     logs: dict[str, list[dict]] = {}
-    truncated = 0
-    with tqdm(total=total, desc="privleak", disable=not show, leave=False) as bar:
-        for split, items in texts.items():
-            lps, t1 = token_logprobs(model, tokenizer, items, cfg.batch_size, bar.update)
-            lower, _ = token_logprobs(model, tokenizer, [t.lower() for t in items], cfg.batch_size, bar.update)
-            truncated += t1
-            logs[split] = [{"text": t, **text_scores(t, a, b)} for t, a, b in zip(items, lps, lower)]
+    start = 0
+    for split in SPLITS:
+        items = texts[split]
+        logs[split] = [{"text": t, **text_scores(t, lps[start + i], lps[len(flat) + start + i])}
+                       for i, t in enumerate(items)]
+        start += len(items)
     return logs, truncated
 
 

@@ -17,8 +17,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CPU_TOKENS = 8192  # tokens per batch on CPU: large enough to amortise Python overhead
-BATCH_CAP = 64
+# Tokens per batch on CPU (measured on 2 cores, bench/eval_speed.py): decoding is dominated by per-step
+# Python overhead, so large batches pay; teacher-forced scoring materialises full-vocabulary logits,
+# so smaller batches stay in cache and win.
+CPU_GENERATE_TOKENS = 16384
+CPU_SCORE_TOKENS = 2048
+BATCH_CAP = 128
 
 
 def max_positions(model) -> int | None:
@@ -30,7 +34,9 @@ def max_positions(model) -> int | None:
     return None
 
 
-def choose_batch_size(model, longest: int, requested: int | None = None, cap: int = BATCH_CAP) -> int:
+def choose_batch_size(
+    model, longest: int, requested: int | None = None, cap: int = BATCH_CAP, cpu_tokens: int = CPU_GENERATE_TOKENS
+) -> int:
     """Batch size for sequences of length `longest`: the user's choice, else a memory-based guess."""
     if requested:
         return max(1, int(requested))
@@ -44,28 +50,39 @@ def choose_batch_size(model, longest: int, requested: int | None = None, cap: in
         per_token = 4 * vocab + 2 * 2 * layers * hidden + 16 * hidden  # logits fp32 + KV cache + activations
         budget = int(0.4 * free / max(1, per_token))
     else:
-        budget = DEFAULT_CPU_TOKENS
+        budget = cpu_tokens
     return int(max(1, min(cap, budget // max(1, longest))))
 
 
 class StopOnStrings:
-    """Stopping criterion: a row is done once its new text contains any stop string."""
+    """Stopping criterion: a row is done once its new text contains any stop string.
+
+    Each step decodes only the rows still running, and only a window of their newest tokens wide
+    enough to hold any stop string (a stop string seen earlier would have ended the row then)."""
 
     def __init__(self, tokenizer, prompt_len: int, stops: Sequence[str]):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stops = tuple(stops)
+        self.window = 2 * max(len(s) for s in self.stops) + 4
+        self.done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        new = input_ids[:, self.prompt_len :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        done = [any(s in t for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        rows = (~self.done).nonzero().flatten().tolist()
+        texts = self.tokenizer.batch_decode(input_ids[rows, start:], skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=True)
+        for row, text in zip(rows, texts):
+            if any(s in text for s in self.stops):
+                self.done[row] = True
+        return self.done.clone()
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], limit: int | None) -> tuple[list[list[int]], int]:
     """Token ids of each prompt (special tokens as MUSE adds them), left-truncated to `limit` tokens."""
-    ids = [tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
+    ids = tokenizer(list(prompts), add_special_tokens=True).input_ids if prompts else []
     truncated = 0
     if limit is not None:
         for i, seq in enumerate(ids):
@@ -170,7 +187,7 @@ def token_logprobs(
     Returns one float64 array per text and how many texts were cut to the model's context.
     """
     ctx = max_positions(model)
-    ids = [tokenizer(t, add_special_tokens=True).input_ids for t in texts]
+    ids = tokenizer(list(texts), add_special_tokens=True).input_ids if texts else []
     truncated = 0
     if ctx is not None:
         for i, seq in enumerate(ids):
@@ -185,7 +202,7 @@ def token_logprobs(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = 0
     while start < len(order):
-        bs = choose_batch_size(model, len(ids[order[start]]), batch_size)
+        bs = choose_batch_size(model, len(ids[order[start]]), batch_size, cpu_tokens=CPU_SCORE_TOKENS)
         rows = order[start : start + bs]
         input_ids, mask = right_pad([ids[i] for i in rows], pad, device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits
