@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from unlearn_audit.cli import quiet_libraries
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.reference import reference_metrics
@@ -34,6 +35,7 @@ def best_of(repeat: int, fn):
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)

@@ -24,10 +24,10 @@ import torch
 
 from ..errors import UserError
 from ..utils.io import atomic_write_json, atomic_write_text
-from .schemes import Scheme, parse_scheme
+from .schemes import Scheme, group_views, parse_scheme, quantize_groups
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 19  # per chunk and model: a few MiB of float32 temporaries
 
 
 @dataclass(frozen=True)
@@ -164,32 +164,53 @@ def percentiles(hist: np.ndarray, qs=(50, 90, 99)) -> dict[str, float | None]:
     return {f"p{q}": float(HIST_EDGES[1:][np.searchsorted(cdf, q / 100)]) for q in qs}
 
 
+HIST_SAMPLE = 1 << 14  # changed weights per chunk that enter the histograms (percentiles are approximate)
+
+
 def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
     """Statistics of one chunk of rows (target and unlearned, float32)."""
     t = Tally()
-    ct, qt, step = scheme.quantize_weight(wt)
-    cu, qu, _ = scheme.quantize_weight(wu)
-    half = scheme.zero_halfwidth(step)
-    changed = wt != wu
-    erased = changed & (qu == qt)
-    dw = (wu - wt).abs()
-    t.n = wt.numel()
-    t.changed = int(changed.sum())
-    t.same_code = int((cu == ct).sum())
-    t.same_value = int((qu == qt).sum())
-    t.zero_bin = int((changed & (wt.abs() < half)).sum())
-    t.erased = int(erased.sum())
-    t.mass = float(dw[changed].sum())
-    t.erased_mass = float(dw[erased].sum())
-    unit = step if scheme.family == "rtn" else 2 * half  # Delta; for codebooks the zero-bin width
-    safe = torch.where(unit > 0, unit, torch.ones_like(unit))
-    if t.changed:
-        t.dw_hist = np.histogram((dw[changed] / safe[changed]).numpy(), HIST_EDGES)[0].astype(float)
-        t.w_hist = np.histogram((wt.abs()[changed] / safe[changed]).numpy(), HIST_EDGES)[0].astype(float)
-    if cap is not None:
-        t.movable = int((wt.abs() < cap).sum())
-        t.cap_inside = int((half > cap).sum())
+    for xt, xu in zip(group_views(wt, scheme), group_views(wu, scheme)):
+        tally_groups(t, xt, xu, scheme, cap)
     return t
+
+
+def count(mask: torch.Tensor) -> int:
+    """Number of True entries (int32 accumulation is the fastest on CPU; chunks hold < 2^31)."""
+    return int(mask.sum(dtype=torch.int32))
+
+
+def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, cap: float | None) -> None:
+    """Add the statistics of groups (n, g) of target / unlearned weights to `t`."""
+    ct, qt, step, half = quantize_groups(xt, scheme)
+    cu, qu, _, _ = quantize_groups(xu, scheme)
+    changed = xt != xu
+    same_value = qt == qu
+    dw = (xu - xt).abs_()  # 0 where unchanged, so sums need no mask
+    at = xt.abs()
+    n_changed = count(changed)
+    t.n += xt.numel()
+    t.changed += n_changed
+    t.same_code += count(ct == cu)
+    t.same_value += count(same_value)
+    if n_changed:
+        t.zero_bin += count(changed & (at < half))
+        erased = changed & same_value
+        t.erased += count(erased)
+        t.mass += float(dw.sum(dtype=torch.float64))
+        t.erased_mass += float(dw[erased].sum(dtype=torch.float64))
+        unit = step if scheme.family == "rtn" else 2 * half  # Delta; for codebooks the zero-bin width
+        unit = torch.where(unit > 0, unit, torch.ones_like(unit)).expand_as(xt)
+        stride = max(1, n_changed // HIST_SAMPLE)
+        sel = changed.reshape(-1).nonzero().squeeze(1)[::stride]
+        ratio_dw = (dw.reshape(-1)[sel] / unit.reshape(-1)[sel]).numpy()
+        ratio_w = (at.reshape(-1)[sel] / unit.reshape(-1)[sel]).numpy()
+        weight = n_changed / len(sel)  # re-weight the sample to the chunk's count
+        t.dw_hist += np.histogram(ratio_dw, HIST_EDGES)[0] * weight
+        t.w_hist += np.histogram(ratio_w, HIST_EDGES)[0] * weight
+    if cap is not None:
+        t.movable += count(at < cap)
+        t.cap_inside += count(half > cap) * xt.shape[1]
 
 
 # ------------------------------------------------------------------------------------------- main

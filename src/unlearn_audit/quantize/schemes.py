@@ -58,6 +58,52 @@ class Scheme:
         return step / 2
 
 
+def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
+    """2-D views (n_groups, group_size) of `w` that cover it, one quantization step per row of a view."""
+    rows, cols = w.shape
+    if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
+        flat = w.reshape(-1)  # bitsandbytes blocks of 64 run over the flattened row-major tensor
+        full = (flat.numel() // 64) * 64
+        return [v for v in (flat[:full].reshape(-1, 64), flat[full:].reshape(1, -1)) if v.numel()]
+    if scheme.family == "bnb" or scheme.rtn.granularity == "channel":
+        return [w]
+    if scheme.rtn.granularity == "tensor":
+        return [w.reshape(1, -1)]
+    g = scheme.rtn.group_size
+    full = (cols // g) * g
+    views = [w[:, :full].reshape(-1, g)] if full else []
+    if full < cols:
+        views.append(w[:, full:])  # the last partial group of each row
+    return views
+
+
+def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, dequantized, step, zero-bin half-width) of groups x (n, g); step and half-width are (n, 1).
+
+    The analysis runs this on billions of weights, so it allocates as few temporaries as possible."""
+    if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
+        from .codebook import TABLES, zero_bin_halfwidth
+
+        table = TABLES[scheme.kind].to(x.device)
+        absmax = x.abs().amax(dim=1, keepdim=True)
+        scaled = x / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+        codes = (scaled.unsqueeze(-1) - table).abs_().argmin(dim=-1)
+        return codes, table[codes] * absmax, absmax, absmax * zero_bin_halfwidth(scheme.kind)
+    rtn = scheme.rtn if scheme.family == "rtn" else RTNScheme(8, "channel", None, True, "maxq")
+    if rtn.symmetric:
+        scale = x.abs().amax(dim=1, keepdim=True).div_(rtn.divisor)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes = (x / safe).round_().clamp_(rtn.qmin, rtn.qmax)
+        return codes, codes * scale, scale, scale / 2
+    lo = x.amin(dim=1, keepdim=True).clamp_(max=0)
+    hi = x.amax(dim=1, keepdim=True).clamp_(min=0)
+    scale = (hi - lo).div_(2**rtn.bits - 1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = (-lo / safe).round_()
+    codes = (x / safe).round_().add_(zero).clamp_(rtn.qmin, rtn.qmax)
+    return codes, (codes - zero).mul_(scale), scale, scale / 2
+
+
 def parse_scheme(name: str) -> Scheme:
     """Parse a scheme string; unknown names are one-line user errors listing examples."""
     name = name.strip()

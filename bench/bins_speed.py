@@ -1,0 +1,105 @@
+"""Throughput and memory of the streamed weight-bin analysis on a multi-shard model pair.
+
+    python bench/bins_speed.py [--tensors 12] [--rows 4096] [--cols 4096] [--shards 4] [--dtype bf16]
+
+Writes a synthetic (target, unlearned) pair as sharded safetensors, then in fresh processes (a) reads
+every tensor of both models, (b) runs `bins` on them. Prints bins throughput / plain-read throughput
+(goal >= 0.5) and the peak anonymous memory of the bins process against the largest tensor (goal <= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+CHILD = r"""
+import json, sys, threading, time
+def anon_kb():
+    for line in open('/proc/self/status'):
+        if line.startswith('RssAnon:'):
+            return int(line.split()[1])
+    return 0
+import torch, safetensors
+from unlearn_audit.quantize import bins
+peak = [0]; stop = [False]
+def watch():
+    while not stop[0]:
+        peak[0] = max(peak[0], anon_kb()); time.sleep(0.002)
+mode, t, u, scheme = sys.argv[1:5]
+base = anon_kb()
+th = threading.Thread(target=watch, daemon=True); th.start()
+started = time.perf_counter()
+if mode == 'read':
+    for folder in (t, u):
+        w = bins.ShardedWeights(folder)
+        for name in w.names():
+            x = w.slice(name)[:]
+            x.float().sum()  # touch every value once, as the analysis does
+else:
+    bins.analyse(t, u, scheme)
+seconds = time.perf_counter() - started
+stop[0] = True; th.join()
+print(json.dumps({'seconds': seconds, 'peak_extra_mb': (max(peak[0], anon_kb()) - base) / 1024}))
+"""
+
+
+def write_pair(folder: Path, n: int, rows: int, cols: int, shards: int, dtype: torch.dtype) -> int:
+    g = torch.Generator().manual_seed(0)
+    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(n)]
+    per = (n + shards - 1) // shards
+    for model in ("target", "unlearned"):
+        (folder / model).mkdir(parents=True)
+    for s in range(shards):
+        part_t, part_u = {}, {}
+        for name in names[s * per:(s + 1) * per]:
+            w = torch.randn(rows, cols, generator=g) * 0.02
+            part_t[name] = w.to(dtype)
+            upd = torch.where(w.abs() < 0.004, w + 1e-4 * torch.sign(torch.randn(rows, cols, generator=g)), w)
+            part_u[name] = upd.to(dtype)
+        save_file(part_t, str(folder / "target" / f"model-{s + 1:05d}-of-{shards:05d}.safetensors"))
+        save_file(part_u, str(folder / "unlearned" / f"model-{s + 1:05d}-of-{shards:05d}.safetensors"))
+    return rows * cols * torch.tensor([], dtype=dtype).element_size()
+
+
+def child(mode: str, folder: Path, scheme: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder / "target"), str(folder / "unlearned"),
+                          scheme], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tensors", type=int, default=12)
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--cols", type=int, default=4096)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--scheme", default="rtn-int4-g128")
+    args = parser.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        largest = write_pair(folder, args.tensors, args.rows, args.cols, args.shards, dtype)
+        total = 2 * args.tensors * largest
+        child("read", folder, args.scheme)  # warm the page cache so both runs read from memory
+        read = child("read", folder, args.scheme)
+        analysed = child("bins", folder, args.scheme)
+    mb = 2**20
+    print(f"model pair: 2 x {args.tensors} tensors of {args.rows}x{args.cols} {args.dtype} in {args.shards} shards "
+          f"({total / mb:.0f} MiB), largest tensor {largest / mb:.0f} MiB")
+    print(f"read only: {read['seconds']:.2f} s ({total / mb / read['seconds']:.0f} MiB/s)")
+    print(f"bins:      {analysed['seconds']:.2f} s ({total / mb / analysed['seconds']:.0f} MiB/s)")
+    print(f"throughput ratio bins / read: {read['seconds'] / analysed['seconds']:.2f} (goal >= 0.5)")
+    print(f"peak extra memory of bins: {analysed['peak_extra_mb']:.0f} MiB = "
+          f"{analysed['peak_extra_mb'] * mb / largest:.2f} x the largest tensor (goal <= 2)")
+
+
+if __name__ == "__main__":
+    main()
