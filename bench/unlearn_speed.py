@@ -23,7 +23,13 @@ from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.models.tiny import train_tiny
 from unlearn_audit.unlearn.losses import mean_nll
 from unlearn_audit.unlearn.methods import Batch, method_names, resolve_method
-from unlearn_audit.unlearn.trainer import ForgetRetainDataset, PairCollator, UnlearnConfig, chunk_ids, training_dtype
+from unlearn_audit.unlearn.trainer import (
+    ForgetRetainDataset,
+    PairCollator,
+    UnlearnConfig,
+    chunk_ids,
+    training_dtype,
+)
 
 METHODS = ["finetune"] + [m for m in method_names() if m.split("_")[0] in ("ga", "npo")]
 
