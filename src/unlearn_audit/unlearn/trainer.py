@@ -223,7 +223,7 @@ class EpochRecorder(TrainerCallback):
             "retain_loss": mean([e["retain_loss"] for e in logs if "retain_loss" in e]),
             "seconds": round(time.time() - self.started, 2),
         }
-        if self.evaluator is not None and state.is_world_process_zero:
+        if self.evaluator is not None:  # every rank: replicas are identical, so all take the same decision
             record["metrics"] = self.evaluator(model)
         below = self.floor is not None and record.get("metrics", {}).get("knowmem_r", math.inf) < self.floor
         self.state["epochs"] = [e for e in self.state["epochs"] if e["epoch"] < epoch] + [record]
