@@ -38,7 +38,7 @@ def zero_bin_step(model_dir: Path, corpus: Corpus, scheme) -> torch.nn.Module:
         model(ids, labels=ids).loss.backward()
     moved = total = 0
     with torch.no_grad():
-        for name, mod in model.named_modules():
+        for mod in model.modules():
             if isinstance(mod, torch.nn.Linear) and mod is not model.get_output_embeddings():
                 _, _, delta = quantize(mod.weight, scheme.rtn)
                 zero = mod.weight.abs() < delta / 2
