@@ -65,7 +65,7 @@ def main() -> None:
         target = train_tiny(corpus, "target", progress=False)
         tok = load_tokenizer(target)
         base = scores(load_model(target), tok, corpus)
-        print(f"target, full precision: " + " ".join(f"{k}={base[k]:.1f}" for k in METRICS))
+        print("target, full precision: " + " ".join(f"{k}={base[k]:.1f}" for k in METRICS))
         print(f"{'scheme':<16} {'zero-bin share':>14} | {'stepped model @ full':>46} | {'stepped model @ scheme':>46}")
         for name in args.schemes.split(","):
             scheme = parse_scheme(name)
