@@ -196,6 +196,11 @@ def cmd_bins(args) -> int:
     return 0
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="worker processes sharing the grid (default: the grid's, 2 for demo)")
+    p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+
+
 def add_quantize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-embeddings", action="store_true", help="also quantize the input embeddings")
     p.add_argument("--quantize-lm-head", action="store_true", help="also quantize the output head")
@@ -430,16 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: reproduce the paper's table on the built-in world")
     p.add_argument("--out", help="run folder (default ./unlearn-audit-demo, or -quick)")
-    p.add_argument("--quick", action="store_true", help="the CI-sized grid (about 3 minutes)")
-    p.add_argument("--workers", type=int, help="worker processes (default 2)")
-    p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+    p.add_argument("--quick", action="store_true", help="the CI-sized grid (about 1.5 minutes)")
+    add_run_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("grid", help="run a YAML grid of methods x learning rates x dtypes x schemes x seeds")
     p.add_argument("--config", required=True, help="grid YAML (see src/unlearn_audit/experiment/demo.yaml)")
     p.add_argument("--out", required=True, help="run folder (re-run with the same folder to resume)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the grid")
-    p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+    add_run_flags(p)
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive quantization? (exit 0/1)")

@@ -194,3 +194,20 @@ def test_cli_unlearn_and_bad_input(run_cli, micro_target, micro_world, tmp_path)
     code, _, err = run_cli("unlearn", "--model", micro_target, "--corpus", micro_world, "--method", "xx",
                            "--out", tmp_path / "v")
     assert code == 2 and err.startswith("error: unknown method")
+
+
+def test_module_level_saliency_freezes_whole_tensors(micro_target, corpus, tmp_path):
+    out = run(micro_target, corpus, tmp_path, "mod", method="sure", base="ga", saliency="module",
+              saliency_percentile=80.0, learning_rate=1e-3)
+    before, after = weights(micro_target), weights(out)
+    moved = [n for n in before if not torch.equal(before[n], after[n])]
+    frozen = [n for n in before if torch.equal(before[n], after[n])]
+    assert moved and frozen  # some tensors train, the others are bit-identical as whole tensors
+    assert len(moved) <= 0.35 * len(before)
+
+
+def test_mixed_precision_keeps_fp32_masters(micro_target, corpus, tmp_path):
+    out = run(micro_target, corpus, tmp_path, "mixed", dtype="mixed", learning_rate=1e-5)
+    info = json.loads((out / "unlearn.json").read_text())
+    assert set(info["precision"]["parameter_dtypes"]) == {"float32"}
+    assert all(v.dtype == torch.float32 for v in weights(out).values())

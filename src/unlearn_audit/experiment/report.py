@@ -187,23 +187,24 @@ def plot_knowledge(rows: list[dict], schemes: list[str], path: Path) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = sorted({(r["dtype"], r["lr"]) for r in rows if r["dtype"]}, key=str)
+    regimes = sorted({r["dtype"] for r in rows if r["dtype"]})
     if not regimes:
         return None
-    fig, axes = plt.subplots(2, len(regimes), figsize=(5 * len(regimes), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(regimes), figsize=(6 * len(regimes), 7), squeeze=False)
     x = list(range(len(schemes)))
-    for col, (dtype, lr) in enumerate(regimes):
+    for col, dtype in enumerate(regimes):
+        runs = sorted({(r["model"], r["lr"]) for r in rows if r["dtype"] == dtype}, key=str)
         for row, key in enumerate(("knowmem_f", "verbmem_f")):
             ax = axes[row][col]
-            for name in ["target", "retrained"] + sorted({r["model"] for r in rows if r["dtype"] == dtype and r["lr"] == lr}):
-                pts = {r["scheme"]: r[key] for r in rows if r["model"] == name and
-                       (r["dtype"] is None or (r["dtype"] == dtype and r["lr"] == lr))}
+            for name, lr in [("target", None), ("retrained", None), *runs]:
+                pts = {r["scheme"]: r[key] for r in rows if r["model"] == name and r["lr"] == lr and
+                       (r["dtype"] is None or r["dtype"] == dtype)}
                 ys = [pts.get(s) for s in schemes]
                 style = "k--" if name == "target" else ("k:" if name == "retrained" else "-o")
-                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=name)
+                label = name if lr is None else f"{name} (lr {lr:g})"
+                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=label)
             ax.set_xticks(x, [precision_label(s) for s in schemes])
-            ax.set_title(f"{dtype} regime, lr {lr:g}: {key}", fontsize=9)
-            ax.set_ylabel(f"{key} (x100)")
+            ax.set_title(f"{dtype} regime: {key} (x100)", fontsize=9)
             ax.set_ylim(-2, 102)
         axes[0][col].legend(fontsize=7, ncol=2)
     fig.tight_layout()

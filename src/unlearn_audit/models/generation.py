@@ -80,27 +80,39 @@ class StopOnStrings:
         return self.done.clone()
 
 
+def truncate(ids: list[list[int]], limit: int | None, keep_end: bool) -> int:
+    """Cut sequences longer than `limit` in place (keeping their end or their start); returns how many."""
+    if limit is None:
+        return 0
+    cut = 0
+    for i, seq in enumerate(ids):
+        if len(seq) > limit:
+            ids[i] = seq[-limit:] if keep_end else seq[:limit]
+            cut += 1
+    return cut
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], limit: int | None) -> tuple[list[list[int]], int]:
     """Token ids of each prompt (special tokens as MUSE adds them), left-truncated to `limit` tokens."""
     ids = tokenizer(list(prompts), add_special_tokens=True).input_ids if prompts else []
-    truncated = 0
-    if limit is not None:
-        for i, seq in enumerate(ids):
-            if len(seq) > limit:
-                ids[i] = seq[-limit:]
-                truncated += 1
-    return ids, truncated
+    return ids, truncate(ids, limit, keep_end=True)
 
 
-def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack sequences right-aligned (left padding), as decoder-only generation needs."""
+def pad(batch: list[list[int]], pad_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences with padding on the left (generation) or on the right (scoring, training)."""
     width = max(map(len, batch))
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, seq in enumerate(batch):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
     return ids.to(device), mask.to(device)
+
+
+def right_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: what teacher-forced scoring and training batches use."""
+    return pad(batch, pad_id, device, left=False)
 
 
 def generation_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
@@ -147,7 +159,7 @@ def greedy_generate(
     while start < len(order):
         bs = choose_batch_size(model, len(ids[order[start]]) + max_new_tokens, batch_size)
         rows = order[start : start + bs]
-        input_ids, mask = left_pad([ids[i] for i in rows], tokenizer.pad_token_id, device)
+        input_ids, mask = pad([ids[i] for i in rows], tokenizer.pad_token_id, device, left=True)
         stopping = None
         if stop_strings:
             stopping = StoppingCriteriaList([StopOnStrings(tokenizer, input_ids.shape[1], stop_strings)])
@@ -161,17 +173,6 @@ def greedy_generate(
         if progress:
             progress(len(rows))
     return outputs, truncated
-
-
-def right_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack sequences left-aligned (right padding) for teacher-forced scoring."""
-    width = max(map(len, batch))
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.inference_mode()
@@ -188,23 +189,18 @@ def token_logprobs(
     """
     ctx = max_positions(model)
     ids = tokenizer(list(texts), add_special_tokens=True).input_ids if texts else []
-    truncated = 0
-    if ctx is not None:
-        for i, seq in enumerate(ids):
-            if len(seq) > ctx:
-                ids[i] = seq[:ctx]
-                truncated += 1
+    truncated = truncate(ids, ctx, keep_end=False)
     if truncated:
         log.warning("%d text(s) longer than the context (%d tokens) were truncated for scoring", truncated, ctx)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     result: list[np.ndarray] = [np.zeros(0)] * len(ids)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = 0
     while start < len(order):
         bs = choose_batch_size(model, len(ids[order[start]]), batch_size, cpu_tokens=CPU_SCORE_TOKENS)
         rows = order[start : start + bs]
-        input_ids, mask = right_pad([ids[i] for i in rows], pad, device)
+        input_ids, mask = right_pad([ids[i] for i in rows], pad_id, device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits
         lp = gather_logprobs(logits[:, :-1], input_ids[:, 1:])
         for r, i in enumerate(rows):
