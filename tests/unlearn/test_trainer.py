@@ -50,6 +50,7 @@ def test_ga_raises_forget_nll(micro_target, corpus, tmp_path):
     assert nll(out, forget) > nll(micro_target, forget) + 1.0
     info = json.loads((out / "unlearn.json").read_text())
     assert info["chosen_epoch"] == 2 and len(info["epochs"]) == 2
+    assert "method: ga" in (out / "config.yaml").read_text()  # every output says how it was made
     assert info["epochs"][1]["forget_loss"] < info["epochs"][0]["forget_loss"]  # -NLL keeps falling
 
 
@@ -171,6 +172,7 @@ def test_stopping_rule_keeps_first_epoch_below_floor(micro_target, corpus, tmp_p
                   utility_floor=75.0, show=False)
     info = json.loads((out / "unlearn.json").read_text())
     assert info["chosen_epoch"] == 2 and len(info["epochs"]) == 2
+    assert "method: ga" in (out / "config.yaml").read_text()  # every output says how it was made
     assert "fell below the utility floor 75.00" in info["chosen_reason"]
 
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ROUGE_KEYS = ("rougeL", "rougeL_recall", "rouge1", "rouge1_recall")
-
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
@@ -32,11 +30,6 @@ def rouge(gt: str, output: str) -> dict[str, float]:
         "rouge1": score["rouge1"].fmeasure,
         "rouge1_recall": score["rouge1"].recall,
     }
-
-
-def bootstrap_ci(values: Sequence[float], seed: int = 0, resamples: int = 9999) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean (MUSE's method, vectorised and seeded)."""
-    return bootstrap_cis({"v": values}, seed, resamples)["v"]
 
 
 def bootstrap_cis(columns: dict[str, Sequence[float]], seed: int = 0, resamples: int = 9999) -> dict:

@@ -34,7 +34,6 @@ CREATE TABLE IF NOT EXISTS cells (
     position INTEGER NOT NULL DEFAULT 0
 );
 """
-STATUSES = ("pending", "running", "done", "failed")
 
 
 @dataclass

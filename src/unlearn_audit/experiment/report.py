@@ -8,7 +8,6 @@ Retention of forgotten knowledge, per unlearned model and precision s (Zhang et 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -267,7 +266,3 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         md += ["", "## Failed cells (re-run the same command to retry)", ""] + pieces["failures"]
     atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
     return pieces
-
-
-def load_rows(run_dir: str | Path) -> list[dict]:
-    return json.loads((Path(run_dir) / "results.json").read_text())

@@ -9,7 +9,6 @@ results equal the per-item loop while the work shrinks by the batch size.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -216,8 +215,3 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     logits = logits.float()
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
-
-
-def batches_needed(n: int, batch_size: int) -> int:
-    """Number of batches of `batch_size` covering `n` items."""
-    return math.ceil(n / max(1, batch_size))

@@ -24,20 +24,25 @@ TABLES = {"fp4": FP4, "nf4": NF4}
 BLOCKSIZE = 64
 
 
+def codebook_groups(x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, dequantized, absmax (n, 1)) of blocks x (n, blocksize), float32 math."""
+    table = TABLES[kind].to(x.device)
+    absmax = x.abs().amax(dim=1, keepdim=True)
+    scaled = x / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    codes = (scaled.unsqueeze(-1) - table).abs_().argmin(dim=-1)
+    return codes, table[codes] * absmax, absmax
+
+
 def codebook_quantize(w: torch.Tensor, kind: str, blocksize: int = BLOCKSIZE):
-    """(codes, dequantized, absmax per element) of `w` (any shape, float32 math, row-major blocks)."""
-    table = TABLES[kind].to(w.device)
+    """(codes, dequantized, absmax per element) of `w` (any shape, row-major blocks; the last block is
+    zero-padded as bitsandbytes pads it, which leaves its absmax unchanged)."""
     flat = w.detach().float().reshape(-1)
     pad = (-flat.numel()) % blocksize
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    blocks = flat.reshape(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1, keepdim=True)
-    scaled = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-    codes = (scaled.unsqueeze(-1) - table).abs().argmin(dim=-1)
-    deq = table[codes] * absmax
+    codes, deq, absmax = codebook_groups(flat.reshape(-1, blocksize), kind)
     n = w.numel()
-    absmax_el = absmax.expand_as(blocks).reshape(-1)[:n].reshape(w.shape)
+    absmax_el = absmax.expand(-1, blocksize).reshape(-1)[:n].reshape(w.shape)
     return codes.reshape(-1)[:n].reshape(w.shape), deq.reshape(-1)[:n].reshape(w.shape), absmax_el
 
 

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from .codebook import codebook_quantize
+from .codebook import codebook_groups, zero_bin_halfwidth
 from .rtn import RTNScheme, parse_rtn
-from .rtn import quantize as rtn_quantize
 
-FAMILIES = ("rtn", "bnb", "gptq", "awq", "hqq")
 LIB_PATTERN = re.compile(r"^(gptq|awq|hqq)-int(\d)-g(\d+)$")
 EXAMPLES = "rtn-int4-g128, rtn-int8-channel, bnb-fp4, bnb-nf4, bnb-int8, gptq-int4-g128, awq-int4-g128, hqq-int4-g64"
 
@@ -38,24 +36,6 @@ class Scheme:
     def analysable(self) -> bool:
         """Whether `bins` can reproduce the quantizer from the weights alone (no calibration data)."""
         return self.family in ("rtn", "bnb")
-
-    def quantize_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(codes, dequantized, step) of a 2-D weight; `step` is Delta (RTN) or the block absmax (bnb)."""
-        if self.family == "rtn":
-            return rtn_quantize(w, self.rtn)
-        if self.family == "bnb" and self.kind in ("fp4", "nf4"):
-            return codebook_quantize(w, self.kind)
-        if self.family == "bnb" and self.kind == "int8":  # LLM.int8 weights: row-wise absmax / 127
-            return rtn_quantize(w, RTNScheme(8, "channel", None, True, "maxq"))
-        raise UserError(f"{self.name} depends on calibration data; bins supports rtn-* and bnb-* schemes")
-
-    def zero_halfwidth(self, step: torch.Tensor) -> torch.Tensor:
-        """Per-element half-width of the bin that rounds to zero."""
-        if self.family == "bnb" and self.kind in ("fp4", "nf4"):
-            from .codebook import zero_bin_halfwidth
-
-            return step * zero_bin_halfwidth(self.kind)
-        return step / 2
 
 
 def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
@@ -82,13 +62,8 @@ def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torc
 
     The analysis runs this on billions of weights, so it allocates as few temporaries as possible."""
     if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
-        from .codebook import TABLES, zero_bin_halfwidth
-
-        table = TABLES[scheme.kind].to(x.device)
-        absmax = x.abs().amax(dim=1, keepdim=True)
-        scaled = x / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
-        codes = (scaled.unsqueeze(-1) - table).abs_().argmin(dim=-1)
-        return codes, table[codes] * absmax, absmax, absmax * zero_bin_halfwidth(scheme.kind)
+        codes, deq, absmax = codebook_groups(x, scheme.kind)
+        return codes, deq, absmax, absmax * zero_bin_halfwidth(scheme.kind)
     rtn = scheme.rtn if scheme.family == "rtn" else RTNScheme(8, "channel", None, True, "maxq")
     if rtn.symmetric:
         scale = x.abs().amax(dim=1, keepdim=True).div_(rtn.divisor)

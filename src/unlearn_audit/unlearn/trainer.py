@@ -28,11 +28,12 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .. import __version__
+from ..config import to_yaml
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..models.generation import right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
-from ..utils.io import atomic_write_json, read_json, replace_dir
+from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir
 from ..utils.progress import quiet_trainer_output
 from . import sure
 from .methods import Batch, Method, resolve_method
@@ -373,7 +374,7 @@ def unlearn(
         "seconds": round(time.time() - started, 2),
         "versions": versions(),
     }
-    save_unlearned(trainer, tokenizer, out, record)
+    save_unlearned(trainer, tokenizer, out, record, to_yaml(cfg))
     if trainer.is_world_process_zero() and not cfg.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -433,9 +434,9 @@ def saliency_masks(model, ref, method: Method, cfg: UnlearnConfig, level: str, d
     return masks
 
 
-def save_unlearned(trainer, tokenizer, out: Path, record: dict) -> None:
+def save_unlearned(trainer, tokenizer, out: Path, record: dict, config_yaml: str) -> None:
     """Write the unlearned model atomically: weights (gathered by the Trainer under DeepSpeed/FSDP),
-    tokenizer and unlearn.json; only the main process writes, every process waits for it."""
+    tokenizer, unlearn.json and config.yaml; only the main process writes, every process waits for it."""
     trainer.model.config.use_cache = True
     staging = out.parent / f".{out.name}.saving"
     if trainer.is_world_process_zero():
@@ -446,6 +447,7 @@ def save_unlearned(trainer, tokenizer, out: Path, record: dict) -> None:
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; unlearn.json holds the config
         tokenizer.save_pretrained(staging)
         atomic_write_json(staging / "unlearn.json", record)
+        atomic_write_text(staging / "config.yaml", config_yaml)
         replace_dir(staging, out)
     trainer.accelerator.wait_for_everyone()
 
