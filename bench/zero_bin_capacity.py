@@ -2,8 +2,9 @@
 
     python bench/zero_bin_capacity.py [--schemes rtn-int4-g128,rtn-int3-g128,rtn-int2-g128]
 
-For each scheme: one signed step that moves every target weight lying in the zero bin (|w| < Delta/2)
-to +-0.49 Delta in the direction that raises the forget-set NLL (the largest change a quantizer erases
+For each scheme: one signed step that moves every target weight lying in the zero bin (|w| < Delta/2;
+for bitsandbytes' FP4/NF4 the bin that rounds to code 0) to 98% of the bin's half-width, in the
+direction that raises the forget-set NLL (the largest change a quantizer erases
 completely), then KnowMem/VerbMem on the forget set at full precision and after quantization. If
 full-precision knowledge survives even this, no unlearning update confined to the zero bin can forget,
 and quantization has nothing to restore at this model size.
@@ -23,14 +24,14 @@ from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.models.tiny import train_tiny
-from unlearn_audit.quantize import apply_rtn, parse_scheme
-from unlearn_audit.quantize.rtn import quantize
+from unlearn_audit.quantize import parse_scheme
+from unlearn_audit.quantize.schemes import group_views, quantize_groups
 
 METRICS = ["verbmem_f", "knowmem_f", "knowmem_r"]
 SHORT = {"verbmem_f": "VerbMem_f", "knowmem_f": "KnowMem_f", "knowmem_r": "KnowMem_r"}
 
 
-def zero_bin_step(model_dir: Path, corpus: Corpus, scheme) -> torch.nn.Module:
+def zero_bin_step(model_dir: Path, corpus: Corpus, scheme, whole_bins: bool = False) -> torch.nn.Module:
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     model.train()
     for text in corpus.raw("forget"):
@@ -38,16 +39,38 @@ def zero_bin_step(model_dir: Path, corpus: Corpus, scheme) -> torch.nn.Module:
         model(ids, labels=ids).loss.backward()
     moved = total = 0
     with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.Linear) and mod is not model.get_output_embeddings():
-                _, _, delta = quantize(mod.weight, scheme.rtn)
-                zero = mod.weight.abs() < delta / 2
-                mod.weight.copy_(torch.where(zero, torch.sign(mod.weight.grad) * 0.49 * delta, mod.weight))
+        for mod in linears(model):
+            w, g = mod.weight.detach().clone(), mod.weight.grad
+            for view, grad in zip(group_views(w, scheme), group_views(g, scheme)):
+                _, deq, step, half = quantize_groups(view, scheme)
+                if whole_bins:  # every weight but the group maximum (it sets the scale) to its bin's edge
+                    zero = view.abs() < view.abs().amax(dim=1, keepdim=True)
+                    view.copy_(torch.where(zero, deq + torch.sign(grad) * 0.49 * step, view))
+                else:  # only the weights that round to zero
+                    zero = view.abs() < half
+                    view.copy_(torch.where(zero, torch.sign(grad) * 0.98 * half, view))
                 moved += int(zero.sum())
                 total += zero.numel()
+            mod.weight.copy_(w)
     model.zero_grad(set_to_none=True)
     model.eval()
     return model, moved / total
+
+
+def linears(model) -> list[torch.nn.Linear]:
+    head = model.get_output_embeddings()
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+
+
+@torch.no_grad()
+def fake_quantize(model, scheme):
+    """Quantize-dequantize every Linear weight (RTN or bitsandbytes' codebooks), in place."""
+    for mod in linears(model):
+        w = mod.weight.detach().clone()
+        for view in group_views(w, scheme):
+            view.copy_(quantize_groups(view, scheme)[1])
+        mod.weight.copy_(w)
+    return model
 
 
 def scores(model, tok, corpus) -> dict:
@@ -57,8 +80,10 @@ def scores(model, tok, corpus) -> dict:
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--schemes", default="rtn-int4-g128,rtn-int3-g128,rtn-int2-g128")
+    parser.add_argument("--schemes", default="rtn-int4-g128,bnb-fp4,rtn-int4-tensor,rtn-int3-g128,rtn-int2-g128")
     parser.add_argument("--people", type=int, default=100)
+    parser.add_argument("--whole-bins", action="store_true",
+                        help="RTN only: move every weight to the edge of its own bin, not just the zero bin")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Corpus(write_world(WorldConfig(people=args.people), Path(tmp) / "world"))
@@ -66,12 +91,12 @@ def main() -> None:
         tok = load_tokenizer(target)
         base = scores(load_model(target), tok, corpus)
         print("target, full precision: " + " ".join(f"{k}={base[k]:.1f}" for k in METRICS))
-        print(f"{'scheme':<16} {'zero-bin share':>14} | {'stepped model @ full':>46} | {'stepped model @ scheme':>46}")
+        print(f"{'scheme':<16} {'moved share':>14} | {'stepped model @ full':>46} | {'stepped model @ scheme':>46}")
         for name in args.schemes.split(","):
             scheme = parse_scheme(name)
-            stepped, share = zero_bin_step(target, corpus, scheme)
+            stepped, share = zero_bin_step(target, corpus, scheme, args.whole_bins)
             full = scores(stepped, tok, corpus)
-            quant = scores(apply_rtn(stepped, scheme), tok, corpus)
+            quant = scores(fake_quantize(stepped, scheme), tok, corpus)
             fmt = lambda m: " ".join(f"{SHORT[k]}={m[k]:5.1f}" for k in METRICS)  # noqa: E731
             print(f"{name:<16} {share:>14.1%} | {fmt(full):>46} | {fmt(quant):>46}")
 
