@@ -286,12 +286,12 @@ def print_report(pieces: dict, run_dir: Path) -> None:
 
 
 def run_and_report(cfg, out: Path, quiet: bool) -> int:
-    from .experiment.grid import run_grid
+    from .experiment.grid import plan, run_grid
     from .experiment.report import render
 
     started = time.time()
     counts = run_grid(cfg, out, show=not quiet)
-    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}")
+    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)})
     print_report(pieces, out)
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
@@ -326,9 +326,16 @@ def cmd_report(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "ledger.sqlite").is_file():
         raise UserError(f"{run_dir} is not a run folder (no ledger.sqlite); run `demo` or `grid` first")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    schemes = cfg.get("schemes") or ["full", "rtn-int8-channel", "rtn-int4-g128"]
-    pieces = render(run_dir, schemes, title=f"unlearn-audit {cfg.get('name', 'report')}")
+    from .config import build_config
+    from .experiment.config import GridConfig
+    from .experiment.grid import plan
+
+    ids, schemes, name = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report"
+    if (run_dir / "config.yaml").is_file():
+        cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
+                           source=str(run_dir / "config.yaml"))
+        ids, schemes, name = {c.id for c in plan(cfg)}, cfg.schemes, cfg.name
+    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids)
     print_report(pieces, run_dir)
     return 0
 

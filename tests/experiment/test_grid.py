@@ -119,3 +119,14 @@ def test_grid_cli_bad_yaml_exit_2(run_cli, tmp_path):
     (tmp_path / "g.yaml").write_text("methods: [ga\n")
     code, _, err = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "o")
     assert code == 2 and err.startswith("error: malformed YAML")
+
+
+def test_report_shows_only_the_current_grid(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
+    for methods in (["ga_gdr"], ["npo"]):
+        (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, methods=methods)))
+        code, _, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+        assert code == 0
+    models = {r["model"] for r in json.loads((tmp_path / "run" / "results.json").read_text())}
+    assert models == {"target", "retrained", "npo"}  # the first grid's cells stay in the ledger, unreported
+    code, out, _ = run_cli("report", tmp_path / "run")
+    assert code == 0 and "GA_GDR" not in out and "NPO" in out

@@ -21,7 +21,24 @@ METRIC_COLUMNS = [("verbmem_f", "M1 VerbMem D_f"), ("knowmem_f", "M2 KnowMem D_f
 PAPER = {"full": 21.0, "4-bit": 83.0}  # average retained share, utility-constrained methods (abstract)
 
 
-def rows_from_ledger(ledger: Ledger) -> list[dict]:
+class PlannedCells:
+    """The ledger's cells restricted to one grid's plan (a run folder may hold cells of older configs)."""
+
+    def __init__(self, ledger: Ledger, ids: set[str] | None):
+        self.ledger = ledger
+        self.ids = ids
+
+    def cells(self, kind: str | None = None):
+        return [c for c in self.ledger.cells(kind) if self.ids is None or c.id in self.ids]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells():
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+
+def rows_from_ledger(ledger) -> list[dict]:
     """One row per (model, scheme) evaluation, with retention figures for unlearned models."""
     rows = []
     for cell in ledger.cells("eval"):
@@ -229,10 +246,13 @@ def failures(ledger: Ledger) -> list[str]:
             for c in ledger.cells() if c.status == "failed"]
 
 
-def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report") -> dict:
-    """Write report.md, results.json and plots for a run folder; returns the pieces for printing."""
+def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",
+           cell_ids: set[str] | None = None) -> dict:
+    """Write report.md, results.json and plots for a run folder (only the cells in `cell_ids`, when
+    given: the current grid's plan); returns the pieces for printing."""
     run_dir = Path(run_dir)
-    ledger = Ledger(run_dir / "ledger.sqlite")
+    store = Ledger(run_dir / "ledger.sqlite")
+    ledger = PlannedCells(store, cell_ids)
     try:
         rows = rows_from_ledger(ledger)
         summary = regime_summary(rows, schemes)
@@ -248,7 +268,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         plot = plot_knowledge(rows, schemes, run_dir / "knowledge_vs_precision.png")
         bins_plots = [c.result["plot"] for c in ledger.cells("bins") if c.status == "done"]
     finally:
-        ledger.close()
+        store.close()
     atomic_write_json(run_dir / "results.json", rows)
     atomic_write_json(run_dir / "summary.json", {"regimes": summary, "paper": PAPER, "counts": pieces["counts"]})
     md = [f"# {title}", "", "## Results (MUSE metrics x100; the paper's Table 1 layout)", "", pieces["table"], "",
