@@ -45,16 +45,13 @@ def spec(kind: str, config: dict, deps: list[str], label: str) -> CellSpec:
 
 # ------------------------------------------------------------------------------------------- planning
 def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: int) -> dict:
-    """The UnlearnConfig fields of one run: grid-wide options, then the method's overrides."""
+    """The UnlearnConfig fields of one run: grid-wide options, then the method's overrides; the grid's
+    learning-rate axis wins over `unlearn.learning_rate` but not over a method override."""
     from ..unlearn.trainer import UnlearnConfig
 
-    values = {**cfg.unlearn, **cfg.method_overrides.get(method, {})}
-    values.update({"method": method, "dtype": dtype, "seed": seed})
-    values.setdefault("learning_rate", lr)
-    if "learning_rate" in cfg.method_overrides.get(method, {}):
-        values["learning_rate"] = cfg.method_overrides[method]["learning_rate"]
-    else:
-        values["learning_rate"] = lr
+    overrides = cfg.method_overrides.get(method, {})
+    values = {**cfg.unlearn, **overrides, "method": method, "dtype": dtype, "seed": seed,
+              "learning_rate": overrides.get("learning_rate", lr)}  # the grid axis, unless the method overrides it
     names = {f.name for f in dataclasses.fields(UnlearnConfig)}
     unknown = set(values) - names
     if unknown:
