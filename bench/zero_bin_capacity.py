@@ -23,7 +23,7 @@ from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.models.tiny import TinyRecipe, train_tiny
 from unlearn_audit.quantize import parse_scheme
 from unlearn_audit.quantize.schemes import group_views, quantize_groups
 
@@ -82,12 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schemes", default="rtn-int4-g128,bnb-fp4,rtn-int4-tensor,rtn-int3-g128,rtn-int2-g128")
     parser.add_argument("--people", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=128, help="tiny-model width (try 256, 512 for scale)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--intermediate", type=int, default=512)
     parser.add_argument("--whole-bins", action="store_true",
                         help="RTN only: move every weight to the edge of its own bin, not just the zero bin")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Corpus(write_world(WorldConfig(people=args.people), Path(tmp) / "world"))
-        target = train_tiny(corpus, "target", progress=False)
+        recipe = TinyRecipe(hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.intermediate)
+        target = train_tiny(corpus, "target", recipe, progress=False)
         tok = load_tokenizer(target)
         base = scores(load_model(target), tok, corpus)
         print("target, full precision: " + " ".join(f"{k}={base[k]:.1f}" for k in METRICS))
