@@ -275,6 +275,10 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           "## Retained share of the target's forget-set knowledge (unlearned / target at the same precision)", "",
           pieces["retention"], "", "## Against the paper (21% at full precision -> 83% after 4-bit)", ""]
     md += [f"- {line}" for line in pieces["agreement"]] or ["- (no unlearned models evaluated yet)"]
+    if any("DISAGREES" in line for line in pieces["agreement"]):
+        md += ["", "Where int4 leaves the forgetting intact, the bin table below shows how much of each update "
+               "int4 erases; `bench/zero_bin_capacity.py` measures whether the model's zero bins could hold a "
+               "forgetting update at all (on the built-in 0.9M-parameter models they cannot; see docs/findings.md)."]
     if pieces["bins"]:
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]
     if pieces["quality"]:
