@@ -105,16 +105,11 @@ def cmd_eval(args) -> int:
         ret = load_model(args.retrained, args.dtype, opts, device)
         auc_ret = retrained_auc(ret, load_tokenizer(args.retrained, opts), corpus, cfg)
         del ret
-    model = load_model(args.model, args.dtype, opts, device)
-    tok = load_tokenizer(args.model, opts)
-    scheme = "full"
-    if args.quantize:
-        from .quantize import quantized_model
+    from .quantize import model_at
 
-        del model
-        model = quantized_model(args.model, args.quantize, opts, quantize_options(args), args.dtype, device, tok,
-                                calibration_texts(corpus, args.quantize))
-        scheme = args.quantize
+    tok = load_tokenizer(args.model, opts)
+    scheme = args.quantize or "full"
+    model = model_at(args.model, scheme, opts, quantize_options(args), args.dtype, device, tok, corpus)
     identity = {"model": model_fingerprint(args.model), "scheme": scheme, "dtype": args.dtype}
     res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=not args.quiet)
     metrics = {
@@ -147,21 +142,10 @@ def quantize_options(args):
                            calibration_samples=getattr(args, "calibration_samples", 64))
 
 
-def calibration_texts(corpus, scheme: str) -> list[str] | None:
-    """Retain texts for GPTQ/AWQ calibration (never the forget set); None for calibration-free schemes."""
-    from .quantize import parse_scheme
-
-    if parse_scheme(scheme).family not in ("gptq", "awq"):
-        return None
-    if corpus is None:
-        raise UserError(f"{scheme} calibrates on data: pass --calibration CORPUS (its retain texts are used)")
-    return corpus.raw("retain")
-
-
 def cmd_quantize(args) -> int:
     from .data.corpus import Corpus
     from .models.loading import load_tokenizer, model_fingerprint
-    from .quantize import parse_scheme, quantized_model, save_quantized
+    from .quantize import calibration_for, parse_scheme, quantized_model, save_quantized
 
     scheme = parse_scheme(args.scheme)
     opts = load_options(args)
@@ -169,7 +153,7 @@ def cmd_quantize(args) -> int:
     tok = load_tokenizer(args.model, opts)
     started = time.time()
     model = quantized_model(args.model, scheme, opts, quantize_options(args), args.dtype, args.device, tok,
-                            calibration_texts(corpus, scheme.name))
+                            calibration_for(scheme, corpus))
     record = {"scheme": scheme.name, "family": scheme.family, "bits": scheme.bits, "group_size": scheme.group_size,
               "source_model": str(args.model), "source_hash": model_fingerprint(args.model),
               "calibration": str(args.calibration) if corpus else None,

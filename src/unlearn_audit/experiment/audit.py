@@ -22,8 +22,8 @@ from pathlib import Path
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..evaluate.runner import AucRetrain, EvalConfig, default_auc_retrain, evaluate_model
-from ..models.loading import LoadOptions, load_model, load_tokenizer, model_fingerprint
-from ..quantize import parse_scheme, quantized_model
+from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
+from ..quantize import model_at, parse_scheme
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..utils.io import atomic_write_json
@@ -84,12 +84,7 @@ def run_bins(target: str, unlearned: str, cfg: AuditConfig, out: Path | None) ->
 def evaluate_at(spec: str, scheme: str, corpus: Corpus, cfg: AuditConfig, auc_ret, out: Path | None,
                 load: LoadOptions, show: bool) -> dict:
     tok = load_tokenizer(spec, load)
-    if scheme == "full":
-        model = load_model(spec, cfg.dtype, load, cfg.device)
-    else:
-        texts = corpus.raw("retain") if parse_scheme(scheme).family in ("gptq", "awq") else None
-        model = quantized_model(spec, scheme, load, dtype=cfg.dtype, device=cfg.device, tokenizer=tok,
-                                calibration_texts=texts)
+    model = model_at(spec, scheme, load, dtype=cfg.dtype, device=cfg.device, tokenizer=tok, corpus=corpus)
     ecfg = EvalConfig(metrics=list(cfg.metrics), limit=cfg.limit, batch_size=cfg.batch_size)
     res = evaluate_model(model, tok, corpus, ecfg, auc_ret, out, identity={"model": model_fingerprint(spec),
                                                                           "scheme": scheme}, show=show)

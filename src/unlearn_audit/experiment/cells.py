@@ -9,7 +9,7 @@ from ..data.synthetic import WorldConfig, write_world
 from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
-from ..quantize import quantized_model
+from ..quantize import model_at
 from ..quantize.bins import analyse, plot
 from ..unlearn.trainer import UnlearnConfig, unlearn
 from ..utils.io import atomic_write_json
@@ -103,11 +103,7 @@ def eval_cell(runner, cell) -> dict:
     path = runner.result(cfg["model"])["path"]
     scheme = cfg["scheme"]
     tok = load_tokenizer(path)
-    if scheme == "full":
-        model = load_model(path)
-    else:
-        model = quantized_model(path, scheme, tokenizer=tok, calibration_texts=corpus.raw("retain")
-                                if scheme.startswith(("gptq", "awq")) else None)
+    model = model_at(path, scheme, tokenizer=tok, corpus=corpus)
     auc_ret = None
     if "auc_ref" in cfg:
         ref = runner.result(cfg["auc_ref"])["details"]["privleak"]

@@ -102,10 +102,12 @@ def load_model(
 
 
 def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
-    """Load a tokenizer and make sure it can pad (unk, else eos, becomes the pad token, with a warning)."""
+    """Load a model's tokenizer and make sure it can pad (unk, else eos, becomes the pad token, with a warning)."""
     from transformers import AutoTokenizer
 
     opts = opts or LoadOptions()
+    if is_local(spec):  # tokenizers are read from model folders: say what is wrong with the folder first
+        check_local_model(Path(spec), opts)
     try:
         tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -223,6 +223,27 @@ def quantized_model(
     return apply_llmcompressor(model, tokenizer, s, calibration_texts, opts)
 
 
+def calibration_for(scheme: str | Scheme, corpus) -> list[str] | None:
+    """Retain texts (never the forget set) for schemes that calibrate (GPTQ/AWQ); None for the others."""
+    if scheme == "full":
+        return None
+    s = parse_scheme(scheme) if isinstance(scheme, str) else scheme
+    if s.family not in ("gptq", "awq"):
+        return None
+    if corpus is None:
+        raise UserError(f"{s.name} calibrates on data: pass --calibration CORPUS (its retain texts are used)")
+    return corpus.raw("retain")
+
+
+def model_at(spec: str | Path, scheme: str, load: LoadOptions | None = None, opts: QuantizeOptions | None = None,
+             dtype: str = "fp32", device: str | None = None, tokenizer=None, corpus=None):
+    """The model at `spec` in full precision (`scheme` 'full') or quantized with `scheme`, calibrated on
+    the corpus's retain texts where the scheme needs data."""
+    if scheme == "full":
+        return load_model(spec, dtype, load, device)
+    return quantized_model(spec, scheme, load, opts, dtype, device, tokenizer, calibration_for(scheme, corpus))
+
+
 def save_quantized(model, tokenizer, scheme: Scheme, out: str | Path, record: dict) -> Path:
     """Write a quantized model atomically as an HF folder with quantization.json recording the scheme."""
     out = Path(out)
