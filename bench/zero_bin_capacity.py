@@ -85,12 +85,18 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128, help="tiny-model width (try 256, 512 for scale)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--weight-decay", type=float, default=None, help="target recipe: AdamW weight decay")
+    parser.add_argument("--epochs", type=int, default=None, help="target recipe: training epochs")
+    parser.add_argument("--forget-share", type=float, default=0.1, help="world: share of people to forget")
     parser.add_argument("--whole-bins", action="store_true",
                         help="RTN only: move every weight to the edge of its own bin, not just the zero bin")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = Corpus(write_world(WorldConfig(people=args.people), Path(tmp) / "world"))
-        recipe = TinyRecipe(hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.intermediate)
+        world = WorldConfig(people=args.people, forget_share=args.forget_share)
+        corpus = Corpus(write_world(world, Path(tmp) / "world"))
+        extra = {k: v for k, v in (("weight_decay", args.weight_decay), ("epochs", args.epochs)) if v is not None}
+        recipe = TinyRecipe(hidden_size=args.hidden, num_layers=args.layers, intermediate_size=args.intermediate,
+                            **extra)
         target = train_tiny(corpus, "target", recipe, progress=False)
         tok = load_tokenizer(target)
         base = scores(load_model(target), tok, corpus)

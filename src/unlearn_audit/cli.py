@@ -255,17 +255,16 @@ def print_report(pieces: dict, run_dir: Path) -> None:
     print()
     print("Retained share of the target's forget-set knowledge (VerbMem / KnowMem, unlearned / target):")
     print(pieces["retention"])
-    if pieces["bins"]:
-        print()
-        print("Weight bins:")
-        print("\n".join(pieces["bins"]))
+    print()
+    print("Per method: recovery under quantization, and the bins prediction from the weights alone:")
+    print(pieces["verdicts"])
     print()
     for line in pieces["agreement"]:
         print("* " + line)
     if pieces["failures"]:
         print("\nFailed cells (re-run the same command to retry):")
         print("\n".join(pieces["failures"]))
-    print(f"\nreport: {run_dir / 'report.md'}  results: {run_dir / 'results.json'}  "
+    print(f"\nreport: {run_dir / 'report.md'} (also the weight-bin table)  results: {run_dir / 'results.json'}  "
           f"plot: {run_dir / 'knowledge_vs_precision.png'}")
 
 
@@ -275,7 +274,8 @@ def run_and_report(cfg, out: Path, quiet: bool) -> int:
 
     started = time.time()
     counts = run_grid(cfg, out, show=not quiet)
-    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)})
+    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)},
+                    bins_schemes=cfg.bins_schemes)
     print_report(pieces, out)
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
@@ -314,12 +314,12 @@ def cmd_report(args) -> int:
     from .experiment.config import GridConfig
     from .experiment.grid import plan
 
-    ids, schemes, name = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report"
+    ids, schemes, name, bins = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None
     if (run_dir / "config.yaml").is_file():
         cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
                            source=str(run_dir / "config.yaml"))
-        ids, schemes, name = {c.id for c in plan(cfg)}, cfg.schemes, cfg.name
-    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids)
+        ids, schemes, name, bins = {c.id for c in plan(cfg)}, cfg.schemes, cfg.name, cfg.bins_schemes
+    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins)
     print_report(pieces, run_dir)
     return 0
 

@@ -130,3 +130,79 @@ def test_report_shows_only_the_current_grid(run_cli, micro_world, micro_target, 
     assert models == {"target", "retrained", "npo"}  # the first grid's cells stay in the ledger, unreported
     code, out, _ = run_cli("report", tmp_path / "run")
     assert code == 0 and "GA_GDR" not in out and "NPO" in out
+
+
+def planned(cfg: dict):
+    return grid_mod.plan(build_config(GridConfig, cfg))
+
+
+def test_any_unlearning_option_is_a_grid_axis_and_labels_say_which(micro_world):
+    cells = planned(micro_grid(micro_world, methods=["ga_gdr"], axes={"epochs": [1, 2], "alpha": [0.5, 1.0]}))
+    runs = [c for c in cells if c.kind == "unlearn"]
+    assert sorted((c.config["settings"]["epochs"], c.config["settings"]["alpha"]) for c in runs) == [
+        (1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
+    assert len({c.id for c in runs}) == 4 and all("epochs=" in c.label and "alpha=" in c.label for c in runs)
+    with pytest.raises(UserError, match="own grid axis"):
+        planned(micro_grid(micro_world, axes={"learning_rate": [1e-5]}))
+    with pytest.raises(UserError, match="unknown unlearning option"):
+        planned(micro_grid(micro_world, axes={"epoch": [1]}))
+
+
+def test_seed_scope_all_trains_a_target_and_retrained_model_per_seed(micro_world):
+    cells = planned(micro_grid(micro_world, methods=["ga_gdr"], seeds=[0, 1], seed_scope="all"))
+    models = [c for c in cells if c.kind == "model"]
+    assert sorted((c.config["role"], c.config["recipe"]["seed"]) for c in models) == [
+        ("retrained", 0), ("retrained", 1), ("target", 0), ("target", 1)]
+    runs = {c.config["settings"]["seed"]: c for c in cells if c.kind == "unlearn"}
+    targets = {c.id: c.config["recipe"]["seed"] for c in models if c.config["role"] == "target"}
+    assert {seed: targets[run.config["target"]] for seed, run in runs.items()} == {0: 0, 1: 1}
+    shared = planned(micro_grid(micro_world, methods=["ga_gdr"], seeds=[0, 1]))  # default: unlearning seed only
+    assert len([c for c in shared if c.kind == "model"]) == 2
+
+
+def test_own_tiny_target_gets_a_matched_retrained_model(micro_world, micro_target, tmp_path):
+    from unlearn_audit.data.corpus import Corpus
+    from unlearn_audit.experiment.cells import matched_recipe
+    from unlearn_audit.models.tiny import TinyRecipe
+
+    assert matched_recipe(str(micro_target), Corpus(micro_world)) == TinyRecipe(**MICRO)
+    cells = planned(micro_grid(micro_world, target=str(micro_target), recipe={}))
+    (retrained,) = [c for c in cells if c.kind == "model" and c.config["role"] == "retrained"]
+    assert retrained.config["matched_to"] == str(micro_target)
+    with pytest.raises(UserError, match="no tiny-model recipe"):
+        matched_recipe(str(tmp_path), Corpus(micro_world))
+
+
+def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_says_how_to_resume(micro_world, micro_target,
+                                                                              micro_retrained, tmp_path):
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga_gdr", "npo", "ga"], workers=2)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unlearn_audit.cli", "grid", "--config", str(grid_file), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "UNLEARN_AUDIT_THREADS": "2"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    ledger_path = out / "ledger.sqlite"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if ledger_path.is_file() and Ledger(ledger_path).counts().get("done", 0) >= 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # to the main process only, as `kill -INT` does
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text[-2000:]
+    assert "run the same command again to resume" in text and "Traceback" not in text
+    time.sleep(1)
+    ledger = Ledger(ledger_path)
+    counts = ledger.counts()
+    assert counts.get("done", 0) >= 5 and not counts.get("running")  # no cell is left claimed
+    assert counts.get("failed") is None
+
+
+def test_a_grid_needing_a_missing_quantization_library_fails_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], "schemes": ["full", "bnb-fp4"]}))
+    with pytest.raises(UserError, match=r"pip install 'unlearn-audit\[bnb\]'"):
+        load_grid(tmp_path / "g.yaml")

@@ -63,3 +63,19 @@ def test_tokenizer_round_trips_and_keeps_answer_prompts_aligned():
     assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
     prompt_ids = tok("Question: Where was Ann Lee born?\nAnswer: ").input_ids
     assert tok(text).input_ids[: len(prompt_ids)] == prompt_ids  # the prompt is a token prefix of the text
+
+
+def test_the_same_recipe_gives_the_same_weights_with_any_thread_count(micro_world, micro_recipe, tmp_path,
+                                                                     monkeypatch):
+    """The demo's numbers must not depend on how many cores a machine has (its cache key ignores it)."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    recipe = replace(micro_recipe, epochs=3)
+    weights = []
+    for threads in (1, 2):
+        monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / f"cache{threads}"))
+        path = train_tiny(Corpus(micro_world), "target", recipe, threads=threads, progress=False)
+        weights.append(load_file(str(path / "model.safetensors")))
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])

@@ -48,6 +48,7 @@ def test_changes_inside_the_zero_bin_are_erased(tmp_path):
     assert r["zero_bin_share"] == 1.0 and r["erased_mass_share"] == 1.0
     assert 0.05 < r["changed_share"] < 0.5
     assert r["verdict"].startswith("quantized unlearned model equals the quantized target")
+    assert r["projected_survival"] == 0.0  # nothing of the update is left after quantization
     assert set(r["layers"]) == set(NAMES)
 
 
@@ -56,6 +57,7 @@ def test_changes_beyond_half_a_step_survive(tmp_path):
     r = bins.analyse(save(tmp_path / "t", t), save(tmp_path / "u", nudge(t, inside=False)), "rtn-int4-g128")
     assert r["erased_mass_share"] == 0.0 and r["same_code_share"] < 1.0
     assert r["verdict"].startswith("update survives 4-bit quantization")
+    assert r["projected_survival"] > 0.5
     assert r["dw_over_delta"]["p50"] >= 0.5
 
 

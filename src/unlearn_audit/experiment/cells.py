@@ -42,10 +42,30 @@ def model_cell(runner, cell) -> dict:
         return {"path": cfg["path"], "role": cfg["role"], "own": True}
     from ..config import build_config
 
-    recipe = build_config(TinyRecipe, dict(cfg["recipe"]), source="grid recipe options")
     corpus = corpus_of(runner, cfg["corpus"])
+    if "matched_to" in cfg:
+        recipe = matched_recipe(cfg["matched_to"], corpus)
+    else:
+        recipe = build_config(TinyRecipe, dict(cfg["recipe"]), source="grid recipe options")
     path = train_tiny(corpus, cfg["role"], recipe, progress=False)
-    return {"path": str(path), "role": cfg["role"], "quality": tiny_quality(path, corpus)}
+    return {"path": str(path), "role": cfg["role"], "seed": recipe.seed, "quality": tiny_quality(path, corpus)}
+
+
+def matched_recipe(target: str, corpus: Corpus) -> TinyRecipe:
+    """The recipe a tiny target was trained with (its training.json), to train its retrained twin."""
+    from ..config import build_config
+    from ..errors import UserError
+    from ..models.loading import read_model_json
+
+    info = read_model_json(Path(target), "training.json") or {}
+    if "recipe" not in info:
+        raise UserError(f"{target} records no tiny-model recipe (no training.json from `train-tiny`), so no "
+                        "matched retrained model can be trained; give `retrained` too (your model trained on "
+                        "the retain set only)")
+    if info.get("corpus", {}).get("content_hash") not in (None, corpus.content_hash):
+        raise UserError(f"{target} was trained on another corpus ({info['corpus'].get('path')}) than the grid's "
+                        f"({corpus.root}); give the grid that corpus")
+    return build_config(TinyRecipe, dict(info["recipe"]), source=f"{target}/training.json")
 
 
 def tiny_quality(path: Path, corpus: Corpus) -> dict:
@@ -85,6 +105,7 @@ def unlearn_cell(runner, cell) -> dict:
             "base": settings.base if settings.method == "sure" else None,
             "dtype": settings.dtype, "lr": info.get("resolved", {}).get("learning_rate"),
             "seed": settings.seed, "chosen_epoch": info.get("chosen_epoch"), "diverged": info.get("diverged"),
+            "arithmetic": info.get("precision", {}).get("arithmetic"), "settings": cfg["settings"],
             "seconds": info.get("seconds")}
 
 
@@ -93,8 +114,17 @@ def model_identity(runner, model_cell_id: str) -> dict:
     cell = runner.by_id[model_cell_id]
     res = runner.result(model_cell_id)
     if cell.kind == "model":
-        return {"model": res["role"], "dtype": None, "lr": None, "seed": None}
-    return {"model": res["method"], "dtype": res["dtype"], "lr": res["lr"], "seed": res["seed"]}
+        seed = res.get("seed") if runner.cfg.seed_scope == "all" else None
+        return {"model": res["role"], "dtype": None, "lr": None, "seed": seed, "settings": None}
+    return {"model": res["method"], "dtype": res["dtype"], "lr": res["lr"], "seed": res["seed"],
+            "settings": cell.config["settings"], "model_seed": model_seed(runner, cell)}
+
+
+def model_seed(runner, cell) -> int | None:
+    """The seed of the target an unlearning run started from, when seeds re-draw the models."""
+    if runner.cfg.seed_scope != "all":
+        return None
+    return runner.result(cell.config["target"]).get("seed")
 
 
 def eval_cell(runner, cell) -> dict:

@@ -33,6 +33,11 @@ class GridConfig:
     schemes: list[str] = field(default_factory=lambda: ["full", "rtn-int8-channel", "rtn-int4-g128"])
     bins_schemes: list[str] = field(default_factory=lambda: ["rtn-int4-g128"])
     unlearn: dict = field(default_factory=dict, metadata={"help": "unlearning options for every run"})
+    axes: dict = field(default_factory=dict, metadata={
+        "help": "more grid axes over unlearning options, e.g. {epochs: [10, 20], alpha: [1.0, 2.0]}"})
+    seed_scope: str = field(default="unlearn", metadata={
+        "help": "what each seed re-draws: unlearn (data order of unlearning) or all (also the tiny target and "
+                "retrained models' initialisation and data order)", "choices": ["unlearn", "all"]})
     method_overrides: dict = field(default_factory=dict, metadata={"help": "per-method unlearning options"})
     eval_limit: int | None = None
     eval_batch_size: int | None = None
@@ -40,6 +45,7 @@ class GridConfig:
 
     def validate(self) -> None:
         from ..quantize import parse_scheme
+        from ..quantize.backends import check_installed
         from ..unlearn.methods import resolve_method
         from ..unlearn.trainer import PRECISIONS
 
@@ -55,7 +61,7 @@ class GridConfig:
             raise UserError("schemes must include 'full' (retention is measured against full precision)")
         for s in self.schemes:
             if s != "full":
-                parse_scheme(s)
+                check_installed(parse_scheme(s).family)  # before hours of work, not at the first eval
         for s in self.bins_schemes:
             if not parse_scheme(s).analysable:
                 raise UserError(f"bins_schemes: {s} depends on calibration data; use rtn-* or bnb-* schemes")
@@ -64,8 +70,30 @@ class GridConfig:
             raise UserError(f"method_overrides names method(s) not in the grid: {', '.join(sorted(unknown))}")
         if self.workers < 1:
             raise UserError("workers must be at least 1")
-        if (self.target is None) != (self.retrained is None):
-            raise UserError("give both target and retrained models, or neither (the tiny ones are then trained)")
+        if self.retrained is not None and self.target is None:
+            raise UserError("a retrained model needs its target: give `target` too (or neither, and the tiny "
+                            "models are trained)")
+        if self.seed_scope not in ("unlearn", "all"):
+            raise UserError(f"seed_scope must be 'unlearn' or 'all', not '{self.seed_scope}'")
+        if self.seed_scope == "all" and self.target is not None:
+            raise UserError("seed_scope 'all' re-trains the tiny models per seed; it cannot re-draw your own target")
+        self.validate_axes()
+
+    def validate_axes(self) -> None:
+        """Every axis names an unlearning option with a non-empty list of values, not a built-in axis."""
+        import dataclasses
+
+        from ..unlearn.trainer import UnlearnConfig
+
+        names = {f.name for f in dataclasses.fields(UnlearnConfig)}
+        builtin = {"method": "methods", "dtype": "dtypes", "learning_rate": "learning_rates", "seed": "seeds"}
+        for name, values in self.axes.items():
+            if name in builtin:
+                raise UserError(f"axes: '{name}' has its own grid axis; use `{builtin[name]}`")
+            if name not in names:
+                raise UserError(f"axes: unknown unlearning option '{name}'; choose from {', '.join(sorted(names))}")
+            if not isinstance(values, list) or not values:
+                raise UserError(f"axes: '{name}' needs a non-empty list of values")
 
 
 def load_grid(path: str | Path) -> GridConfig:

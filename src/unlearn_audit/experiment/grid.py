@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -44,13 +45,13 @@ def spec(kind: str, config: dict, deps: list[str], label: str) -> CellSpec:
 
 
 # ------------------------------------------------------------------------------------------- planning
-def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: int) -> dict:
-    """The UnlearnConfig fields of one run: grid-wide options, then the method's overrides; the grid's
-    learning-rate axis wins over `unlearn.learning_rate` but not over a method override."""
+def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: int, axes: dict | None = None) -> dict:
+    """The UnlearnConfig fields of one run: grid-wide options, the extra axes' values, then the method's
+    overrides; the grid's learning-rate axis wins over `unlearn.learning_rate` but not over a method override."""
     from ..unlearn.trainer import UnlearnConfig
 
     overrides = cfg.method_overrides.get(method, {})
-    values = {**cfg.unlearn, **overrides, "method": method, "dtype": dtype, "seed": seed,
+    values = {**cfg.unlearn, **(axes or {}), **overrides, "method": method, "dtype": dtype, "seed": seed,
               "learning_rate": overrides.get("learning_rate", lr)}  # the grid axis, unless the method overrides it
     names = {f.name for f in dataclasses.fields(UnlearnConfig)}
     unknown = set(values) - names
@@ -59,43 +60,74 @@ def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: 
     return values
 
 
+def axis_points(cfg: GridConfig) -> list[dict]:
+    """Every combination of the extra axes' values ([{}] when there are none)."""
+    points: list[dict] = [{}]
+    for name, values in cfg.axes.items():
+        points = [{**p, name: v} for p in points for v in values]
+    return points
+
+
+def model_cells(cfg: GridConfig, corpus: CellSpec, seed: int) -> dict[str, CellSpec]:
+    """The target and retrained model cells a run of this seed starts from."""
+    recipe = {**cfg.recipe, "seed": seed} if cfg.seed_scope == "all" else cfg.recipe
+    tag = f" seed={seed}" if cfg.seed_scope == "all" else ""
+    out = {}
+    for role in ("target", "retrained"):
+        own = getattr(cfg, role)
+        if own:
+            config = {"role": role, "path": own}
+        elif role == "retrained" and cfg.target:  # trained with the recipe the user's tiny target records
+            config = {"role": role, "matched_to": cfg.target, "corpus": corpus.id}
+        else:
+            config = {"role": role, "recipe": recipe, "corpus": corpus.id}
+        out[role] = spec("model", config, [corpus.id], role + tag)
+    return out
+
+
 def plan(cfg: GridConfig) -> list[CellSpec]:
     """All cells of the grid in a runnable order."""
     cells: list[CellSpec] = []
     corpus = spec("corpus", {"path": cfg.corpus} if cfg.corpus else {"world": cfg.world}, [], "corpus")
     cells.append(corpus)
-    models = {}
-    for role in ("target", "retrained"):
-        own = getattr(cfg, role)
-        config = {"role": role, "path": own} if own else {"role": role, "recipe": cfg.recipe, "corpus": corpus.id}
-        models[role] = spec("model", config, [corpus.id], role)
-        cells.append(models[role])
+    model_seeds = cfg.seeds if cfg.seed_scope == "all" else cfg.seeds[:1]
+    models = {seed: model_cells(cfg, corpus, seed) for seed in model_seeds}
+    for pair in models.values():
+        cells.extend(pair.values())
+    varying = [name for name, values in cfg.axes.items() if len(values) > 1]
     runs = []
     for method in cfg.methods:
         for dtype in cfg.dtypes:
             for lr in cfg.learning_rates:
-                for seed in cfg.seeds:
-                    settings = unlearn_settings(cfg, method, lr, dtype, seed)
-                    run = spec("unlearn", {"settings": settings, "target": models["target"].id,
-                                           "retrained": models["retrained"].id, "corpus": corpus.id},
-                               [corpus.id, models["target"].id, models["retrained"].id],
-                               f"{method} {dtype} lr={settings['learning_rate']:g} seed={seed}")
-                    runs.append(run)
-    cells.extend(runs)
+                for point in axis_points(cfg):
+                    for seed in cfg.seeds:
+                        pair = models[seed if cfg.seed_scope == "all" else model_seeds[0]]
+                        settings = unlearn_settings(cfg, method, lr, dtype, seed, point)
+                        extra = "".join(f" {k}={point[k]}" for k in varying)
+                        run = spec("unlearn", {"settings": settings, "target": pair["target"].id,
+                                               "retrained": pair["retrained"].id, "corpus": corpus.id},
+                                   [corpus.id, pair["target"].id, pair["retrained"].id],
+                                   f"{method} {dtype} lr={settings['learning_rate']:g}{extra} seed={seed}")
+                        runs.append((run, pair))
+    cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size}
-    auc_ref = spec("eval", {**eval_common, "model": models["retrained"].id, "scheme": "full"},
-                   [corpus.id, models["retrained"].id], "retrained @ full")
-    cells.append(auc_ref)
-    for model in [models["target"], models["retrained"], *runs]:
+    refs = {}
+    for seed, pair in models.items():
+        refs[seed] = spec("eval", {**eval_common, "model": pair["retrained"].id, "scheme": "full"},
+                          [corpus.id, pair["retrained"].id], f"{pair['retrained'].label} @ full")
+        cells.append(refs[seed])
+    evaluated = [(m, refs[seed]) for seed, pair in models.items() for m in pair.values()]
+    evaluated += [(run, refs[next(s for s, p in models.items() if p is pair)]) for run, pair in runs]
+    for model, auc_ref in evaluated:
         for scheme in cfg.schemes:
-            if model is models["retrained"] and scheme == "full":
+            if model.id == auc_ref.config["model"] and scheme == "full":
                 continue
             cells.append(spec("eval", {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id},
                               [corpus.id, model.id, auc_ref.id], f"{model.label} @ {scheme}"))
-    for run in runs:
+    for run, pair in runs:
         for scheme in cfg.bins_schemes:
-            cells.append(spec("bins", {"unlearned": run.id, "target": models["target"].id, "scheme": scheme},
-                              [run.id, models["target"].id], f"bins {run.label} @ {scheme}"))
+            cells.append(spec("bins", {"unlearned": run.id, "target": pair["target"].id, "scheme": scheme},
+                              [run.id, pair["target"].id], f"bins {run.label} @ {scheme}"))
     return cells
 
 
@@ -143,7 +175,7 @@ class GridRunner:
                     attempted.add(c.id)
                     progressed = True
             if not waiting:
-                return self.ledger.counts()
+                return self.counts()
             if not progressed:
                 time.sleep(0.5)
 
@@ -160,7 +192,6 @@ class GridRunner:
             return "failed"
         if not all(d.status == "done" for d in deps) or not self.ledger.claim(c.id):
             return "waiting"
-        position = self.ledger.counts().get("done", 0) + 1
         started = time.time()
         try:
             result = run_cell(self, c)
@@ -173,8 +204,17 @@ class GridRunner:
             return self.failed(c, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         seconds = time.time() - started
         self.ledger.finish(c.id, result, seconds)
-        self.say(f"[{position}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s)")
+        done = self.counts().get("done", 0)  # counted at finish: right with long cells and several workers
+        self.say(f"[{done}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s)")
         return "ran"
+
+    def counts(self) -> dict[str, int]:
+        """Status counts of this grid's cells only (the run folder may hold cells of older configs)."""
+        out: dict[str, int] = {}
+        for cell in self.ledger.cells():
+            if cell.id in self.by_id:
+                out[cell.status] = out.get(cell.status, 0) + 1
+        return out
 
     def failed(self, c: CellSpec, error: str) -> str:
         self.ledger.fail(c.id, error)
@@ -216,9 +256,17 @@ def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int) -> None
 
     quiet_libraries()
     os.environ["UNLEARN_AUDIT_THREADS"] = str(threads)
+    signal.signal(signal.SIGTERM, interrupt)  # the main process stops its workers with SIGTERM
     cfg = GridConfig(**cfg_dict)
-    with torch_threads(threads):
-        GridRunner(cfg, run_dir, show=True, worker=worker).run()
+    try:
+        with torch_threads(threads):
+            GridRunner(cfg, run_dir, show=True, worker=worker).run()
+    except KeyboardInterrupt:  # the cell it held was given back; the main process reports
+        pass
+
+
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True) -> dict[str, int]:
@@ -233,14 +281,36 @@ def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True) -> dict[st
     runner = GridRunner(cfg, run_dir, show)
     procs = []
     ctx = multiprocessing.get_context("spawn")
-    for w in range(1, workers):
-        p = ctx.Process(target=worker_main, args=(dataclasses.asdict(cfg), str(run_dir), w, threads), daemon=True)
-        p.start()
-        procs.append(p)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches only the main process, which
+    try:                                                      # then stops the workers (stop_workers)
+        for w in range(1, workers):
+            p = ctx.Process(target=worker_main, args=(dataclasses.asdict(cfg), str(run_dir), w, threads), daemon=True)
+            p.start()
+            procs.append(p)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         with torch_threads(threads):
-            counts = runner.run()
-    finally:
-        for p in procs:
-            p.join(timeout=None if not p.is_alive() else 3600)
-    return runner.ledger.counts() if procs else counts
+            runner.run()
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        counts = runner.counts()
+        print(f"\ninterrupted: {counts.get('done', 0)} of {len(runner.cells)} cells are finished and kept in "
+              f"{run_dir}; run the same command again to resume", flush=True)
+        raise
+    for p in procs:
+        p.join()
+    return runner.counts()
+
+
+def stop_workers(procs: list, grace: float = 10.0) -> None:
+    """Ask the worker processes to stop (SIGTERM: each gives its cell back), then kill any that do not."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.time() + grace
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join()

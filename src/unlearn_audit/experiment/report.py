@@ -48,11 +48,32 @@ def rows_from_ledger(ledger) -> list[dict]:
         m = r["metrics"]
         rows.append({
             "model": r["model"], "dtype": r["dtype"], "lr": r["lr"], "seed": r["seed"], "scheme": r["scheme"],
+            "settings": r.get("settings"), "model_seed": r.get("model_seed"),
             "verbmem_f": m.get("verbmem_f"), "knowmem_f": m.get("knowmem_f"), "knowmem_r": m.get("knowmem_r"),
             "privleak": m.get("privleak"), "auc": r["details"].get("privleak", {}).get("auc"),
         })
+    label_rows(rows)
     add_retention(rows)
     return rows
+
+
+# Unlearning options that have their own place in a row's label (or never vary within a run).
+LABELLED = {"method", "dtype", "learning_rate", "seed", "base", "arithmetic"}
+
+
+def label_rows(rows: list[dict], like: list[dict] | None = None) -> None:
+    """Give each row the label of its run: method, regime, learning rate and every other unlearning
+    option that varies in this grid (epochs, alpha, ...; as among the rows `like`, default `rows`);
+    seeds share a label and are averaged."""
+    settings = [r.get("settings") for r in (rows if like is None else like) if r.get("settings")]
+    keys = sorted({k for st in settings for k in st} - LABELLED)
+    varying = [k for k in keys if len({repr(st.get(k)) for st in settings}) > 1]
+    for r in rows:
+        if not r["dtype"]:
+            r["label"] = r["model"].capitalize()
+            continue
+        extra = "".join(f", {k} {(r.get('settings') or {}).get(k)}" for k in varying)
+        r["label"] = f"{r['model'].upper()} ({r['dtype']}, lr {r['lr']:g}{extra})"
 
 
 def ratio(a, b) -> float | None:
@@ -62,57 +83,25 @@ def ratio(a, b) -> float | None:
 
 
 def add_retention(rows: list[dict]) -> None:
-    ref = {(r["model"], r["scheme"]): r for r in rows if r["model"] in ("target", "retrained")}
+    """retained = unlearned / target and relative = (unlearned - retrained) / (target - retrained), each
+    against the target and retrained models of the same seed (when seeds re-draw them) and precision."""
+    ref = {(r["model"], r["seed"], r["scheme"]): r for r in rows if r["model"] in ("target", "retrained")}
     for r in rows:
         if r["model"] in ("target", "retrained"):
             continue
-        t, rt = ref.get(("target", r["scheme"])), ref.get(("retrained", r["scheme"]))
+        t, rt = ref.get(("target", r["model_seed"], r["scheme"])), ref.get(("retrained", r["model_seed"], r["scheme"]))
         for key in ("verbmem_f", "knowmem_f"):
             r[f"retained_{key}"] = ratio(r[key], t[key]) if t else None
             r[f"relative_{key}"] = (ratio(r[key] - rt[key], t[key] - rt[key])
                                     if t and rt and None not in (r[key], rt[key], t[key]) else None)
-
-
-def run_label(r: dict) -> str:
-    return f"{r['model'].upper()} ({r['dtype']}, lr {r['lr']:g})" if r["dtype"] else r["model"].capitalize()
+        r["utility_kept"] = ratio(r["knowmem_r"], t["knowmem_r"]) if t else None
 
 
 def fmt(x, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    return f"{100 * x:.0f}%" if pct else f"{x:.1f}"
-
-
-def paper_table(rows: list[dict], schemes: list[str]) -> str:
-    """Markdown table in the layout of the paper's Table 1 (M1..M4 per model and precision)."""
-    order = {s: i for i, s in enumerate(schemes)}
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[run_label(r)].append(r)
-    keys = sorted(groups, key=lambda k: (k not in ("Target", "Retrained"), k != "Target", k))
-    lines = ["| Method | " + " | ".join(c for _, c in METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
-    for key in keys:
-        for r in sorted(groups[key], key=lambda r: order.get(r["scheme"], 99)):
-            name = key if r["scheme"] == "full" else f"{key} + {precision_label(r['scheme'])} ({r['scheme']})"
-            lines.append(f"| {name} | " + " | ".join(fmt(r[k]) for k, _ in METRIC_COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def retention_table(rows: list[dict], schemes: list[str]) -> str:
-    """Retained share of the target's VerbMem / KnowMem on D_f, per unlearned model and precision."""
-    unl = [r for r in rows if r["model"] not in ("target", "retrained")]
-    by_run: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in unl:
-        by_run[run_label(r)][r["scheme"]] = r
-    head = "| Unlearned model | " + " | ".join(f"{precision_label(s)} VerbMem / KnowMem" for s in schemes) + " |"
-    lines = [head, "|---" * (len(schemes) + 1) + "|"]
-    for key in sorted(by_run):
-        cells = []
-        for s in schemes:
-            r = by_run[key].get(s)
-            cells.append("-" if not r else f"{fmt(r['retained_verbmem_f'], True)} / {fmt(r['retained_knowmem_f'], True)}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    text = f"{100 * x:.0f}%" if pct else f"{x:.1f}"
+    return text[1:] if text.startswith("-") and text.strip("-0.%") == "" else text  # no "-0%"
 
 
 def mean(xs: list[float | None]) -> float | None:
@@ -120,109 +109,298 @@ def mean(xs: list[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def spread(xs: list[float | None]) -> float | None:
+    """Sample standard deviation over seeds (None with fewer than two values)."""
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if len(xs) < 2:
+        return None
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+AVERAGED = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "retained_verbmem_f", "retained_knowmem_f",
+            "relative_verbmem_f", "relative_knowmem_f", "utility_kept"]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Rows averaged over seeds: one per (run label, scheme), each value as its mean, with `sd` (the
+    spread over seeds) and `n` (how many seeds)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["label"], r["scheme"])].append(r)
+    out = []
+    for (label, scheme), rs in groups.items():
+        first = rs[0]
+        agg = {"label": label, "scheme": scheme, "model": first["model"], "dtype": first["dtype"], "lr": first["lr"],
+               "seeds": sorted(x["seed"] for x in rs if x["seed"] is not None), "n": len(rs), "sd": {}}
+        for key in AVERAGED:
+            values = [x.get(key) for x in rs]
+            agg[key] = mean(values)
+            agg["sd"][key] = spread(values)
+        out.append(agg)
+    return out
+
+
+def cell(a: dict, key: str, pct: bool = False) -> str:
+    """Mean, with the spread over seeds when there are several."""
+    sd = a["sd"].get(key)
+    if sd is None:
+        return fmt(a.get(key), pct)
+    return f"{fmt(a.get(key), pct)} ± {fmt(sd, pct)}"
+
+
+def ordered_labels(agg: list[dict]) -> list[str]:
+    labels = {a["label"] for a in agg}
+    return sorted(labels, key=lambda k: (k not in ("Target", "Retrained"), k != "Target", k))
+
+
+def paper_table(agg: list[dict], schemes: list[str]) -> str:
+    """Markdown table in the layout of the paper's Table 1 (M1..M4 per model and precision)."""
+    order = {s: i for i, s in enumerate(schemes)}
+    lines = ["| Method | " + " | ".join(c for _, c in METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    for label in ordered_labels(agg):
+        for a in sorted((a for a in agg if a["label"] == label), key=lambda a: order.get(a["scheme"], 99)):
+            name = label if a["scheme"] == "full" else f"{label} + {precision_label(a['scheme'])} ({a['scheme']})"
+            lines.append(f"| {name} | " + " | ".join(cell(a, k) for k, _ in METRIC_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def retention_table(agg: list[dict], schemes: list[str]) -> str:
+    """Retained share of the target's VerbMem / KnowMem on D_f, per unlearned model and scheme."""
+    by_run: dict[str, dict[str, dict]] = defaultdict(dict)
+    for a in agg:
+        if a["dtype"]:
+            by_run[a["label"]][a["scheme"]] = a
+    head = "| Unlearned model | " + " | ".join(f"{s}: VerbMem / KnowMem" for s in schemes) + " |"
+    lines = [head, "|---" * (len(schemes) + 1) + "|"]
+    for key in sorted(by_run):
+        cells = []
+        for s in schemes:
+            a = by_run[key].get(s)
+            cells.append("-" if not a else f"{cell(a, 'retained_verbmem_f', True)} / {cell(a, 'retained_knowmem_f', True)}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def constrained(method: str) -> bool:
     """Utility-constrained methods (the paper's headline averages over these): *_gdr, *_klr, sure."""
     return method.endswith(("_gdr", "_klr")) or method == "sure"
 
 
-def regime_summary(rows: list[dict], schemes: list[str]) -> list[dict]:
-    """Per training precision: the average retained share (mean of VerbMem and KnowMem on D_f,
-    unlearned / target) of the utility-constrained methods at each quantization scheme, and the same
-    relative to the retrained model ((u - retrained) / (target - retrained))."""
+FORGOT_ENOUGH = 0.6  # retained share at full precision at most this: forgetting as deep as the paper's
+FORGOT_SOMETHING = 0.95  # above this, too little was forgotten to say whether it returns
+RETURNS = 0.5  # quantization brings back at least half of what was forgotten: the paper's failure
+HOLDS = 0.1  # at most a tenth comes back: the forgetting survives
+METRICS_F = ("verbmem_f", "knowmem_f")
+
+
+def recovery(full: float | None, quantized: float | None) -> float | None:
+    """Share of what full precision forgot (1 - retained) that quantization brings back."""
+    if full is None or quantized is None or full >= 1:
+        return None
+    return (quantized - full) / (1 - full)
+
+
+def four_bit(schemes: list[str]) -> list[str]:
+    return [s for s in schemes if s != "full" and precision_label(s) in ("int4", "4-bit")]
+
+
+def retained_mean(a: dict) -> float | None:
+    """The paper's headline retained share: the mean of VerbMem and KnowMem on D_f, unlearned / target."""
+    return mean([a[f"retained_{k}"] for k in METRICS_F])
+
+
+def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] | None = None) -> list[dict]:
+    """Per unlearned run (seeds averaged): retained share at full precision and the recovery under each
+    quantized scheme (for VerbMem, KnowMem and their mean), a verdict, and the bins prediction."""
+    bins = bins or {}
+    by_run: dict[str, dict[str, dict]] = defaultdict(dict)
+    for a in agg:
+        if a["dtype"]:
+            by_run[a["label"]][a["scheme"]] = a
     out = []
-    for dtype in sorted({r["dtype"] for r in rows if r["dtype"]}):
-        picked = [r for r in rows if r["dtype"] == dtype and constrained(r["model"])]
-        entry = {"dtype": dtype, "lrs": sorted({r["lr"] for r in picked}), "methods": sorted({r["model"] for r in picked}),
-                 "retained": {}, "relative": {}}
-        for s in schemes:
-            rs = [r for r in picked if r["scheme"] == s]
-            entry["retained"][s] = mean([mean([r["retained_verbmem_f"], r["retained_knowmem_f"]]) for r in rs])
-            entry["relative"][s] = mean([mean([r["relative_verbmem_f"], r["relative_knowmem_f"]]) for r in rs])
+    for label in sorted(by_run):
+        runs = by_run[label]
+        full = runs.get("full")
+        if not full:
+            continue
+        entry = {"label": label, "method": full["model"], "dtype": full["dtype"], "n": full["n"],
+                 "retained": {**{k: full[f"retained_{k}"] for k in METRICS_F}, "mean": retained_mean(full)},
+                 "utility_kept": full["utility_kept"], "recovery": {}}
+        for s in [x for x in schemes if x != "full"]:
+            q = runs.get(s)
+            if q:
+                rec = {k: recovery(full[f"retained_{k}"], q[f"retained_{k}"]) for k in METRICS_F}
+                rec["mean"] = recovery(entry["retained"]["mean"], retained_mean(q))
+                entry["recovery"][s] = rec
+        entry["verdict"] = verdict_of(entry, four_bit(schemes))
+        if label in bins:
+            entry["bins"] = bins[label]
         out.append(entry)
     return out
 
 
-def agreement(summary: list[dict], schemes: list[str]) -> list[str]:
-    """Sentences comparing the measured retention to the paper's 21% (full) -> 83% (4-bit)."""
-    four = [s for s in schemes if s != "full" and precision_label(s) in ("int4", "4-bit")]
-    eight = [s for s in schemes if s != "full" and precision_label(s) in ("int8", "8-bit")]
+def verdict_of(entry: dict, four: list[str]) -> str:
+    """From the mean retained share: does what full precision forgot come back under every 4-bit scheme?"""
+    full = entry["retained"]["mean"]
+    if full is None or full > FORGOT_SOMETHING:
+        return "forgot too little to judge"
+    recs = [entry["recovery"][s]["mean"] for s in four if s in entry["recovery"]]
+    recs = [r for r in recs if r is not None]
+    if not recs:
+        return "no 4-bit scheme evaluated"
+    shallow = "" if full <= FORGOT_ENOUGH else " (shallow forgetting)"
+    if min(recs) >= RETURNS:
+        return "knowledge returns" + shallow
+    if max(recs) <= HOLDS:
+        return "forgetting holds" + shallow
+    return "partly returns" + shallow
+
+
+def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
+    """Per method: retained at full precision, recovery under each quantized scheme, utility, verdict,
+    and what `bins` predicted from the weights alone."""
+    quantized = [s for s in schemes if s != "full"]
+    head = ["Unlearned model", "retained at full: VerbMem / KnowMem (mean)"]
+    head += [f"{s}: recovery VerbMem / KnowMem (mean)" for s in quantized]
+    head += ["KnowMem_r kept", "measured verdict", "bins prediction of the recovery (from the weights)",
+             f"prediction within {PREDICTION_TOLERANCE:.0%}?"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for v in verdicts:
+        r = v["retained"]
+        row = [v["label"], f"{fmt(r['verbmem_f'], True)} / {fmt(r['knowmem_f'], True)} ({fmt(r['mean'], True)})"]
+        for s in quantized:
+            rec = v["recovery"].get(s, {})
+            row.append(f"{fmt(rec.get('verbmem_f'), True)} / {fmt(rec.get('knowmem_f'), True)} "
+                       f"({fmt(rec.get('mean'), True)})")
+        right = prediction_agrees(v)
+        row += [fmt(v["utility_kept"], True), v["verdict"], bins_prediction(v.get("bins")),
+                "-" if right is None else ("yes" if right else "no")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+PREDICTION_TOLERANCE = 0.25  # |predicted - measured recovery| within which the bins forecast counts as right
+
+
+def bins_prediction(b: dict | None) -> str:
+    """The weights-alone forecast: quantization brings back the share of the update that does not
+    survive along its own direction, 1 - survival (the erased mass is shown beside it)."""
+    if not b or b.get("projected_survival") is None:
+        return "-"
+    return (f"{b['scheme']}: {fmt(1 - b['projected_survival'], True)} back ({fmt(b['projected_survival'], True)} "
+            f"of the update survives; {fmt(b['erased_mass_share'], True)} of its mass erased)")
+
+
+def prediction_agrees(v: dict) -> bool | None:
+    """Is the bins forecast (1 - survival) within PREDICTION_TOLERANCE of the measured mean recovery
+    under the analysed scheme?"""
+    b = v.get("bins")
+    rec = v["recovery"].get(b["scheme"], {}).get("mean") if b else None
+    if rec is None or b.get("projected_survival") is None or v["verdict"].startswith("forgot too little"):
+        return None
+    return abs((1 - b["projected_survival"]) - rec) <= PREDICTION_TOLERANCE
+
+
+def regime_lines(verdicts: list[dict], four: list[str]) -> list[str]:
+    """Per training precision: which runs show the paper's failure, and whether that agrees with the
+    paper (pure bf16 at a small learning rate: knowledge returns; fp32, mixed and SURE: it holds)."""
     lines = []
-    for e in summary:
-        full = e["retained"].get("full")
-        if full is None:
-            continue
-        parts = [f"full precision {fmt(full, True)}"]
-        parts += [f"{s} {fmt(e['retained'].get(s), True)}" for s in eight + four]
-        rel = [f"{s} {fmt(e['relative'].get(s), True)}" for s in ["full", *eight, *four] if e["relative"].get(s) is not None]
-        head = (f"{e['dtype']} regime ({', '.join(e['methods'])}; lr {', '.join(f'{x:g}' for x in e['lrs'])}): "
-                f"retained share " + ", ".join(parts))
-        if rel:
-            head += f" (above the retrained model: {', '.join(rel)})"
-        if full > 0.75:
-            lines.append(head + ". NOT COMPARABLE: unlearning removed little at full precision, so there is "
-                         "nothing for quantization to bring back; raise the learning rate or the epochs")
-            continue
-        verdicts = []
-        for s in four:
-            q = e["retained"].get(s)
-            if q is None:
-                continue
-            gain = q - full
-            if gain >= 0.2:
-                verdicts.append(f"AGREES with the paper at {s}: quantization brings back {gain:.0%} of the target's "
-                                "forget-set knowledge that full precision had removed")
-            elif gain >= 0.05:
-                verdicts.append(f"PARTLY agrees at {s}: +{gain:.0%} (paper: +62 points)")
+    for dtype in sorted({v["dtype"] for v in verdicts}):
+        vs = [v for v in verdicts if v["dtype"] == dtype]
+        judged = [v for v in vs if v["verdict"] not in ("forgot too little to judge", "no 4-bit scheme evaluated")]
+        returns = [v for v in judged if v["verdict"].startswith("knowledge returns")]
+        parts = [f"{dtype} regime, 4-bit = {', '.join(four) or 'none'}: knowledge returns for {len(returns)} of "
+                 f"{len(vs)} runs" + (f" ({'; '.join(v['label'] for v in returns)})" if returns else "")]
+        expect_return = [v for v in judged if dtype == "bf16" and constrained(v["method"]) and v["method"] != "sure"]
+        expect_hold = [v for v in judged if v not in expect_return and (dtype != "bf16" or v["method"] == "sure")]
+        if expect_return:
+            hits = [v for v in expect_return if v["verdict"].startswith("knowledge returns")]
+            full = mean([v["retained"]["mean"] for v in expect_return])
+            deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH]
+            if len(deep) >= max(1, (len(expect_return) + 1) // 2):
+                word = "AGREES"
+            elif hits:
+                word = "PARTLY AGREES"
             else:
-                verdicts.append(f"DISAGREES at {s}: the forgetting survives 4-bit quantization here "
-                                f"({gain:+.0%}; paper: 21% -> 83%)")
-        lines.append(head + ". " + "; ".join(verdicts))
+                word = "DISAGREES"
+            parts.append(f"{word} with the paper's failure: in {len(hits)} of {len(expect_return)} "
+                         f"utility-constrained runs at least {RETURNS:.0%} of the forgotten knowledge returns "
+                         f"({len(deep)} of them forgot as deeply as the paper, retaining at most "
+                         f"{FORGOT_ENOUGH:.0%} at full precision; mean retained here {fmt(full, True)}, paper 21%)")
+        if expect_hold:
+            held = [v for v in expect_hold if v["verdict"].startswith("forgetting holds")]
+            word = "AGREES" if len(held) == len(expect_hold) else "DISAGREES"
+            parts.append(f"{word} with the paper's contrast: forgetting holds (at most {HOLDS:.0%} back) for "
+                         f"{len(held)} of {len(expect_hold)} runs expected to hold")
+        too_little = [v["label"] for v in vs if v["verdict"] == "forgot too little to judge"]
+        if too_little:
+            parts.append(f"NOT COMPARABLE: {len(too_little)} run(s) kept more than {FORGOT_SOMETHING:.0%} of the "
+                         "knowledge at full precision; raise the learning rate or the epochs")
+        lines.append(". ".join(parts))
     return lines
 
 
-def bins_lines(ledger: Ledger) -> list[str]:
+def bins_rows(ledger) -> list[dict]:
+    """The finished bins analyses, one per unlearned run and scheme (labelled like the eval rows)."""
+    return [dict(c.result) for c in ledger.cells("bins") if c.status == "done"]
+
+
+def bins_by_label(brows: list[dict], scheme: str | None) -> dict[str, dict]:
+    """Per run label, the seeds' mean erased mass and survival along the update under `scheme`."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in brows:
+        if b["scheme"] == scheme:
+            groups[b["label"]].append(b)
+    return {label: {"scheme": scheme, "n": len(bs),
+                    "erased_mass_share": mean([b["erased_mass_share"] for b in bs]),
+                    "projected_survival": mean([b.get("projected_survival") for b in bs])}
+            for label, bs in groups.items()}
+
+
+def bins_lines(brows: list[dict]) -> list[str]:
     out = []
-    for cell in ledger.cells("bins"):
-        if cell.status != "done":
-            continue
-        r = cell.result
+    for r in sorted(brows, key=lambda r: (r["label"], r["scheme"], r["seed"] or 0)):
         cap = f"; bf16 cap {r['bf16_cap']:.3g}" if r.get("bf16_cap") else ""
-        out.append(f"| {r['model']} ({r['dtype']}, lr {r['lr']:g}) | {r['scheme']} | {r['changed_share']:.1%} | "
+        survival = r.get("projected_survival")
+        out.append(f"| {r['label']} | {r['seed']} | {r['scheme']} | {r['changed_share']:.1%} | "
                    f"{r['same_code_share']:.1%} | {r['zero_bin_share']:.1%} | {r['erased_mass_share']:.1%}{cap} | "
-                   f"{r['verdict']} |")
+                   f"{fmt(survival, True)} | {r['verdict']} |")
     if out:
-        out = ["| Unlearned model | scheme | changed | same code | in zero bin | erased mass | verdict |",
-               "|---|---|---|---|---|---|---|"] + out
+        out = ["| Unlearned model | seed | scheme | changed | same code | in zero bin | erased mass | "
+               "survival along update | verdict |", "|---" * 9 + "|"] + out
     return out
 
 
-def plot_knowledge(rows: list[dict], schemes: list[str], path: Path) -> Path | None:
-    """KnowMem on D_f (and VerbMem) against precision, one line per model, one panel per regime."""
+def plot_knowledge(agg: list[dict], schemes: list[str], path: Path) -> Path | None:
+    """KnowMem and VerbMem on D_f against precision, one line per model (mean over seeds, with the
+    spread as error bars), one panel per regime."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = sorted({r["dtype"] for r in rows if r["dtype"]})
+    regimes = sorted({a["dtype"] for a in agg if a["dtype"]})
     if not regimes:
         return None
     fig, axes = plt.subplots(2, len(regimes), figsize=(6 * len(regimes), 7), squeeze=False)
     x = list(range(len(schemes)))
     for col, dtype in enumerate(regimes):
-        runs = sorted({(r["model"], r["lr"]) for r in rows if r["dtype"] == dtype}, key=str)
+        labels = ["Target", "Retrained"] + sorted({a["label"] for a in agg if a["dtype"] == dtype})
         for row, key in enumerate(("knowmem_f", "verbmem_f")):
             ax = axes[row][col]
-            for name, lr in [("target", None), ("retrained", None), *runs]:
-                pts = {r["scheme"]: r[key] for r in rows if r["model"] == name and r["lr"] == lr and
-                       (r["dtype"] is None or r["dtype"] == dtype)}
-                ys = [pts.get(s) for s in schemes]
-                style = "k--" if name == "target" else ("k:" if name == "retrained" else "-o")
-                label = name if lr is None else f"{name} (lr {lr:g})"
-                ax.plot(x, [float("nan") if y is None else y for y in ys], style, label=label)
-            ax.set_xticks(x, [precision_label(s) for s in schemes])
-            ax.set_title(f"{dtype} regime: {key} (x100)", fontsize=9)
+            for label in labels:
+                pts = {a["scheme"]: a for a in agg if a["label"] == label}
+                if not pts:
+                    continue
+                ys = [pts[s][key] if s in pts and pts[s][key] is not None else float("nan") for s in schemes]
+                err = [(pts[s]["sd"].get(key) or 0.0) if s in pts else 0.0 for s in schemes]
+                style = {"Target": "k--", "Retrained": "k:"}.get(label, "-o")
+                ax.errorbar(x, ys, yerr=err, fmt=style, capsize=3, label=label)
+            ax.set_xticks(x, schemes, fontsize=7)
+            ax.set_title(f"{dtype} regime: {key} (x100, mean ± spread over seeds)", fontsize=9)
             ax.set_ylim(-2, 102)
-        axes[0][col].legend(fontsize=7, ncol=2)
+        axes[0][col].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -231,61 +409,74 @@ def plot_knowledge(rows: list[dict], schemes: list[str], path: Path) -> Path | N
     return path
 
 
-def model_quality(ledger: Ledger) -> list[str]:
+def model_quality(ledger) -> list[str]:
     out = []
     for cell in ledger.cells("model"):
         if cell.status == "done" and cell.result.get("quality"):
             q = cell.result["quality"]
-            out.append(f"- {cell.result['role']}: KnowMem exact match forget {q['forget']['exact_match']:.2f}, "
-                       f"retain {q['retain']['exact_match']:.2f} (model at `{cell.result['path']}`)")
+            out.append(f"- {cell.result['role']} (seed {cell.result.get('seed')}): KnowMem exact match forget "
+                       f"{q['forget']['exact_match']:.2f}, retain {q['retain']['exact_match']:.2f} "
+                       f"(model at `{cell.result['path']}`)")
     return out
 
 
-def failures(ledger: Ledger) -> list[str]:
+def failures(ledger) -> list[str]:
     return [f"- {c.kind} {c.id}: {(c.error or '').splitlines()[0] if c.error else ''}"
             for c in ledger.cells() if c.status == "failed"]
 
 
 def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",
-           cell_ids: set[str] | None = None) -> dict:
-    """Write report.md, results.json and plots for a run folder (only the cells in `cell_ids`, when
-    given: the current grid's plan); returns the pieces for printing."""
+           cell_ids: set[str] | None = None, bins_schemes: list[str] | None = None) -> dict:
+    """Write report.md, results.json, summary.json and plots for a run folder (only the cells in
+    `cell_ids`, when given: the current grid's plan); returns the pieces for printing."""
     run_dir = Path(run_dir)
     store = Ledger(run_dir / "ledger.sqlite")
     ledger = PlannedCells(store, cell_ids)
     try:
         rows = rows_from_ledger(ledger)
-        summary = regime_summary(rows, schemes)
+        brows = bins_rows(ledger)
+        label_rows(brows, like=rows)
+        agg = aggregate(rows)
+        bins_scheme = (bins_schemes or sorted({b["scheme"] for b in brows}) or [None])[0]
+        verdicts = method_verdicts(agg, schemes, bins_by_label(brows, bins_scheme))
         pieces = {
-            "table": paper_table(rows, schemes),
-            "retention": retention_table(rows, schemes),
-            "agreement": agreement(summary, schemes),
-            "bins": bins_lines(ledger),
+            "table": paper_table(agg, schemes),
+            "retention": retention_table(agg, schemes),
+            "verdicts": verdict_table(verdicts, schemes),
+            "agreement": regime_lines(verdicts, four_bit(schemes)),
+            "bins": bins_lines(brows),
             "quality": model_quality(ledger),
             "failures": failures(ledger),
             "counts": ledger.counts(),
+            "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
         }
-        plot = plot_knowledge(rows, schemes, run_dir / "knowledge_vs_precision.png")
-        bins_plots = [c.result["plot"] for c in ledger.cells("bins") if c.status == "done"]
+        plot = plot_knowledge(agg, schemes, run_dir / "knowledge_vs_precision.png")
+        bins_plots = [b["plot"] for b in brows]
     finally:
         store.close()
     atomic_write_json(run_dir / "results.json", rows)
-    atomic_write_json(run_dir / "summary.json", {"regimes": summary, "paper": PAPER, "counts": pieces["counts"]})
-    md = [f"# {title}", "", "## Results (MUSE metrics x100; the paper's Table 1 layout)", "", pieces["table"], "",
-          "## Retained share of the target's forget-set knowledge (unlearned / target at the same precision)", "",
-          pieces["retention"], "", "## Against the paper (21% at full precision -> 83% after 4-bit)", ""]
+    atomic_write_json(run_dir / "summary.json", {"aggregated": agg, "verdicts": verdicts, "paper": PAPER,
+                                                 "counts": pieces["counts"]})
+    seeds = pieces["seeds"]
+    over = f" (mean ± spread over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    md = [f"# {title}", "", f"## Results{over}: MUSE metrics x100 in the paper's Table 1 layout", "", pieces["table"],
+          "", f"## Retained share of the target's forget-set knowledge{over}", "",
+          "Unlearned / target at the same precision, per scheme.", "", pieces["retention"], "",
+          "## Per method: does quantization bring the knowledge back?", "",
+          f"Recovery = share of what full precision forgot that the quantized model knows again; "
+          f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
+          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered. The bins "
+          "prediction reads the weights alone: the share of the update that does not survive quantization along "
+          "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], "",
+          "## Against the paper (21% retained at full precision -> 83% after 4-bit)", ""]
     md += [f"- {line}" for line in pieces["agreement"]] or ["- (no unlearned models evaluated yet)"]
-    if any("DISAGREES" in line for line in pieces["agreement"]):
-        md += ["", "Where int4 leaves the forgetting intact, the bin table below shows how much of each update "
-               "int4 erases; `bench/zero_bin_capacity.py` measures whether the model's zero bins could hold a "
-               "forgetting update at all (on the built-in 0.9M-parameter models they cannot; see docs/findings.md)."]
     if pieces["bins"]:
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]
     if pieces["quality"]:
         md += ["", "## Tiny models", ""] + pieces["quality"]
     if plot:
         md += ["", "## Plots", "", f"![knowledge vs precision]({plot.name})"]
-        md += [f"- bins histogram: `{Path(p).relative_to(run_dir)}`" for p in bins_plots]
+        md += [f"- bins histogram: `bins/{Path(p).parent.name}/{Path(p).name}`" for p in bins_plots]
     if pieces["failures"]:
         md += ["", "## Failed cells (re-run the same command to retry)", ""] + pieces["failures"]
     atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")

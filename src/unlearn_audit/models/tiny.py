@@ -54,6 +54,9 @@ class TinyRecipe:
     batch_size: int = field(default=16, metadata={"help": "texts per step"})
     weight_decay: float = field(default=1.0, metadata={"help": "decoupled AdamW weight decay"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
+    init_std: float = field(default=0.02, metadata={
+        "help": "standard deviation of the initial weights (Llama's initializer_range); sets the weight scale "
+                "that the bf16 step cap and the quantization bins are measured against"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and data order"})
     dtype: str = field(default="bf16", metadata={
         "help": "dtype the weights are stored in (trained in fp32; bf16 like released checkpoints)",
@@ -65,6 +68,8 @@ class TinyRecipe:
                 raise UserError(f"{name} must be a multiple of 128 so quantization groups of 32/64/128 divide it")
         if self.hidden_size % self.head_dim:
             raise UserError("hidden_size must be a multiple of head_dim")
+        if self.init_std <= 0:
+            raise UserError("init_std must be positive")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise UserError("epochs, batch size and learning rate must be positive")
         if self.dtype not in ("fp32", "bf16"):
@@ -120,6 +125,7 @@ def build_model(recipe: TinyRecipe, vocab: int):
         eos_token_id=2,
         pad_token_id=0,
         tie_word_embeddings=False,
+        initializer_range=recipe.init_std,
     )
     torch.manual_seed(recipe.seed)
     return LlamaForCausalLM(config)

@@ -51,6 +51,16 @@ def require(family: str):
         raise UserError(f"{family} schemes need the '{module}' package: pip install 'unlearn-audit[{extra}]'") from None
 
 
+def check_installed(family: str) -> None:
+    """Fail early (without importing it) when the library a scheme family needs is missing."""
+    import importlib.util
+
+    if family in EXTRAS:
+        module, extra = EXTRAS[family]
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f"{family} schemes need the '{module}' package: pip install 'unlearn-audit[{extra}]'")
+
+
 def target_linears(model, opts: QuantizeOptions) -> list[tuple[str, torch.nn.Module]]:
     """The modules whose weights are quantized: every nn.Linear but lm_head (unless asked), plus embeddings."""
     out = []

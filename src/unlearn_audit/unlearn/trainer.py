@@ -35,7 +35,7 @@ from ..models.generation import right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir
 from ..utils.progress import quiet_trainer_output
-from . import sure
+from . import bf16, sure
 from .methods import Batch, Method, resolve_method
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class UnlearnConfig:
     alpha: float = field(default=1.0, metadata={"help": "weight of the utility regularizer (GDR/KLR)"})
     beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
     dtype: str = field(default="bf16", metadata={"help": "training precision", "choices": list(PRECISIONS)})
+    arithmetic: str = field(default="auto", metadata={
+        "help": "bf16 only: native (bf16 matrix products) or emulated (bf16 weights, gradients and AdamW state, "
+                "fp32 forward/backward; same rounding of the update, fast on CPUs); auto: native on CUDA",
+        "choices": list(bf16.ARITHMETICS)})
     seed: int = field(default=0, metadata={"help": "seed of data order and pairing"})
     max_length: int = field(default=512, metadata={"help": "tokens per training chunk (texts are split)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (SURE needs 0)"})
@@ -78,6 +82,8 @@ class UnlearnConfig:
     def validate(self) -> None:
         if self.dtype not in PRECISIONS:
             raise UserError(f"--dtype must be one of {', '.join(PRECISIONS)}")
+        if self.arithmetic not in bf16.ARITHMETICS:
+            raise UserError(f"--arithmetic must be one of {', '.join(bf16.ARITHMETICS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise UserError("--epochs, --batch-size and --grad-accum must be at least 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
@@ -300,11 +306,16 @@ def unlearn(
     start_work_dir(work, identity)
     started = time.time()
 
-    dtype = training_dtype(cfg.dtype)
+    arithmetic = bf16.resolve_arithmetic(cfg.arithmetic, cfg.dtype)
+    dtype = torch.float32 if arithmetic == "emulated" else training_dtype(cfg.dtype)
     model = load_model(model_path, dtype, opts)
     model.config.use_cache = False
     tokenizer = load_tokenizer(model_path, opts)
     ref = load_model(model_path, dtype, opts) if method.needs_ref else None
+    if arithmetic == "emulated":  # the weights native bf16 would load
+        for m in (model, ref):
+            if m is not None:
+                bf16.round_to_bf16_(m)
     max_len = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length) or cfg.max_length)
     forget = chunk_ids(tokenizer, corpus.raw("forget"), max_len)
     retain = chunk_ids(tokenizer, corpus.raw("retain"), max_len) if method.needs_retain else None
@@ -334,11 +345,20 @@ def unlearn(
     )
     masks = saliency_masks(model, ref, method, cfg, level, dataset, collator, work) if level else None
     recorder = EpochRecorder(work / "epochs.json", evaluator, floor, show)
+    optimizer = None
+    if arithmetic == "emulated":
+        optimizer = (bf16.Bf16StateAdamW, {"lr": lr, "betas": (args.adam_beta1, args.adam_beta2),
+                                           "eps": args.adam_epsilon})
     trainer = UnlearnTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                             method=method, cfg=cfg, ref_model=ref, masks=masks, callbacks=[recorder])
+                             method=method, cfg=cfg, ref_model=ref, masks=masks, callbacks=[recorder],
+                             optimizer_cls_and_kwargs=optimizer)
     quiet_trainer_output(trainer, show)
-    if masks is not None and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    if masks is not None and sharded:
         raise UserError("SURE masking supports single-device and DDP training, not DeepSpeed/FSDP sharding")
+    if arithmetic == "emulated" and sharded:
+        raise UserError("--arithmetic emulated is for single-device and DDP runs; use --arithmetic native "
+                        "under DeepSpeed/FSDP")
 
     diverged = None
     if recorder.state["stopped"] is None and not finished(recorder.state, cfg.epochs):
@@ -354,13 +374,17 @@ def unlearn(
     chosen_step = next(e["step"] for e in recorder.state["epochs"] if e["epoch"] == chosen)
     if diverged or chosen_step != last_step or trainer.state.global_step != chosen_step:
         restore_checkpoint(trainer, model, checkpoint_for_step(work / "checkpoints", chosen_step))
+    if arithmetic == "emulated":
+        model.to(torch.bfloat16)  # exact: the weights hold bf16 values; saved as native bf16 would be
 
     record = {
         "method": cfg.method if cfg.method != "sure" else f"sure({cfg.base})",
         "config": asdict(cfg),
         "resolved": {"method": method.name, "learning_rate": lr, "saliency": level, "utility_floor": floor,
                      "needs_reference": method.needs_ref},
-        "precision": {"mode": cfg.dtype, "parameter_dtypes": describe_dtypes(model),
+        "precision": {"mode": cfg.dtype, "arithmetic": arithmetic,
+                      "description": bf16.describe(arithmetic, cfg.dtype),
+                      "parameter_dtypes": describe_dtypes(model),
                       "optimizer_state": "bf16 (no fp32 master)" if cfg.dtype == "bf16" else "fp32"},
         "source_model": str(model_path),
         "source_hash": identity["model"],

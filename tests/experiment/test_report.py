@@ -1,0 +1,118 @@
+"""The report's arithmetic on hand-made rows: labels keyed by every varying axis, seeds averaged with
+their spread, retention against the same seed's target, and the per-method verdict."""
+
+import pytest
+
+from unlearn_audit.experiment import report
+
+
+def row(model, scheme, kf, vf, kr=90.0, dtype=None, seed=None, settings=None, model_seed=None, lr=None):
+    return {"model": model, "dtype": dtype, "lr": lr, "seed": seed, "scheme": scheme, "settings": settings,
+            "model_seed": model_seed, "verbmem_f": vf, "knowmem_f": kf, "knowmem_r": kr, "privleak": 0.0}
+
+
+def world(returned: float, seeds=(0, 1, 2), per_seed_targets=True, epochs=(10,)):
+    """Target knows 80 / 80; the unlearned model keeps 20 at full precision and `returned` after int4."""
+    rows = []
+    for seed in seeds:
+        ms = seed if per_seed_targets else None
+        for scheme in ("full", "rtn-int4-g128"):
+            rows.append(row("target", scheme, 80.0, 80.0, seed=ms))
+            rows.append(row("retrained", scheme, 0.0, 0.0, seed=ms))
+            for ep in epochs:
+                value = 20.0 + seed if scheme == "full" else returned
+                rows.append(row("npo_klr", scheme, value, value, 85.0, "bf16", seed,
+                                {"method": "npo_klr", "seed": seed, "epochs": ep, "alpha": 1.0}, ms, 1e-5))
+    report.label_rows(rows)
+    report.add_retention(rows)
+    return rows
+
+
+def test_labels_name_every_varying_axis_and_seeds_share_a_label():
+    rows = world(20.0, epochs=(10, 20))
+    labels = {r["label"] for r in rows if r["dtype"]}
+    assert labels == {"NPO_KLR (bf16, lr 1e-05, epochs 10)", "NPO_KLR (bf16, lr 1e-05, epochs 20)"}
+    single = world(20.0)  # epochs does not vary: not in the label
+    assert {r["label"] for r in single if r["dtype"]} == {"NPO_KLR (bf16, lr 1e-05)"}
+
+
+def test_seeds_are_averaged_with_their_spread():
+    agg = report.aggregate(world(20.0))
+    full = next(a for a in agg if a["model"] == "npo_klr" and a["scheme"] == "full")
+    assert full["n"] == 3 and full["seeds"] == [0, 1, 2]
+    assert full["knowmem_f"] == pytest.approx(21.0)
+    assert full["sd"]["knowmem_f"] == pytest.approx(1.0)  # 20, 21, 22
+    assert full["retained_knowmem_f"] == pytest.approx(21.0 / 80)
+    assert "21.0 ± 1.0" in report.paper_table(agg, ["full", "rtn-int4-g128"])
+    header = report.retention_table(agg, ["full", "rtn-int4-g128"]).splitlines()[0]
+    assert "rtn-int4-g128: VerbMem / KnowMem" in header  # columns name the scheme
+
+
+def test_retention_uses_the_target_of_the_same_seed():
+    rows = world(20.0)
+    for r in rows:
+        if r["model"] == "target" and r["seed"] == 1:
+            r["knowmem_f"] = 40.0
+    report.add_retention(rows)
+    seed1 = next(r for r in rows if r["model"] == "npo_klr" and r["seed"] == 1 and r["scheme"] == "full")
+    assert seed1["retained_knowmem_f"] == pytest.approx(21.0 / 40)
+
+
+@pytest.mark.parametrize("returned, verdict", [(70.0, "knowledge returns"), (22.0, "forgetting holds"),
+                                               (40.0, "partly returns")])
+def test_verdict_per_method_from_the_recovery(returned, verdict):
+    agg = report.aggregate(world(returned))
+    (v,) = report.method_verdicts(agg, ["full", "rtn-int4-g128"])
+    assert v["verdict"] == verdict
+    rec = v["recovery"]["rtn-int4-g128"]
+    assert rec["knowmem_f"] == pytest.approx((returned / 80 - 21 / 80) / (1 - 21 / 80))
+    assert rec["mean"] == pytest.approx(rec["knowmem_f"])  # both metrics moved alike here
+
+
+def set_full(rows, value):
+    for r in rows:
+        if r["model"] == "npo_klr" and r["scheme"] == "full":
+            r["knowmem_f"] = r["verbmem_f"] = value
+    report.add_retention(rows)
+    return report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
+
+
+def test_shallow_forgetting_is_named_and_too_little_is_not_judged():
+    (v,) = set_full(world(80.0), 70.0)  # 87.5% retained at full precision, all of it back after int4
+    assert v["verdict"] == "knowledge returns (shallow forgetting)"
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    assert "PARTLY AGREES" in line
+    (v,) = set_full(world(80.0), 79.0)
+    assert v["verdict"] == "forgot too little to judge"
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    assert "NOT COMPARABLE" in line
+
+
+def test_regime_line_agrees_when_deep_bf16_forgetting_returns():
+    (v,) = report.method_verdicts(report.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    assert line.count("AGREES") == 1 and "DISAGREES" not in line and "PARTLY" not in line
+
+
+def test_fp32_regime_agrees_when_forgetting_holds():
+    rows = world(22.0)
+    for r in rows:
+        if r["dtype"]:
+            r["dtype"] = "fp32"
+    (v,) = report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    assert "AGREES with the paper's contrast" in line and "DISAGREES" not in line
+
+
+def test_bins_prediction_sits_beside_the_measurement():
+    agg = report.aggregate(world(70.0))
+    bins = {"NPO_KLR (bf16, lr 1e-05)": {"scheme": "rtn-int4-g128", "n": 3, "erased_mass_share": 0.9,
+                                          "projected_survival": 0.05}}
+    verdicts = report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins)
+    table = report.verdict_table(verdicts, ["full", "rtn-int4-g128"])
+    assert "knowledge returns" in table
+    # measured: (70/80 - 21/80) / (1 - 21/80) = 83% back; forecast 95%: right within 25 points
+    assert "rtn-int4-g128: 95% back (5% of the update survives; 90% of its mass erased) | yes |" in table
+    bins["NPO_KLR (bf16, lr 1e-05)"]["projected_survival"] = 0.7  # forecast 30% back: wrong
+    table = report.verdict_table(report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
+    assert "rtn-int4-g128: 30% back" in table and table.rstrip().endswith("| no |")
