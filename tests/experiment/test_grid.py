@@ -66,6 +66,15 @@ def test_report_rerenders_without_recomputing(run_cli, micro_world, micro_target
     assert (tmp_path / "run" / "results.json").read_text() == before
 
 
+def wait_for_done(ledger_path, cells: int, seconds: float = 240) -> None:
+    """Wait until a running grid has finished `cells` cells (a subprocess writes the ledger)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if ledger_path.is_file() and Ledger(ledger_path).counts().get("done", 0) >= cells:
+            return
+        time.sleep(0.2)
+
+
 def test_killed_demo_resumes_without_redoing_finished_cells(micro_world, micro_target, micro_retrained, tmp_path):
     """Kill `demo` mid-run (SIGKILL), re-run it: it finishes, and no finished cell is computed again."""
     grid_file = tmp_path / "demo.yaml"
@@ -75,11 +84,7 @@ def test_killed_demo_resumes_without_redoing_finished_cells(micro_world, micro_t
     cmd = [sys.executable, "-m", "unlearn_audit.cli", "demo", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger_path = out / "ledger.sqlite"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if ledger_path.is_file() and Ledger(ledger_path).counts().get("done", 0) >= 6:
-            break
-        time.sleep(0.2)
+    wait_for_done(ledger_path, 6)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ledger = Ledger(ledger_path)
@@ -182,11 +187,7 @@ def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_says_how_to_resume(mi
     proc = subprocess.Popen(cmd, env={**os.environ, "UNLEARN_AUDIT_THREADS": "2"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     ledger_path = out / "ledger.sqlite"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if ledger_path.is_file() and Ledger(ledger_path).counts().get("done", 0) >= 5:
-            break
-        time.sleep(0.2)
+    wait_for_done(ledger_path, 5)
     proc.send_signal(signal.SIGINT)  # to the main process only, as `kill -INT` does
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, text[-2000:]
