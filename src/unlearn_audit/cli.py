@@ -89,13 +89,14 @@ def cmd_train_tiny(args) -> int:
 # ------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from .data.corpus import Corpus
-    from .evaluate.runner import EvalConfig, evaluate_model, parse_metrics, retrained_auc
+    from .evaluate.runner import EvalConfig, check_corpus, evaluate_model, parse_metrics, retrained_auc
     from .models.loading import load_model, load_tokenizer, model_fingerprint
     from .utils.io import atomic_write_json
 
     corpus = Corpus.open(args.corpus)
     cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size)
     cfg.validate()
+    check_corpus(corpus, cfg.metrics)  # before any model is loaded
     opts = load_options(args)
     device = args.device or default_device()
     out = Path(args.out)
@@ -478,6 +479,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a library or system error: one line with its cause; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: {library_error(exc)} (run with -v for the traceback)", file=sys.stderr)
+        return 2
+
+
+def library_error(exc: Exception) -> str:
+    """One sentence for an exception raised below the toolkit (disk, memory, libraries)."""
+    import errno
+
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device ({exc.filename or first}); free space or choose another --out"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or first}; choose a folder you can write to"
+    if isinstance(exc, MemoryError) or "out of memory" in first.lower():
+        return f"out of memory ({type(exc).__name__}: {first}); lower --batch-size or use a smaller model"
+    return f"{type(exc).__module__.split('.')[0]} {type(exc).__name__}: {first}"
 
 
 def quiet_libraries() -> None:

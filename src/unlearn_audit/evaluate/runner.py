@@ -50,6 +50,20 @@ class EvalConfig:
             raise UserError("--limit must be at least 1")
 
 
+def check_corpus(corpus: Corpus, metrics: list[str]) -> None:
+    """Parse every corpus part the metrics will read, so a malformed file is reported before any model
+    work (each part's loader names the file, item and field)."""
+    parts = {
+        "verbmem_f": [corpus.verbmem],
+        "knowmem_f": [lambda: corpus.knowmem("forget"), lambda: corpus.knowmem_icl("forget")],
+        "knowmem_r": [lambda: corpus.knowmem("retain"), lambda: corpus.knowmem_icl("retain")],
+        "privleak": [lambda s=split: corpus.privleak(s) for split in ("forget", "retain", "holdout")],
+    }
+    for name in metrics:
+        for load in parts[name]:
+            load()
+
+
 @dataclass
 class AucRetrain:
     """The retrained model's AUC that PrivLeak is relative to, and where it came from."""
@@ -128,6 +142,7 @@ def evaluate_model(
 ) -> dict:
     """Evaluate `cfg.metrics`; with `out_dir`, write logs and resume finished metrics from it."""
     cfg.validate()
+    check_corpus(corpus, cfg.metrics)
     auc_ret = auc_ret or default_auc_retrain(corpus)
     key = sha256_json({"identity": identity or {}, "corpus": corpus.content_hash, "config": asdict(cfg),
                        "auc_retrain": asdict(auc_ret)})

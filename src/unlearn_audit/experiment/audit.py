@@ -21,9 +21,10 @@ from pathlib import Path
 
 from ..data.corpus import Corpus
 from ..errors import UserError
-from ..evaluate.runner import AucRetrain, EvalConfig, default_auc_retrain, evaluate_model
+from ..evaluate.runner import AucRetrain, EvalConfig, check_corpus, default_auc_retrain, evaluate_model
 from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
 from ..quantize import model_at, parse_scheme
+from ..quantize.backends import check_installed
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..utils.io import atomic_write_json
@@ -47,7 +48,7 @@ class AuditConfig:
             self.schemes = ["full", *self.schemes]
         for s in self.schemes:
             if s != "full":
-                parse_scheme(s)
+                check_installed(parse_scheme(s).family)
         if not any(m in self.metrics for m in KNOWLEDGE):
             raise UserError("the audit needs verbmem_f or knowmem_f among --metrics to measure forgetting")
         if not 0 < self.max_retained < 1:
@@ -133,6 +134,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
           out: str | Path | None = None, load: LoadOptions | None = None, show: bool = True, say=print) -> dict:
     """Run the audit and write audit.json (when `out` is given); returns the result with `exit_code`."""
     cfg.validate()
+    check_corpus(corpus, list(cfg.metrics))
     load = load or LoadOptions()
     out = Path(out) if out else None
     started = time.time()
@@ -145,15 +147,24 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
     if retrained:
         results["retrained"] = {}
         roles.insert(0, ("retrained", retrained))
-    for role, spec in roles:
-        for s in cfg.schemes:
-            res = evaluate_at(spec, s, corpus, cfg, auc_ret, out / role / s if out else None, load, show)
-            if role == "retrained" and s == "full" and "privleak" in res["details"]:
-                auc_ret = AucRetrain(res["details"]["privleak"]["auc"], "measured on the retrained model")
-                res["metrics"]["privleak"] = 0.0
-            results[role][s] = res["metrics"]
-            say(f"{role} @ {s}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
-                                              for m, v in res["metrics"].items()))
+    # The cheap decisive evaluations first: the full-precision retrained model (PrivLeak's reference) and
+    # target, so a target with nothing to forget is refused before hours of quantized evaluations.
+    order = [(role, spec, "full") for role, spec in roles]
+    order += [(role, spec, s) for role, spec in roles for s in cfg.schemes if s != "full"]
+    for role, spec, s in order:
+        res = evaluate_at(spec, s, corpus, cfg, auc_ret, out / role / s if out else None, load, show)
+        if role == "retrained" and s == "full" and "privleak" in res["details"]:
+            auc_ret = AucRetrain(res["details"]["privleak"]["auc"], "measured on the retrained model")
+            res["metrics"]["privleak"] = 0.0
+        results[role][s] = res["metrics"]
+        say(f"{role} @ {s}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
+                                          for m, v in res["metrics"].items()))
+        if role == "target" and s == "full":
+            base = results.get("retrained", {}).get("full")
+            if retained(res["metrics"], res["metrics"], base) is None:
+                known = ", ".join(f"{m} {v:.1f}" for m, v in res["metrics"].items() if m in KNOWLEDGE)
+                raise UserError(f"the target knows no more than the baseline on every knowledge metric ({known}): "
+                                "nothing to forget, so nothing can come back; check the target and corpus")
     code, line, shares = verdict(results, cfg.schemes, cfg.max_retained)
     report = {"verdict": line, "exit_code": code, "forgetting_holds": code == 0, "shares": shares,
               "metrics": results, "bins": bins, "auc_retrain": {"value": auc_ret.value, "source": auc_ret.source},

@@ -32,8 +32,32 @@ class LoadOptions:
 
 
 def is_local(spec: str | Path) -> bool:
-    """True when `spec` names an existing path (else it is treated as a hub id)."""
-    return Path(spec).exists()
+    """True when `spec` names an existing path, or can only be a path (absolute, relative with ./ or ../,
+    home-relative, or more than one '/'): hub ids are 'name' or 'owner/name'."""
+    text = str(spec)
+    if Path(text).exists():
+        return True
+    return text.startswith(("/", "./", "../", "~", ".\\")) or text.count("/") > 1 or text.endswith("/")
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header is unreadable or whose data is cut short (a partial
+    download or copy), before any library reads it."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise ValueError("no readable header")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a readable safetensors file (corrupt or not safetensors); "
+                        "re-save or re-download it") from None
+    if 8 + n + end > size:
+        raise UserError(f"{path} is truncated: its header promises {8 + n + end} bytes, the file has {size}; "
+                        "re-save or re-download it")
 
 
 def weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -45,6 +69,8 @@ def weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def check_local_model(folder: Path, opts: LoadOptions) -> None:
     """Refuse folders that are not loadable models, with a sentence saying why."""
+    if not folder.exists():
+        raise UserError(f"model folder not found: {folder}")
     if not folder.is_dir():
         raise UserError(f"model path {folder} is not a folder (pass a save_pretrained folder or a hub id)")
     if not (folder / "config.json").is_file():
@@ -52,6 +78,8 @@ def check_local_model(folder: Path, opts: LoadOptions) -> None:
     safe, pickled = weight_files(folder)
     if not safe and not pickled:
         raise UserError(f"model folder {folder} holds no weights (*.safetensors)")
+    for f in safe:
+        check_safetensors(f)
     if not safe and not opts.allow_pickle:
         raise UserError(
             f"model folder {folder} only has pickle weights ({pickled[0].name}); loading pickle can run code. "

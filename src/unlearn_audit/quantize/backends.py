@@ -135,9 +135,27 @@ def cpu_awq_workaround():
         cache.IntermediatesCache.pin_memory = original
 
 
+def check_group_size(model, scheme: Scheme, opts: QuantizeOptions) -> None:
+    """GPTQ/AWQ (llmcompressor) need every quantized layer's input width to be a multiple of the group size; say which
+    layer is not (before the library fails deep inside) and what to use instead. Our RTN instead gives a
+    partial last group its own scale (docs/quantization.md)."""
+    if not scheme.group_size:
+        return
+    bad = [(name, mod.weight.shape[1]) for name, mod in target_linears(model, opts)
+           if mod.weight.shape[1] % scheme.group_size]
+    if bad:
+        name, width = bad[0]
+        fits = [g for g in (128, 64, 32) if all(w % g == 0 for _, w in bad)]
+        hint = f"use a group size that divides it (e.g. {scheme.family}-int{scheme.bits}-g{fits[0]})" if fits else (
+            "use rtn-* schemes, which give a partial last group its own scale")
+        raise UserError(f"{scheme.name}: {len(bad)} layer(s) have an input width that is not a multiple of "
+                        f"{scheme.group_size} (first: {name}, width {width}); {hint}")
+
+
 def apply_llmcompressor(model, tokenizer, scheme: Scheme, calibration_texts: list[str], opts: QuantizeOptions):
     """Run GPTQ/AWQ in place; the model then applies the quantized weights in its forward pass."""
     require(scheme.family)
+    check_group_size(model, scheme, opts)
     from llmcompressor import oneshot
 
     dataset = calibration_dataset(tokenizer, calibration_texts, opts)

@@ -58,6 +58,10 @@ class ShardedWeights:
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise UserError(f"{self.folder} holds no *.safetensors weights; bins needs safetensors")
+        from ..models.loading import check_safetensors
+
+        for f in files:
+            check_safetensors(f)
         self.handles = {f: safe_open(str(f), framework="pt") for f in files}
         self.where = {name: f for f, h in self.handles.items() for name in h.keys()}
 
@@ -84,9 +88,14 @@ def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> l
     common = [n for n in a.names() if n in b.where]
     if not common:
         raise UserError("the two models share no tensor names; are they the same architecture?")
+    mismatched = [n for n in common if a.shape(n) != b.shape(n)]
+    if mismatched:
+        n = mismatched[0]
+        raise UserError(f"{len(mismatched)} tensor(s) differ in shape between the two models (first: {n}, "
+                        f"{a.shape(n)} vs {b.shape(n)}); compare an unlearned model with its own target")
     picked = []
     for n in common:
-        if len(a.shape(n)) != 2 or a.shape(n) != b.shape(n) or not n.endswith("weight"):
+        if len(a.shape(n)) != 2 or not n.endswith("weight"):
             continue
         if "embed" in n and not opts.include_embeddings:
             continue

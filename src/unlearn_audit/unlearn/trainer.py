@@ -303,7 +303,6 @@ def unlearn(
     out = Path(out)
     work = out.parent / f".{out.name}.work"
     identity = {"model": model_fingerprint(model_path), "corpus": corpus.content_hash, "config": asdict(cfg)}
-    start_work_dir(work, identity)
     started = time.time()
 
     arithmetic = bf16.resolve_arithmetic(cfg.arithmetic, cfg.dtype)
@@ -321,6 +320,7 @@ def unlearn(
     retain = chunk_ids(tokenizer, corpus.raw("retain"), max_len) if method.needs_retain else None
     dataset = ForgetRetainDataset(forget, retain, cfg.seed)
     collator = PairCollator(tokenizer.pad_token_id)
+    start_work_dir(work, identity)  # only now: bad inputs above leave no scratch folder behind
 
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"),
@@ -369,6 +369,8 @@ def unlearn(
             diverged = str(exc)
     chosen, reason = choose_epoch(recorder.state, cfg.epochs, diverged, floor)
     if chosen is None:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from
         raise UserError(f"unlearning diverged in the first epoch ({diverged}); lower --learning-rate")
     last_step = recorder.state["epochs"][-1]["step"] if recorder.state["epochs"] else None
     chosen_step = next(e["step"] for e in recorder.state["epochs"] if e["epoch"] == chosen)

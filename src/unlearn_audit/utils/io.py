@@ -19,12 +19,30 @@ from typing import Any
 from ..errors import UserError
 
 
+def current_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it and straight back (not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode an ordinary one would get under the umask,
+    so outputs are as readable by a team as any file the user writes."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` via a temporary file and rename, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        ordinary_mode(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -76,8 +94,20 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     replace_dir(tmp, final)
 
 
+def ordinary_modes(root: Path) -> None:
+    """Give a finished output tree the modes ordinary files get under the umask (libraries such as
+    safetensors write through private temporary files)."""
+    ordinary_mode(root, directory=True)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            ordinary_mode(Path(dirpath) / name, directory=True)
+        for name in filenames:
+            ordinary_mode(Path(dirpath) / name)
+
+
 def replace_dir(src: Path, final: Path) -> None:
     """Move directory `src` to `final`, replacing any previous `final` with one rename each way."""
+    ordinary_modes(src)
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"

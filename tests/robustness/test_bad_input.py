@@ -1,0 +1,148 @@
+"""Every sub-command against classes of bad input: exit code 2, one `error:` line, no traceback, and no
+new or changed output. A new command or input class joins by adding a row to CASES."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+BAD_MODEL_MISSING = "/nonexistent/model"
+
+
+@pytest.fixture(scope="module")
+def inputs(micro_world, micro_target, micro_retrained, tmp_path_factory) -> dict[str, Path]:
+    """Good inputs and broken copies of them, made once."""
+    root = tmp_path_factory.mktemp("bad inputs")  # a path with a space, on purpose
+    truncated = root / "truncated model"
+    shutil.copytree(micro_target, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    not_safetensors = root / "garbage model"
+    shutil.copytree(micro_target, not_safetensors)
+    (not_safetensors / "model.safetensors").write_bytes(b"\x00" * 64)
+    bad_qa = root / "corpus bad qa"
+    shutil.copytree(micro_world, bad_qa)
+    (bad_qa / "knowmem" / "forget_qa.json").write_text('[{"question": "Where?"}]')  # no answer field
+    bad_raw = root / "corpus bad raw"
+    shutil.copytree(micro_world, bad_raw)
+    (bad_raw / "raw" / "forget.json").write_text("[1, 2")  # malformed JSON
+    empty_dir = root / "empty"
+    empty_dir.mkdir()
+    other = root / "other architecture"
+    shutil.copytree(micro_target, other)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(other / "model.safetensors"))
+    name = next(n for n in state if n.endswith("q_proj.weight"))
+    state[name] = state[name][:64].contiguous()  # a narrower layer: not the same architecture
+    save_file(state, str(other / "model.safetensors"))
+    a_file = root / "a file"
+    a_file.write_text("not a folder")
+    grid = root / "grid with unknown method.yaml"
+    grid.write_text(yaml.safe_dump({"methods": ["gradient_magic"]}))
+    return {"world": micro_world, "target": micro_target, "retrained": micro_retrained, "truncated": truncated,
+            "garbage": not_safetensors, "bad_qa": bad_qa, "bad_raw": bad_raw, "empty": empty_dir, "grid": grid,
+            "other": other, "a_file": a_file}
+
+
+# (sub-command with placeholders, what the error must mention). {out} is a fresh output path.
+CASES = {
+    "eval: model folder missing": ("eval --model {missing} --corpus {world} --out {out}", "not found"),
+    "eval: truncated weights": ("eval --model {truncated} --corpus {world} --out {out}", "truncated"),
+    "eval: not safetensors": ("eval --model {garbage} --corpus {world} --out {out}", "not a readable safetensors"),
+    "eval: QA item without answer": ("eval --model {target} --corpus {bad_qa} --out {out}", "lacks the field 'answer'"),
+    "eval: corpus missing": ("eval --model {target} --corpus {missing} --out {out}", "not found"),
+    "eval: empty folder as model": ("eval --model {empty} --corpus {world} --out {out}", "config.json"),
+    "quantize: truncated weights": ("quantize --model {truncated} --scheme rtn-int4-g128 --out {out}", "truncated"),
+    "quantize: 9-bit scheme": ("quantize --model {target} --scheme rtn-int9-g128 --out {out}", "2 to 8 bits"),
+    "quantize: group size does not divide the layers": (
+        "quantize --model {target} --scheme gptq-int4-g96 --calibration {world} --out {out}", "not a multiple of 96"),
+    "bins: model folder missing": ("bins --target {target} --unlearned {missing} --out {out}", "not found"),
+    "bins: truncated weights": ("bins --target {target} --unlearned {truncated} --out {out}", "truncated"),
+    "bins: pair of different architectures": ("bins --target {target} --unlearned {other} --out {out}",
+                                               "differ in shape"),
+    "quantize: output inside a file": ("quantize --model {target} --scheme rtn-int8-channel --out {a_file}/q",
+                                       "a file"),
+    "unlearn: truncated weights": ("unlearn --model {truncated} --corpus {world} --method ga --out {out}", "truncated"),
+    "unlearn: malformed forget texts": (
+        "unlearn --model {target} --corpus {bad_raw} --method ga --out {out}", "malformed JSON"),
+    "unlearn: unknown method": ("unlearn --model {target} --corpus {world} --method gradient_magic --out {out}",
+                                "method"),
+    "audit: QA item without answer": (
+        "audit --target {target} --unlearned {target} --corpus {bad_qa} --out {out}", "lacks the field 'answer'"),
+    "audit: target knows nothing to forget": (
+        "audit --target {retrained} --unlearned {retrained} --retrained {retrained} --corpus {world} "
+        "--metrics knowmem_f --schemes full,rtn-int4-g128 --limit 6 --out {out}", "nothing to forget"),
+    "grid: unknown method": ("grid --config {grid} --out {out}", "unknown method"),
+    "report: not a run folder": ("report {empty}", "not a run folder"),
+    "train-tiny: corpus missing": ("train-tiny --corpus {missing} --role target", "not found"),
+    "world: no people": ("world --out {out} --people 0", "people"),
+}
+
+
+def expand(template: str, inputs: dict, out: Path) -> list[str]:
+    values = {**{k: str(v) for k, v in inputs.items()}, "missing": BAD_MODEL_MISSING, "out": str(out)}
+    return [part.format(**values) for part in template.split()]
+
+
+def visible_lines(text: str) -> list[str]:
+    """The lines a terminal shows: a carriage return (progress bars) overwrites what came before it."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_error_line_exit_2_and_no_output(case, inputs, run_cli, tmp_path):
+    template, mention = CASES[case]
+    out = tmp_path / "out folder"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = run_cli(*expand(template, inputs, out))
+    assert code == 2, (stdout[-500:], stderr[-500:])
+    lines = visible_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert mention in lines[0], lines[0]
+    assert "Traceback" not in stdout + stderr
+    if "audit" not in template:  # audit writes its finished evaluations so a re-run resumes them
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new, not even scratch space
+
+
+def test_audit_refuses_a_target_with_nothing_to_forget_before_quantized_evaluations(inputs, run_cli, tmp_path):
+    template, _ = CASES["audit: target knows nothing to forget"]
+    out = tmp_path / "audit"
+    code, _, _ = run_cli(*expand(template, inputs, out))
+    assert code == 2
+    evaluated = {p.parent.name + "/" + p.name for p in out.glob("*/*") if p.is_dir() and p.parent.name != "bins"}
+    assert evaluated <= {"retrained/full", "target/full"}, evaluated  # nothing quantized, no unlearned model
+
+
+def test_outputs_respect_the_umask(inputs, run_cli, tmp_path):
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run_cli("quantize", "--model", inputs["target"], "--scheme", "rtn-int8-channel",
+                             "--out", tmp_path / "q")
+    finally:
+        os.umask(old)
+    assert code == 0
+    folder = stat.S_IMODE((tmp_path / "q").stat().st_mode)
+    files = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "q").iterdir()}
+    assert folder == 0o755 and files == {0o644}, (oct(folder), [oct(m) for m in files])
+    assert json.loads((tmp_path / "q" / "quantization.json").read_text())["scheme"] == "rtn-int8-channel"
+
+
+def test_failed_unlearn_leaves_no_scratch_folder(inputs, run_cli, tmp_path):
+    code, _, _ = run_cli("unlearn", "--model", inputs["truncated"], "--corpus", inputs["world"], "--method", "ga",
+                         "--out", tmp_path / "u")
+    assert code == 2
+    assert list(tmp_path.iterdir()) == []  # no u, no hidden .u.work
+
+
+def test_demo_with_a_missing_grid_file_is_one_error_line(run_cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("UNLEARN_AUDIT_DEMO_CONFIG", str(tmp_path / "no such grid.yaml"))
+    code, _, stderr = run_cli("demo", "--out", tmp_path / "demo")
+    assert code == 2 and visible_lines(stderr)[0].startswith("error: ") and len(visible_lines(stderr)) == 1
+    assert not (tmp_path / "demo").exists()
