@@ -146,3 +146,28 @@ def test_demo_with_a_missing_grid_file_is_one_error_line(run_cli, monkeypatch, t
     code, _, stderr = run_cli("demo", "--out", tmp_path / "demo")
     assert code == 2 and visible_lines(stderr)[0].startswith("error: ") and len(visible_lines(stderr)) == 1
     assert not (tmp_path / "demo").exists()
+
+
+def test_sigint_mid_training_stops_cleanly_keeps_the_work_and_writes_no_model(inputs, tmp_path):
+    """Ctrl-C during `unlearn`: exit 130, an 'interrupted' line, no traceback, no half-written model, and
+    the scratch folder kept so the same command resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "unlearn_audit.cli",
+            *expand("unlearn --model {target} --corpus {world} --method ga --epochs 400 --out {out}", inputs, out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "UNLEARN_AUDIT_THREADS": "1"})
+    work = tmp_path / ".out.work"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(work.glob("checkpoints/checkpoint-*")):
+        time.sleep(0.2)  # wait until training has finished an epoch
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert "interrupted: finished work is kept; run the same command again to resume" in stderr
+    assert not out.exists() and work.is_dir()
