@@ -42,13 +42,19 @@ def inputs(micro_world, micro_target, micro_retrained, tmp_path_factory) -> dict
     name = next(n for n in state if n.endswith("q_proj.weight"))
     state[name] = state[name][:64].contiguous()  # a narrower layer: not the same architecture
     save_file(state, str(other / "model.safetensors"))
+    wrong_tokenizer = root / "wrong tokenizer"
+    shutil.copytree(micro_target, wrong_tokenizer)
+    config = json.loads((wrong_tokenizer / "config.json").read_text())
+    config["vocab_size"] = 64  # the tokenizer's ids go far beyond: config and tokenizer disagree
+    (wrong_tokenizer / "config.json").write_text(json.dumps(config))
     a_file = root / "a file"
     a_file.write_text("not a folder")
     grid = root / "grid with unknown method.yaml"
     grid.write_text(yaml.safe_dump({"methods": ["gradient_magic"]}))
     return {"world": micro_world, "target": micro_target, "retrained": micro_retrained, "truncated": truncated,
             "garbage": not_safetensors, "bad_qa": bad_qa, "bad_raw": bad_raw, "empty": empty_dir, "grid": grid,
-            "other": other, "a_file": a_file}
+            "other": other, "a_file": a_file,
+            "wrong_tokenizer": wrong_tokenizer}
 
 
 # (sub-command with placeholders, what the error must mention). {out} is a fresh output path.
@@ -58,6 +64,8 @@ CASES = {
     "eval: not safetensors": ("eval --model {garbage} --corpus {world} --out {out}", "not a readable safetensors"),
     "eval: QA item without answer": ("eval --model {target} --corpus {bad_qa} --out {out}", "lacks the field 'answer'"),
     "eval: corpus missing": ("eval --model {target} --corpus {missing} --out {out}", "not found"),
+    "eval: tokenizer of another model": ("eval --model {wrong_tokenizer} --corpus {world} --out {out}",
+                                         "belongs to another model"),
     "eval: empty folder as model": ("eval --model {empty} --corpus {world} --out {out}", "config.json"),
     "quantize: truncated weights": ("quantize --model {truncated} --scheme rtn-int4-g128 --out {out}", "truncated"),
     "quantize: 9-bit scheme": ("quantize --model {target} --scheme rtn-int9-g128 --out {out}", "2 to 8 bits"),

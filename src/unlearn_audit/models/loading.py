@@ -40,6 +40,28 @@ def is_local(spec: str | Path) -> bool:
     return text.startswith(("/", "./", "../", "~", ".\\")) or text.count("/") > 1 or text.endswith("/")
 
 
+def check_vocab(folder: Path) -> None:
+    """A tokenizer that can produce ids the model has no embedding for is the wrong tokenizer."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        tok = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").is_file() else None
+    except (OSError, ValueError):
+        raise UserError(f"{folder}: config.json or tokenizer.json is not valid JSON") from None
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if not tok or not isinstance(vocab, int):
+        return
+    pieces = (tok.get("model") or {}).get("vocab")
+    if isinstance(pieces, dict):  # BPE / WordPiece: piece -> id
+        ids = list(pieces.values())
+    else:  # Unigram: a list of [piece, score], ids are positions
+        ids = [len(pieces) - 1] if isinstance(pieces, list) else []
+    ids += [t.get("id", -1) for t in tok.get("added_tokens", [])]
+    largest = max((i for i in ids if isinstance(i, int)), default=-1)
+    if largest >= vocab:
+        raise UserError(f"{folder}: the tokenizer has token id {largest} but the model's vocab_size is {vocab}; "
+                        "the tokenizer belongs to another model")
+
+
 def check_safetensors(path: Path) -> None:
     """Refuse a safetensors file whose header is unreadable or whose data is cut short (a partial
     download or copy), before any library reads it."""
@@ -80,6 +102,7 @@ def check_local_model(folder: Path, opts: LoadOptions) -> None:
         raise UserError(f"model folder {folder} holds no weights (*.safetensors)")
     for f in safe:
         check_safetensors(f)
+    check_vocab(folder)
     if not safe and not opts.allow_pickle:
         raise UserError(
             f"model folder {folder} only has pickle weights ({pickled[0].name}); loading pickle can run code. "
