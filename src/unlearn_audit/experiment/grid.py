@@ -101,14 +101,15 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
             for lr in cfg.learning_rates:
                 for point in axis_points(cfg):
                     for seed in cfg.seeds:
-                        pair = models[seed if cfg.seed_scope == "all" else model_seeds[0]]
+                        model_seed = seed if cfg.seed_scope == "all" else model_seeds[0]
+                        pair = models[model_seed]
                         settings = unlearn_settings(cfg, method, lr, dtype, seed, point)
                         extra = "".join(f" {k}={point[k]}" for k in varying)
                         run = spec("unlearn", {"settings": settings, "target": pair["target"].id,
                                                "retrained": pair["retrained"].id, "corpus": corpus.id},
                                    [corpus.id, pair["target"].id, pair["retrained"].id],
                                    f"{method} {dtype} lr={settings['learning_rate']:g}{extra} seed={seed}")
-                        runs.append((run, pair))
+                        runs.append((run, model_seed))
     cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size}
     refs = {}
@@ -117,17 +118,18 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
                           [corpus.id, pair["retrained"].id], f"{pair['retrained'].label} @ full")
         cells.append(refs[seed])
     evaluated = [(m, refs[seed]) for seed, pair in models.items() for m in pair.values()]
-    evaluated += [(run, refs[next(s for s, p in models.items() if p is pair)]) for run, pair in runs]
+    evaluated += [(run, refs[model_seed]) for run, model_seed in runs]
     for model, auc_ref in evaluated:
         for scheme in cfg.schemes:
             if model.id == auc_ref.config["model"] and scheme == "full":
                 continue
             cells.append(spec("eval", {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id},
                               [corpus.id, model.id, auc_ref.id], f"{model.label} @ {scheme}"))
-    for run, pair in runs:
+    for run, model_seed in runs:
+        target = models[model_seed]["target"].id
         for scheme in cfg.bins_schemes:
-            cells.append(spec("bins", {"unlearned": run.id, "target": pair["target"].id, "scheme": scheme},
-                              [run.id, pair["target"].id], f"bins {run.label} @ {scheme}"))
+            cells.append(spec("bins", {"unlearned": run.id, "target": target, "scheme": scheme},
+                              [run.id, target], f"bins {run.label} @ {scheme}"))
     return cells
 
 
@@ -210,11 +212,9 @@ class GridRunner:
 
     def counts(self) -> dict[str, int]:
         """Status counts of this grid's cells only (the run folder may hold cells of older configs)."""
-        out: dict[str, int] = {}
-        for cell in self.ledger.cells():
-            if cell.id in self.by_id:
-                out[cell.status] = out.get(cell.status, 0) + 1
-        return out
+        from .report import PlannedCells
+
+        return PlannedCells(self.ledger, set(self.by_id)).counts()
 
     def failed(self, c: CellSpec, error: str) -> str:
         self.ledger.fail(c.id, error)

@@ -165,12 +165,18 @@ def paper_table(agg: list[dict], schemes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def retention_table(agg: list[dict], schemes: list[str]) -> str:
-    """Retained share of the target's VerbMem / KnowMem on D_f, per unlearned model and scheme."""
+def runs_by_label(agg: list[dict]) -> dict[str, dict[str, dict]]:
+    """Aggregated rows of unlearned runs: label -> scheme -> row."""
     by_run: dict[str, dict[str, dict]] = defaultdict(dict)
     for a in agg:
         if a["dtype"]:
             by_run[a["label"]][a["scheme"]] = a
+    return by_run
+
+
+def retention_table(agg: list[dict], schemes: list[str]) -> str:
+    """Retained share of the target's VerbMem / KnowMem on D_f, per unlearned model and scheme."""
+    by_run = runs_by_label(agg)
     head = "| Unlearned model | " + " | ".join(f"{s}: VerbMem / KnowMem" for s in schemes) + " |"
     lines = [head, "|---" * (len(schemes) + 1) + "|"]
     for key in sorted(by_run):
@@ -214,10 +220,7 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
     """Per unlearned run (seeds averaged): retained share at full precision and the recovery under each
     quantized scheme (for VerbMem, KnowMem and their mean), a verdict, and the bins prediction."""
     bins = bins or {}
-    by_run: dict[str, dict[str, dict]] = defaultdict(dict)
-    for a in agg:
-        if a["dtype"]:
-            by_run[a["label"]][a["scheme"]] = a
+    by_run = runs_by_label(agg)
     out = []
     for label in sorted(by_run):
         runs = by_run[label]

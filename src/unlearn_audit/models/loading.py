@@ -7,6 +7,7 @@ ever set by an explicit flag; every failure a user can cause becomes a one-line 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -44,22 +45,28 @@ def check_vocab(folder: Path) -> None:
     """A tokenizer that can produce ids the model has no embedding for is the wrong tokenizer."""
     try:
         config = json.loads((folder / "config.json").read_text())
-        tok = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").is_file() else None
+        tok_file = folder / "tokenizer.json"
+        largest = largest_token_id(str(tok_file), tok_file.stat().st_mtime_ns) if tok_file.is_file() else None
     except (OSError, ValueError):
         raise UserError(f"{folder}: config.json or tokenizer.json is not valid JSON") from None
     vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-    if not tok or not isinstance(vocab, int):
-        return
+    if largest is not None and isinstance(vocab, int) and largest >= vocab:
+        raise UserError(f"{folder}: the tokenizer has token id {largest} but the model's vocab_size is {vocab}; "
+                        "the tokenizer belongs to another model")
+
+
+@functools.lru_cache(maxsize=16)
+def largest_token_id(path: str, mtime_ns: int) -> int:
+    """The largest id a tokenizer.json can produce (parsed once per file version: a command loads the
+    same folder several times, and large tokenizers take a moment to parse)."""
+    tok = json.loads(Path(path).read_text())
     pieces = (tok.get("model") or {}).get("vocab")
     if isinstance(pieces, dict):  # BPE / WordPiece: piece -> id
         ids = list(pieces.values())
     else:  # Unigram: a list of [piece, score], ids are positions
         ids = [len(pieces) - 1] if isinstance(pieces, list) else []
     ids += [t.get("id", -1) for t in tok.get("added_tokens", [])]
-    largest = max((i for i in ids if isinstance(i, int)), default=-1)
-    if largest >= vocab:
-        raise UserError(f"{folder}: the tokenizer has token id {largest} but the model's vocab_size is {vocab}; "
-                        "the tokenizer belongs to another model")
+    return max((i for i in ids if isinstance(i, int)), default=-1)
 
 
 def check_safetensors(path: Path) -> None:
