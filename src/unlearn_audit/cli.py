@@ -328,9 +328,11 @@ def cmd_report(args) -> int:
 def cmd_audit(args) -> int:
     from .data.corpus import Corpus
     from .evaluate.runner import parse_metrics
-    from .experiment.audit import AuditConfig, audit
+    from .experiment.audit import DEFAULT_ATTACKS, AuditConfig, audit
 
-    cfg = AuditConfig(schemes=parse_metrics(args.schemes), metrics=parse_metrics(args.metrics),
+    attacks = [f"quant:{s}" for s in parse_metrics(args.schemes or "") if s != "full"]
+    attacks += [a for item in args.attacks or [] for a in item.replace(";", " ").split()]
+    cfg = AuditConfig(attacks=attacks or list(DEFAULT_ATTACKS), metrics=parse_metrics(args.metrics),
                       max_retained=args.max_retained, lr=args.lr, limit=args.limit, batch_size=args.batch_size,
                       dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
@@ -437,13 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p)
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive quantization? (exit 0/1)")
+    p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive recovery attacks? (exit 0/1)",
+                       description="Run recovery attacks (quantization, casting, pruning, noise, relearning) on the "
+                                   "unlearned model and on the retrained control; exit 0 if forgetting holds under "
+                                   "all, 1 if not, 2 on error.")
     p.add_argument("--target", required=True, help="the model before unlearning (folder or hub id)")
     p.add_argument("--unlearned", required=True, help="the unlearned model (folder or hub id)")
     p.add_argument("--corpus", required=True, help="corpus in the MUSE layout, or muse-news / muse-books")
     p.add_argument("--retrained", help="model never trained on the forget set (PrivLeak reference)")
-    p.add_argument("--schemes", default="full,rtn-int8-channel,rtn-int4-g128",
-                   help="precisions to test, comma-separated (full is always included)")
+    p.add_argument("--attacks", nargs="+", metavar="ATTACK",
+                   help="attacks or presets, separated by spaces: quant:SCHEME, cast:bf16|fp16, prune:magnitude:SHARE, "
+                        "noise:rel=R, relearn:retain[:steps=S,lr=L], relearn:forget-part[:share=P,...]; presets "
+                        "quick, deploy, all (default: quant:rtn-int8-channel quant:rtn-int4-g128)")
+    p.add_argument("--schemes", help="shortcut: quantization schemes, comma-separated (each becomes quant:SCHEME)")
     p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
     p.add_argument("--max-retained", type=float, default=0.25,
                    help="forgetting holds when at most this share of the target's knowledge remains (default 0.25)")
@@ -452,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"], help="dtype to run models in")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", help="folder for audit.json, bins and per-item logs")
+    p.add_argument("--out", help="folder for audit.json/.md/.png, bins, per-item logs (re-run it to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_load_flags(p)
     p.set_defaults(func=cmd_audit)

@@ -124,7 +124,7 @@ def test_audit_refuses_a_target_with_nothing_to_forget_before_quantized_evaluati
     out = tmp_path / "audit"
     code, _, _ = run_cli(*expand(template, inputs, out))
     assert code == 2
-    evaluated = {p.parent.name + "/" + p.name for p in out.glob("*/*") if p.is_dir() and p.parent.name != "bins"}
+    evaluated = {p.parent.name + "/" + p.name for p in out.glob("evals/*/*") if p.is_dir()}
     assert evaluated <= {"retrained/full", "target/full"}, evaluated  # nothing quantized, no unlearned model
 
 

@@ -144,9 +144,7 @@ def evaluate_model(
     cfg.validate()
     check_corpus(corpus, cfg.metrics)
     auc_ret = auc_ret or default_auc_retrain(corpus)
-    key = sha256_json({"identity": identity or {}, "corpus": corpus.content_hash, "config": asdict(cfg),
-                       "auc_retrain": asdict(auc_ret)})
-    progress = load_progress(out_dir, key)
+    progress = load_progress(out_dir, progress_key(corpus, cfg, auc_ret, identity))
     results: dict = {"metrics": {}, "details": {}, "seconds": {}}
     for name in cfg.metrics:
         if name in progress["done"]:
@@ -165,6 +163,24 @@ def evaluate_model(
         results["details"][name] = done["extra"]
         results["seconds"][name] = done["seconds"]
     return results
+
+
+def progress_key(corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, identity: dict | None) -> str:
+    """What a stored evaluation must match to be reused: model identity, corpus, settings, AUC reference."""
+    return sha256_json({"identity": identity or {}, "corpus": corpus.content_hash, "config": asdict(cfg),
+                        "auc_retrain": asdict(auc_ret)})
+
+
+def finished_results(corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, out_dir: str | Path | None,
+                     identity: dict | None) -> dict | None:
+    """The results `evaluate_model` would return when every metric is already stored in `out_dir` (so a
+    resumed audit need not even load, quantize or retrain the model), else None."""
+    progress = load_progress(out_dir, progress_key(corpus, cfg, auc_ret, identity))
+    if out_dir is None or any(m not in progress["done"] for m in cfg.metrics):
+        return None
+    done = progress["done"]
+    return {"metrics": {m: done[m]["value"] for m in cfg.metrics}, "details": {m: done[m]["extra"] for m in cfg.metrics},
+            "seconds": {m: done[m]["seconds"] for m in cfg.metrics}}
 
 
 def load_progress(out_dir: str | Path | None, key: str) -> dict:

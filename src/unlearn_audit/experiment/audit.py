@@ -1,40 +1,58 @@
-"""Audit one (target, unlearned) pair: does the forgetting survive the ways the model will be deployed?
+"""Audit one (target, unlearned) pair against a battery of recovery attacks (attacks/).
 
-1. Weight bins first (cheap, from the safetensors files): per scheme, how much of the update a
-   quantizer erases.
-2. The MUSE metrics of target and unlearned model at every precision (PrivLeak relative to the
-   retrained model when one is given).
-3. A verdict. With r_p = max over VerbMem_f, KnowMem_f of the retained share at precision p,
-   (unlearned - retrained) / (target - retrained) when a retrained model is given (its own score is the
-   floor a model that never saw the forget set reaches), else unlearned / target:
-   forgetting holds at p when r_p <= max_retained; the knowledge that returns at p is
-   (r_p - r_full) / (1 - r_full), the share of what full precision had removed.
-   Exit code 0 = forgetting holds at every precision, 1 = it does not, 2 = error.
+1. Weight bins first (cheap, from the safetensors files): per quantization attack, how much of the
+   update the quantizer erases (its forecast of the recovery).
+2. The retrained model (control) and the target at full precision: a target that knows nothing the
+   retrained model does not know is refused at once ("nothing to forget").
+3. Every attack on the unlearned model AND on the retrained model (the control: what the attack teaches
+   or changes in a model that never saw the forget set) and, for weight transforms, on the target.
+4. A scorecard and a verdict. Per attack a, on its evaluation set (the forget set; for
+   relearn:forget-part the held-out part), with u, t, c the unlearned, target and control scores:
+     retained_a = max over VerbMem_f, KnowMem_f of (u_a - c_a) / (t_a - c_a)
+       (t_a: the target under the same weight transform; for relearning, the target at full precision;
+        without --retrained, c = 0 and relearning attacks are refused)
+     recovery_a = (retained_a - retained_full) / (1 - retained_full): the share of what unlearning had
+       removed that the attack brings back
+     control gain_a = max over the same metrics of (c_a - c_full) / (t_full - c_full)
+   Forgetting holds under a when retained_a <= max_retained. Exit code 0 = it holds at full precision and
+   under every attack, 1 = it does not, 2 = error.
 """
 
 from __future__ import annotations
 
 import gc
+import re
+import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..attacks import Attack, Context, parse_attacks
 from ..data.corpus import Corpus
 from ..errors import UserError
-from ..evaluate.runner import AucRetrain, EvalConfig, check_corpus, default_auc_retrain, evaluate_model
-from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
-from ..quantize import model_at, parse_scheme
-from ..quantize.backends import check_installed
+from ..evaluate.runner import (
+    AucRetrain,
+    EvalConfig,
+    check_corpus,
+    default_auc_retrain,
+    evaluate_model,
+    finished_results,
+)
+from ..models.loading import LoadOptions, load_model, load_tokenizer, model_fingerprint
+from ..quantize import parse_scheme
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..utils.io import atomic_write_json
+from .scorecard import write_scorecard
 
 KNOWLEDGE = ("verbmem_f", "knowmem_f")
+DEFAULT_ATTACKS = ["quant:rtn-int8-channel", "quant:rtn-int4-g128"]
 
 
 @dataclass
 class AuditConfig:
-    schemes: list[str] = field(default_factory=lambda: ["full", "rtn-int8-channel", "rtn-int4-g128"])
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
     metrics: list[str] = field(default_factory=lambda: ["verbmem_f", "knowmem_f", "knowmem_r", "privleak"])
     max_retained: float = 0.25
     lr: float | None = None
@@ -43,16 +61,18 @@ class AuditConfig:
     dtype: str = "fp32"
     device: str | None = None
 
-    def validate(self) -> None:
-        if "full" not in self.schemes:
-            self.schemes = ["full", *self.schemes]
-        for s in self.schemes:
-            if s != "full":
-                check_installed(parse_scheme(s).family)
+    def validate(self, has_control: bool, say=print) -> list[Attack]:
+        """Check the settings; returns the parsed attacks (presets expanded)."""
         if not any(m in self.metrics for m in KNOWLEDGE):
             raise UserError("the audit needs verbmem_f or knowmem_f among --metrics to measure forgetting")
         if not 0 < self.max_retained < 1:
             raise UserError("--max-retained must lie strictly between 0 and 1")
+        attacks = parse_attacks([a for a in self.attacks if a != "full"], say)
+        training = [a.name for a in attacks if a.trains]
+        if training and not has_control:
+            raise UserError(f"{training[0]} needs --retrained: relearning teaches even a model that never saw the "
+                            "forget set, and only the retrained model under the same attack measures how much")
+        return attacks
 
 
 def free(model) -> None:
@@ -67,109 +87,202 @@ def free(model) -> None:
         pass
 
 
-def run_bins(target: str, unlearned: str, cfg: AuditConfig, out: Path | None) -> dict[str, dict]:
-    """Bin analysis per analysable scheme, when both models are local safetensors folders."""
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text)
+
+
+def quant_scheme(attack: Attack) -> str | None:
+    return attack.params["scheme"] if attack.family == "quant" else None
+
+
+def run_bins(target: str, unlearned: str, attacks: list[Attack], lr: float | None, out: Path | None) -> dict:
+    """Bin analysis per quantization attack the weights alone determine, for local safetensors folders."""
     results = {}
     if not (Path(target).is_dir() and Path(unlearned).is_dir()):
         return results
-    for s in cfg.schemes:
-        if s == "full" or not parse_scheme(s).analysable or parse_scheme(s).name.endswith("-tensor"):
+    for a in attacks:
+        s = quant_scheme(a)
+        if s is None or not parse_scheme(s).analysable or s.endswith("-tensor"):
             continue
-        r = analyse(target, unlearned, s, cfg.lr)
+        r = analyse(target, unlearned, s, lr)
         if out is not None:
             write_bins(r, out / "bins" / s)
-        results[s] = {k: v for k, v in r.items() if k not in ("histograms", "layers")}
+        results[a.name] = {k: v for k, v in r.items() if k not in ("histograms", "layers")}
     return results
 
 
-def evaluate_at(spec: str, scheme: str, corpus: Corpus, cfg: AuditConfig, auc_ret, out: Path | None,
-                load: LoadOptions, show: bool) -> dict:
-    tok = load_tokenizer(spec, load)
-    model = model_at(spec, scheme, load, dtype=cfg.dtype, device=cfg.device, tokenizer=tok, corpus=corpus)
-    ecfg = EvalConfig(metrics=list(cfg.metrics), limit=cfg.limit, batch_size=cfg.batch_size)
-    res = evaluate_model(model, tok, corpus, ecfg, auc_ret, out, identity={"model": model_fingerprint(spec),
-                                                                          "scheme": scheme}, show=show)
-    free(model)
-    return res
-
-
-def retained(u: dict, t: dict, r: dict | None = None) -> float | None:
-    """Max over the knowledge metrics of the retained share (see module docstring); None if undefined."""
+def retained(u: dict, t: dict, c: dict | None = None) -> float | None:
+    """Max over the knowledge metrics of (u - c) / (t - c); None where the target knows < 1 point more."""
     shares = []
     for k in KNOWLEDGE:
         if k not in u or k not in t:
             continue
-        base = r[k] if r and k in r else 0.0
+        base = c[k] if c and k in c else 0.0
         if t[k] - base >= 1.0:  # at least one point of knowledge to forget on the x100 scale
             shares.append(max(0.0, (u[k] - base) / (t[k] - base)))
     return max(shares) if shares else None
 
 
-def verdict(results: dict, schemes: list[str], max_retained: float) -> tuple[int, str, dict]:
-    """(exit code, one-line verdict, per-precision retained/returned shares)."""
-    ret = results.get("retrained")
-    shares = {s: retained(results["unlearned"][s], results["target"][s], ret[s] if ret else None) for s in schemes}
-    full = shares["full"]
-    if full is None:
-        raise UserError("the target knows no more than the baseline on every knowledge metric: nothing to forget")
-    returned = {s: (shares[s] - full) / (1 - full) if shares[s] is not None and full < 1 else None for s in schemes}
-    table = {s: {"retained": shares[s], "returned": returned[s]} for s in schemes}
-    if full > max_retained:
-        return 1, (f"unlearning did not remove the knowledge: {full:.0%} of the target's forget-set knowledge "
-                   f"remains at full precision (threshold {max_retained:.0%})"), table
-    failing = [s for s in schemes if s != "full" and shares[s] is not None and shares[s] > max_retained]
+def control_gain(c_attacked: dict | None, c_full: dict | None, t_full: dict) -> float | None:
+    """The share of the forgettable knowledge an attack gives a model that never saw the forget set."""
+    if not c_attacked or not c_full:
+        return None
+    gains = [(c_attacked[k] - c_full[k]) / (t_full[k] - c_full[k]) for k in KNOWLEDGE
+             if k in c_attacked and k in t_full and t_full[k] - c_full[k] >= 1.0]
+    return max(gains) if gains else None
+
+
+class Auditor:
+    """Evaluates (role, attack, corpus) combinations once each, resuming from `out` when given."""
+
+    def __init__(self, models: dict[str, str], corpus: Corpus, cfg: AuditConfig, out: Path, load: LoadOptions,
+                 show: bool, say):
+        self.models, self.corpus, self.cfg, self.out, self.say = models, corpus, cfg, out, say
+        self.ctx = Context(corpus=corpus, load=load, dtype=cfg.dtype, device=cfg.device, show=show)
+        self.ecfg = EvalConfig(metrics=list(cfg.metrics), limit=cfg.limit, batch_size=cfg.batch_size)
+        self.auc: dict[str, AucRetrain] = {}
+        self.fingerprints = {role: model_fingerprint(spec) for role, spec in models.items()}
+        self.results: dict[tuple[str, str, str], dict] = {}
+
+    def work(self, attack: Attack) -> Path:
+        return self.out / "attacks" / slug(attack.key)
+
+    def eval_corpus(self, attack: Attack | None) -> Corpus:
+        if attack is None or not attack.trains:
+            return self.corpus
+        return attack.impl.eval_corpus(attack, self.corpus, self.work(attack))
+
+    def measure(self, role: str, attack: Attack | None, corpus: Corpus) -> dict:
+        """Metrics of the model in `role` under `attack` (None: as it is) on `corpus`."""
+        name = attack.key if attack else "full"
+        if (role, name, corpus.content_hash) in self.results:
+            return self.results[(role, name, corpus.content_hash)]
+        auc = self.auc.get(corpus.content_hash) or default_auc_retrain(corpus)
+        where = self.out / "evals" / role / slug(name)
+        if corpus is not self.corpus:
+            where = where / f"on-{corpus.content_hash[:12]}"
+        identity = {"model": self.fingerprints[role], "attack": name}
+        res = finished_results(corpus, self.ecfg, auc, where, identity)
+        if res is None:
+            spec = self.models[role]
+            self.ctx.tokenizer = load_tokenizer(spec, self.ctx.load)
+            model = self.attacked(spec, attack)
+            res = evaluate_model(model, self.ctx.tokenizer, corpus, self.ecfg, auc, where, identity, self.ctx.show)
+            free(model)
+        metrics = dict(res["metrics"])
+        if role == "retrained" and attack is None and "privleak" in res["details"]:
+            self.auc[corpus.content_hash] = AucRetrain(res["details"]["privleak"]["auc"],
+                                                       "measured on the retrained model")
+            metrics["privleak"] = 0.0  # the reference of PrivLeak, by definition
+        self.results[(role, name, corpus.content_hash)] = metrics
+        label = "full precision" if attack is None else attack.name
+        on = "" if corpus is self.corpus else " (held-out part)"
+        self.say(f"{role} @ {label}{on}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
+                                                      for m, v in metrics.items()))
+        return metrics
+
+    def attacked(self, spec: str, attack: Attack | None):
+        if attack is None:
+            return load_model(spec, self.cfg.dtype, self.ctx.load, self.cfg.device)
+        if attack.trains:
+            folder = attack.impl.train(spec, attack, self.ctx, self.work(attack))
+            return load_model(folder, self.cfg.dtype, self.ctx.load, self.cfg.device)
+        return attack.impl.load(spec, attack, self.ctx)
+
+    def full(self, corpus: Corpus) -> dict[str, dict]:
+        """Control, target and unlearned at full precision on `corpus`; refuses a target with nothing to forget."""
+        roles = [r for r in ("retrained", "target") if r in self.models]
+        scores = {r: self.measure(r, None, corpus) for r in roles}
+        if retained(scores["target"], scores["target"], scores.get("retrained")) is None:
+            known = ", ".join(f"{m} {v:.1f}" for m, v in scores["target"].items() if m in KNOWLEDGE)
+            where = "" if corpus is self.corpus else " on the held-out part"
+            raise UserError(f"the target knows no more than the baseline on every knowledge metric{where} ({known}): "
+                            "nothing to forget, so nothing can come back; check the target and corpus")
+        scores["unlearned"] = self.measure("unlearned", None, corpus)
+        return scores
+
+    def row(self, attack: Attack, bins: dict) -> dict:
+        corpus = self.eval_corpus(attack)
+        base = self.full(corpus)
+        control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
+        target = base["target"] if attack.trains else self.measure("target", attack, corpus)
+        unlearned = self.measure("unlearned", attack, corpus)
+        kept_full = retained(base["unlearned"], base["target"], base.get("retrained"))
+        kept = retained(unlearned, target, control)
+        recovery = (kept - kept_full) / (1 - kept_full) if kept is not None and kept_full is not None and kept_full < 1 \
+            else None
+        forecast = bins.get(attack.name)
+        return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
+                "evaluated_on": "forget set" if corpus is self.corpus else f"held-out part ({corpus.root})",
+                "unlearned": unlearned, "target": target, "control": control,
+                "unlearned_full": base["unlearned"], "control_full": base.get("retrained"),
+                "retained": kept, "retained_full": kept_full, "recovery": recovery,
+                "control_gain": control_gain(control, base.get("retrained"), base["target"]),
+                "holds": None if kept is None else kept <= self.cfg.max_retained,
+                "forecast_recovery": None if forecast is None else 1 - forecast.get("projected_survival", 0.0)}
+
+
+def verdict(full: dict, rows: list[dict], max_retained: float) -> tuple[int, str]:
+    """(exit code, one-line verdict)."""
+    kept = full["retained"]
+    if kept > max_retained:
+        return 1, (f"unlearning did not remove the knowledge: {kept:.0%} of the target's forget-set knowledge "
+                   f"remains at full precision (threshold {max_retained:.0%})")
+    failing = [r for r in rows if r["holds"] is False]
     if failing:
-        worst = max(failing, key=lambda s: shares[s])
-        u_full, u_worst, t_worst = results["unlearned"]["full"], results["unlearned"][worst], results["target"][worst]
-        moves = ", ".join(f"{m} {u_full[m]:.1f} -> {u_worst[m]:.1f} (target {t_worst[m]:.1f})"
-                          for m in KNOWLEDGE if m in u_worst)
-        return 1, (f"forgetting does not survive {worst}: {returned[worst]:.0%} of the forgotten knowledge "
-                   f"returns ({moves})"), table
-    worst = max(schemes, key=lambda s: shares[s] if shares[s] is not None else -1)
-    return 0, (f"forgetting holds at every precision tested: at most {shares[worst]:.0%} of the target's "
-               f"knowledge remains ({worst})"), table
+        worst = max(failing, key=lambda r: r["retained"])
+        moves = ", ".join(f"{m} {worst['unlearned_full'][m]:.1f} -> {worst['unlearned'][m]:.1f} "
+                          f"(target {worst['target'][m]:.1f}"
+                          + (f", control {worst['control'][m]:.1f})" if worst["control"] else ")")
+                          for m in KNOWLEDGE if m in worst["unlearned"])
+        return 1, (f"forgetting does not survive {worst['attack']}: {worst['recovery']:.0%} of the forgotten "
+                   f"knowledge returns ({moves})")
+    defined = [r for r in rows if r["retained"] is not None]
+    if not defined:
+        return 0, f"forgetting holds at full precision ({kept:.0%} of the target's knowledge remains)"
+    worst = max(defined, key=lambda r: r["retained"])
+    return 0, (f"forgetting holds under every attack tested: at most {worst['retained']:.0%} of the target's "
+               f"knowledge remains ({worst['attack']})")
 
 
 def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrained: str | None = None,
           out: str | Path | None = None, load: LoadOptions | None = None, show: bool = True, say=print) -> dict:
-    """Run the audit and write audit.json (when `out` is given); returns the result with `exit_code`."""
-    cfg.validate()
+    """Run the audit; with `out`, write audit.json, audit.md and audit.png there and resume from it.
+    Returns the report with `exit_code`."""
+    attacks = cfg.validate(retrained is not None, say)
     check_corpus(corpus, list(cfg.metrics))
-    load = load or LoadOptions()
-    out = Path(out) if out else None
     started = time.time()
-    bins = run_bins(target, unlearned, cfg, out)
-    for s, r in bins.items():
-        say(f"bins {s}: {r['verdict']} (changed {r['changed_share']:.1%}, same code {r['same_code_share']:.1%})")
-    auc_ret = default_auc_retrain(corpus)
-    results: dict[str, dict] = {"target": {}, "unlearned": {}}
-    roles = [("target", target), ("unlearned", unlearned)]
+    models = {"target": str(target), "unlearned": str(unlearned)}
     if retrained:
-        results["retrained"] = {}
-        roles.insert(0, ("retrained", retrained))
-    # The cheap decisive evaluations first: the full-precision retrained model (PrivLeak's reference) and
-    # target, so a target with nothing to forget is refused before hours of quantized evaluations.
-    order = [(role, spec, "full") for role, spec in roles]
-    order += [(role, spec, s) for role, spec in roles for s in cfg.schemes if s != "full"]
-    for role, spec, s in order:
-        res = evaluate_at(spec, s, corpus, cfg, auc_ret, out / role / s if out else None, load, show)
-        if role == "retrained" and s == "full" and "privleak" in res["details"]:
-            auc_ret = AucRetrain(res["details"]["privleak"]["auc"], "measured on the retrained model")
-            res["metrics"]["privleak"] = 0.0
-        results[role][s] = res["metrics"]
-        say(f"{role} @ {s}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
-                                          for m, v in res["metrics"].items()))
-        if role == "target" and s == "full":
-            base = results.get("retrained", {}).get("full")
-            if retained(res["metrics"], res["metrics"], base) is None:
-                known = ", ".join(f"{m} {v:.1f}" for m, v in res["metrics"].items() if m in KNOWLEDGE)
-                raise UserError(f"the target knows no more than the baseline on every knowledge metric ({known}): "
-                                "nothing to forget, so nothing can come back; check the target and corpus")
-    code, line, shares = verdict(results, cfg.schemes, cfg.max_retained)
-    report = {"verdict": line, "exit_code": code, "forgetting_holds": code == 0, "shares": shares,
-              "metrics": results, "bins": bins, "auc_retrain": {"value": auc_ret.value, "source": auc_ret.source},
+        models = {"retrained": str(retrained), **models}
+    with ExitStack() as stack:
+        scratch = Path(out) if out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audit-")))
+        auditor = Auditor(models, corpus, cfg, scratch, load or LoadOptions(), show, say)
+        auditor.full(corpus)  # the cheap decisive evaluations first
+        bins = run_bins(str(target), str(unlearned), attacks, cfg.lr, Path(out) if out else None)
+        for name, r in bins.items():
+            say(f"bins {name}: {r['verdict']} (changed {r['changed_share']:.1%}, "
+                f"same code {r['same_code_share']:.1%})")
+        rows = []
+        for a in attacks:
+            rows.append(auditor.row(a, bins))
+            r = rows[-1]
+            say(f"== {a.name}: retained {fmt_share(r['retained'])}, recovery {fmt_share(r['recovery'])}, "
+                f"control gain {fmt_share(r['control_gain'])}")
+        base = auditor.full(corpus)
+        full = {"attack": "full", "unlearned": base["unlearned"], "target": base["target"],
+                "control": base.get("retrained"),
+                "retained": retained(base["unlearned"], base["target"], base.get("retrained"))}
+        code, line = verdict(full, rows, cfg.max_retained)
+    report = {"verdict": line, "exit_code": code, "forgetting_holds": code == 0, "full": full, "attacks": rows,
+              "bins": bins, "auc_retrain": {k: asdict(v) for k, v in auditor.auc.items()},
               "target": str(target), "unlearned": str(unlearned), "retrained": retrained, "corpus": corpus.name,
-              "config": cfg.__dict__, "seconds": round(time.time() - started, 2)}
+              "config": asdict(cfg), "seconds": round(time.time() - started, 2)}
     if out is not None:
-        atomic_write_json(out / "audit.json", report)
+        atomic_write_json(Path(out) / "audit.json", report)
+        write_scorecard(report, Path(out))
     return report
+
+
+def fmt_share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..quantize.schemes import precision_label
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from .ledger import Ledger
 
 METRIC_COLUMNS = [("verbmem_f", "M1 VerbMem D_f"), ("knowmem_f", "M2 KnowMem D_f"), ("privleak", "M3 PrivLeak"),
@@ -405,11 +405,7 @@ def plot_knowledge(agg: list[dict], schemes: list[str], path: Path) -> Path | No
             ax.set_ylim(-2, 102)
         axes[0][col].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def model_quality(ledger) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from .schemes import Scheme, group_views, parse_scheme, quantize_groups
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
@@ -331,12 +331,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(f"{result['scheme']}: {result['verdict']}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:

@@ -74,11 +74,14 @@ class Component:
 
 FORGET_LOSSES: dict[str, Component] = {}
 REGULARIZERS: dict[str, Component] = {}
+INTERNAL: set[str] = set()  # losses the attacks use (relearning), not offered as unlearning methods
 
 
-def register_forget_loss(name: str, needs_ref: bool) -> Callable[[LossFn], LossFn]:
+def register_forget_loss(name: str, needs_ref: bool, internal: bool = False) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
         FORGET_LOSSES[name] = Component(name, fn, needs_ref)
+        if internal:
+            INTERNAL.add(name)
         return fn
 
     return deco
@@ -100,6 +103,12 @@ def _ga(batch: Batch, cfg) -> torch.Tensor:
 @register_forget_loss("npo", needs_ref=True)
 def _npo(batch: Batch, cfg) -> torch.Tensor:
     return losses.npo_loss(batch.forget_logits, batch.forget_ref_logits, batch.labels("forget"), cfg.beta)
+
+
+@register_forget_loss("relearn", needs_ref=False, internal=True)
+def _relearn(batch: Batch, cfg) -> torch.Tensor:
+    """Plain fine-tuning (descent on the NLL): the relearning attacks train with the unlearning trainer."""
+    return losses.mean_nll(batch.forget_logits, batch.labels("forget"))
 
 
 @register_regularizer("gdr", needs_ref=False)
@@ -131,7 +140,7 @@ class Method:
 
 def method_names() -> list[str]:
     """Every registered combination, e.g. ga, ga_gdr, ga_klr, npo, ..."""
-    return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES for r in ("", *REGULARIZERS)]
+    return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES if f not in INTERNAL for r in ("", *REGULARIZERS)]
 
 
 def resolve_method(name: str) -> Method:

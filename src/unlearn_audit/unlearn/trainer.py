@@ -59,6 +59,8 @@ class UnlearnConfig:
         default=None, metadata={"help": f"AdamW learning rate (default {DEFAULT_LR}; SURE {DEFAULT_SURE_LR})"}
     )
     epochs: int = field(default=5, metadata={"help": "passes over the forget set"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "stop after this many optimizer steps (overrides --epochs; the last, partial epoch counts)"})
     batch_size: int = field(default=4, metadata={"help": "forget (and retain) texts per device and step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     alpha: float = field(default=1.0, metadata={"help": "weight of the utility regularizer (GDR/KLR)"})
@@ -86,6 +88,8 @@ class UnlearnConfig:
             raise UserError(f"--arithmetic must be one of {', '.join(bf16.ARITHMETICS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise UserError("--epochs, --batch-size and --grad-accum must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("--max-steps must be at least 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError("--learning-rate must be positive")
         self.resolve()
@@ -221,7 +225,7 @@ class EpochRecorder(TrainerCallback):
         self.started = time.time()
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        epoch = int(round(state.epoch))
+        epoch = math.ceil(state.epoch - 1e-6)  # a partial last epoch (--max-steps) counts as the next one
         logs = [e for e in state.log_history if e.get("epoch", 0) > epoch - 1 and "forget_loss" in e]
         record = {
             "epoch": epoch,
@@ -327,6 +331,7 @@ def unlearn(
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
         learning_rate=lr,
         lr_scheduler_type="constant",
         weight_decay=cfg.weight_decay,
@@ -361,13 +366,13 @@ def unlearn(
                         "under DeepSpeed/FSDP")
 
     diverged = None
-    if recorder.state["stopped"] is None and not finished(recorder.state, cfg.epochs):
+    if recorder.state["stopped"] is None and not finished(recorder.state, cfg):
         resume = latest_checkpoint(work / "checkpoints")
         try:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Diverged as exc:
             diverged = str(exc)
-    chosen, reason = choose_epoch(recorder.state, cfg.epochs, diverged, floor)
+    chosen, reason = choose_epoch(recorder.state, diverged, floor)
     if chosen is None:
         if trainer.is_world_process_zero():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from
@@ -425,11 +430,16 @@ def start_work_dir(work: Path, identity: dict) -> None:
     atomic_write_json(marker, identity)
 
 
-def finished(state: dict, epochs: int) -> bool:
-    return bool(state["epochs"]) and state["epochs"][-1]["epoch"] >= epochs
+def finished(state: dict, cfg: UnlearnConfig) -> bool:
+    """Whether the recorded epochs already reach the configured end (--max-steps, else --epochs)."""
+    if not state["epochs"]:
+        return False
+    if cfg.max_steps:
+        return state["epochs"][-1]["step"] >= cfg.max_steps
+    return state["epochs"][-1]["epoch"] >= cfg.epochs
 
 
-def choose_epoch(state: dict, epochs: int, diverged: str | None, floor: float | None) -> tuple[int | None, str]:
+def choose_epoch(state: dict, diverged: str | None, floor: float | None) -> tuple[int | None, str]:
     """MUSE's rule: the stopping epoch if utility fell below the floor, else the last good epoch."""
     if state["stopped"]:
         return state["stopped"]["epoch"], state["stopped"]["reason"]

@@ -137,3 +137,17 @@ def sha256_files(paths: Iterable[Path], root: Path) -> str:
                 h.update(block)
         h.update(b"\0")
     return h.hexdigest()
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (a temporary file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+    ordinary_mode(path)
+    return path

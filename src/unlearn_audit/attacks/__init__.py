@@ -1,0 +1,10 @@
+"""Recovery attacks: named, parameterised ways a deployed model may bring forgotten knowledge back.
+
+Each family is one file behind a registry (`registry.py`): `quant` (quantize/), `cast`, `prune`, `noise`
+(weight transforms) and `relearn` (the unlearning trainer). `experiment/audit.py` runs them on the
+unlearned model and on the retrained control.
+"""
+
+from .registry import FAMILIES, PRESETS, Attack, AttackFamily, Context, families, parse_attack, parse_attacks
+
+__all__ = ["FAMILIES", "PRESETS", "Attack", "AttackFamily", "Context", "families", "parse_attack", "parse_attacks"]

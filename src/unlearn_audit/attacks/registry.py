@@ -1,0 +1,208 @@
+"""Attack names: `family:positional:...:key=value,key=value`, parsed against each family's parameters.
+
+    quant:rtn-int4-g128   cast:bf16   prune:magnitude:0.3   noise:rel=0.05
+    relearn:retain:steps=20,lr=1e-5   relearn:forget-part:share=0.1,steps=20
+
+A family registers a class with `@register_attack`; its `params` declare name, type, default and a
+check, so a wrong name, a missing value or an out-of-range one is a one-line user error that says what
+the family accepts. Presets (`deploy`, `all`) expand to lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an attack family."""
+
+    name: str
+    type: Callable[[str], Any]
+    default: Any = None
+    check: Callable[[Any], bool] = lambda v: True
+    rule: str = ""  # what `check` demands, for the error message
+    positional: bool = False
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A parsed attack: the family's class and its parameter values.
+
+    `name` is what the user wrote (labels in tables); `key` spells out every parameter (folder names,
+    resume identity), so `prune:magnitude:0.3` and `prune:magnitude:share=0.3` share their results."""
+
+    name: str
+    family: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return ":".join([self.family, *(f"{k}={v}" for k, v in self.params.items())])
+
+    @property
+    def impl(self):
+        return FAMILIES[self.family]
+
+    @property
+    def trains(self) -> bool:
+        """Relearning trains a new model; the other families transform the weights they load."""
+        return self.impl.trains
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass
+class Context:
+    """What an attack needs to load a model: loading options, dtype/device to run in, the corpus (GPTQ/AWQ
+    calibrate on its retain texts; relearning trains on it) and a folder for what it must keep."""
+
+    corpus: Any
+    load: Any = None
+    dtype: str = "fp32"
+    device: str | None = None
+    tokenizer: Any = None
+    show: bool = True
+
+
+class AttackFamily:
+    """Base of every family. Weight transforms override `transform` (in place, on the loaded model) or
+    `load`; training families set `trains` and override `train`."""
+
+    family: str = ""
+    params: list[Param] = []
+    usage: str = ""
+    source: str = ""  # where the attack comes from, for docs and the scorecard
+    trains = False
+
+    @classmethod
+    def validate(cls, attack: Attack) -> None:
+        """Checks that involve several parameters (single ones are checked by their Param)."""
+
+    @classmethod
+    def missing(cls, attack: Attack) -> str | None:
+        """Why this attack cannot run here (a library is missing), or None."""
+        return None
+
+    @classmethod
+    def load(cls, spec: str, attack: Attack, ctx: Context):
+        """The model at `spec` under the attack, ready to evaluate."""
+        from ..models.loading import load_model
+
+        model = load_model(spec, ctx.dtype, ctx.load, ctx.device)
+        cls.transform(model, attack)
+        return model
+
+    @classmethod
+    def transform(cls, model, attack: Attack) -> None:
+        raise NotImplementedError
+
+
+FAMILIES: dict[str, type[AttackFamily]] = {}
+
+
+def register_attack(cls: type) -> type:
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def families() -> list[str]:
+    _load_families()
+    return sorted(FAMILIES)
+
+
+def _load_families() -> None:
+    from . import cast, noise, prune, quant, relearn  # noqa: F401  (registers the families)
+
+
+def _convert(fam: str, p: Param, text: str) -> Any:
+    try:
+        value = p.type(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) or not p.check(value):
+        raise UserError(f"{fam}: {p.name}={text!r} is invalid; {p.name} must be {p.rule or p.type.__name__}")
+    return value
+
+
+def parse_attack(spec: str) -> Attack:
+    """`prune:magnitude:0.3` -> Attack('prune:magnitude:0.3', 'prune', {'method': 'magnitude', 'share': 0.3})."""
+    _load_families()
+    name = spec.strip()
+    fam, *parts = name.split(":")
+    if fam not in FAMILIES:
+        raise UserError(f"unknown attack '{name}'; families: {', '.join(sorted(FAMILIES))} "
+                        f"(e.g. quant:rtn-int4-g128, cast:bf16, prune:magnitude:0.3, relearn:retain:steps=20)")
+    params: list[Param] = FAMILIES[fam].params
+    by_name = {p.name: p for p in params}
+    positional = [p for p in params if p.positional]
+    given: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        if "=" not in part:
+            if i >= len(positional) or any("=" in q for q in parts[:i]):
+                raise UserError(f"{name}: unexpected '{part}'; {FAMILIES[fam].usage}")
+            given[positional[i].name] = part
+            continue
+        for item in filter(None, part.split(",")):
+            key, _, value = item.partition("=")
+            if key not in by_name:
+                raise UserError(f"{name}: unknown parameter '{key}'; {FAMILIES[fam].usage}")
+            if key in given:
+                raise UserError(f"{name}: '{key}' is given twice")
+            given[key] = value
+    values = {}
+    for p in params:
+        if p.name in given:
+            values[p.name] = _convert(name, p, given[p.name])
+        elif p.default is None:
+            raise UserError(f"{name}: '{p.name}' is required; {FAMILIES[fam].usage}")
+        else:
+            values[p.name] = p.default
+    attack = Attack(name, fam, values)
+    FAMILIES[fam].validate(attack)
+    return attack
+
+
+PRESETS: dict[str, list[str]] = {
+    "deploy": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "quant:bnb-nf4", "quant:bnb-fp4",
+               "quant:gptq-int4-g128", "cast:bf16", "cast:fp16"],
+    "quick": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "cast:bf16", "prune:magnitude:0.3",
+              "relearn:retain"],
+}
+PRESETS["all"] = [*PRESETS["deploy"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
+                  "relearn:forget-part"]
+
+
+def parse_attacks(text: str | list[str], say: Callable[[str], None] = print) -> list[Attack]:
+    """A comma-free list (CLI: separated by spaces or ';') or YAML list of attacks and presets, in order,
+    without repeats. Quantizers of presets whose library is missing are skipped with a note; one named
+    explicitly is an error (it was asked for)."""
+    items = text.replace(";", " ").split() if isinstance(text, str) else list(text)
+    out: list[Attack] = []
+    for item in items:
+        if item in PRESETS:
+            for spec in PRESETS[item]:
+                attack = parse_attack(spec)
+                missing = attack.impl.missing(attack)
+                if missing:
+                    say(f"note: preset '{item}' skips {spec} ({missing})")
+                    continue
+                out.append(attack)
+            continue
+        attack = parse_attack(item)
+        missing = attack.impl.missing(attack)
+        if missing:
+            raise UserError(f"{attack.name}: {missing}")
+        out.append(attack)
+    unique: dict[str, Attack] = {}
+    for a in out:
+        unique.setdefault(a.key, a)
+    if not unique:
+        raise UserError("no attack to run; e.g. --attacks deploy, or --attacks 'quant:rtn-int4-g128 cast:bf16'")
+    return list(unique.values())

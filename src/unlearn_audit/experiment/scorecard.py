@@ -1,0 +1,94 @@
+"""The audit's scorecard: audit.md (one row per attack, with the control) and audit.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils.io import atomic_write_text, save_figure
+
+METRICS = (("knowmem_f", "KnowMem_f"), ("verbmem_f", "VerbMem_f"), ("privleak", "PrivLeak"), ("knowmem_r", "KnowMem_r"))
+
+
+def num(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def holds(row: dict) -> str:
+    return {True: "holds", False: "**fails**", None: "undefined"}[row.get("holds")]
+
+
+def table(report: dict) -> list[str]:
+    rows = [report["full"], *report["attacks"]]
+    present = [(k, label) for k, label in METRICS if k in report["full"]["unlearned"]]
+    head = ["attack", *(label for _, label in present), "retained", "recovery",
+            *(f"control {label}" for k, label in present if k in ("knowmem_f", "verbmem_f")), "control gain",
+            "bins forecast", "forgetting"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ctrl = r.get("control") or {}
+        cells = [r["attack"], *(num(r["unlearned"].get(k)) for k, _ in present), pct(r.get("retained")),
+                 pct(r.get("recovery")), *(num(ctrl.get(k)) for k, _ in present if k in ("knowmem_f", "verbmem_f")),
+                 pct(r.get("control_gain")), pct(r.get("forecast_recovery")),
+                 holds(r) if r["attack"] != "full" else ("holds" if r["retained"] <= report["config"]["max_retained"]
+                                                         else "**fails**")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(report: dict) -> str:
+    cfg = report["config"]
+    control = report["retrained"] or "none (no --retrained: the baseline is 0)"
+    lines = [f"# unlearn-audit: {'PASS' if report['exit_code'] == 0 else 'FAIL'}", "",
+             report["verdict"], "",
+             f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
+             f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}; threshold: forgetting holds "
+             f"when at most {cfg['max_retained']:.0%} of the target's knowledge remains", "",
+             *table(report), "",
+             "Scores x100 on the evaluation set of each attack (the forget set; for relearn:forget-part the "
+             "held-out part). retained = max over VerbMem_f, KnowMem_f of (unlearned - control) / "
+             "(target - control) under the same attack; recovery = the share of what unlearning removed "
+             "that the attack brings back; control gain = what the attack gives the retrained model, as a "
+             "share of the target's forgettable knowledge; bins forecast = 1 - projected survival of the "
+             "update under that quantizer (`bins`).", "", "Attack sources:", ""]
+    seen = set()
+    for r in report["attacks"]:
+        if r["family"] not in seen:
+            seen.add(r["family"])
+            lines.append(f"- {r['family']}: {r['source']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Bars per attack: the unlearned model's retained share and the control's gain, threshold dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [report["full"], *report["attacks"]]
+    names = [r["attack"] for r in rows]
+    kept = [r.get("retained") or 0.0 for r in rows]
+    gain = [r.get("control_gain") or 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh([i - 0.2 for i in y], [100 * k for k in kept], height=0.4, label="unlearned: target knowledge retained")
+    ax.barh([i + 0.2 for i in y], [100 * g for g in gain], height=0.4, color="0.6",
+            label="control (retrained): knowledge gained")
+    ax.axvline(100 * report["config"]["max_retained"], color="k", ls="--", lw=1, label="threshold")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of the target's forgettable knowledge (max of VerbMem_f, KnowMem_f)")
+    ax.set_xlim(0, 105)
+    ax.set_title(report["verdict"][:110], fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def write_scorecard(report: dict, out: Path) -> None:
+    atomic_write_text(out / "audit.md", render(report))
+    plot(report, out / "audit.png")
