@@ -275,7 +275,7 @@ def run_and_report(cfg, out: Path, quiet: bool) -> int:
 
     started = time.time()
     counts = run_grid(cfg, out, show=not quiet)
-    pieces = render(out, cfg.schemes, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)},
+    pieces = render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)},
                     bins_schemes=cfg.bins_schemes)
     print_report(pieces, out)
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -299,7 +299,7 @@ def cmd_demo(args) -> int:
         cfg.workers = args.workers
     out = Path(args.out or ("unlearn-audit-demo-quick" if args.quick else "unlearn-audit-demo"))
     print(f"demo{' (quick)' if args.quick else ''}: {len(cfg.methods)} methods x {len(cfg.dtypes)} regimes x "
-          f"{len(cfg.schemes)} precisions on the built-in world; results in {out}/ (re-run to resume)")
+          f"{len(cfg.evaluated)} precisions/attacks on the built-in world; results in {out}/ (re-run to resume)")
     return run_and_report(cfg, out, args.quiet)
 
 
@@ -319,7 +319,7 @@ def cmd_report(args) -> int:
     if (run_dir / "config.yaml").is_file():
         cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
                            source=str(run_dir / "config.yaml"))
-        ids, schemes, name, bins = {c.id for c in plan(cfg)}, cfg.schemes, cfg.name, cfg.bins_schemes
+        ids, schemes, name, bins = {c.id for c in plan(cfg)}, cfg.evaluated, cfg.name, cfg.bins_schemes
     pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins)
     print_report(pieces, run_dir)
     return 0

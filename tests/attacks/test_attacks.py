@@ -176,7 +176,7 @@ def test_audit_scores_attacks_against_the_control_and_resumes(run_cli, micro_tar
     def no_loading(*args, **kwargs):
         raise AssertionError("a resumed audit must not load models again")
 
-    monkeypatch.setattr(audit_mod, "load_model", no_loading)
+    monkeypatch.setattr(audit_mod, "load_attacked", no_loading)
     monkeypatch.setattr(audit_mod, "load_tokenizer", no_loading)
     code2, out2, _ = run_cli(*argv)
     assert code2 == code and json.loads((tmp_path / "audit.json").read_text())["attacks"] == report["attacks"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +50,32 @@ def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, mi
     assert (tmp_path / "run" / "knowledge_vs_precision.png").is_file()
     ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
     assert set(ledger.counts()) == {"done"}
+
+
+def test_grid_evaluates_attacks_as_columns(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
+    """The schemes generalise to attacks: every model (the retrained control included) is attacked, and
+    the report's tables gain a column per attack."""
+    attacks = ["cast:bf16", "relearn:retain:steps=4,lr=1e-3"]
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga_gdr"], attacks=attacks)))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    for model in ("target", "retrained", "ga_gdr"):
+        assert {r["scheme"] for r in rows if r["model"] == model} >= set(attacks)
+    relearned = [r for r in rows if r["model"] == "retrained" and r["scheme"] == attacks[1]]
+    full = [r for r in rows if r["model"] == "retrained" and r["scheme"] == "full"]
+    assert relearned[0]["verbmem_f"] != full[0]["verbmem_f"]  # the control really was fine-tuned
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "relearn:retain:steps=4,lr=1e-3" in report
+
+
+@pytest.mark.parametrize("attack, message", [
+    ("relearn:forget-part", "run it with `audit --attacks`"),
+    ("cast:fp8", "dtype must be bf16 or fp16"),
+])
+def test_grid_refuses_attacks_it_cannot_tabulate(micro_world, attack, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_config(GridConfig, micro_grid(micro_world, attacks=[attack]))
 
 
 def test_report_rerenders_without_recomputing(run_cli, micro_world, micro_target, micro_retrained, tmp_path,

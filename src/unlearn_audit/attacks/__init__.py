@@ -5,6 +5,18 @@ Each family is one file behind a registry (`registry.py`): `quant` (quantize/), 
 unlearned model and on the retrained control.
 """
 
-from .registry import FAMILIES, PRESETS, Attack, AttackFamily, Context, families, parse_attack, parse_attacks
+from .registry import (
+                       FAMILIES,
+                       PRESETS,
+                       Attack,
+                       AttackFamily,
+                       Context,
+                       as_attack,
+                       families,
+                       load_attacked,
+                       parse_attack,
+                       parse_attacks,
+)
 
-__all__ = ["FAMILIES", "PRESETS", "Attack", "AttackFamily", "Context", "families", "parse_attack", "parse_attacks"]
+__all__ = ["FAMILIES", "PRESETS", "Attack", "AttackFamily", "Context", "as_attack", "families", "load_attacked",
+           "parse_attack", "parse_attacks"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -167,6 +168,24 @@ def parse_attack(spec: str) -> Attack:
     attack = Attack(name, fam, values)
     FAMILIES[fam].validate(attack)
     return attack
+
+
+def as_attack(name: str) -> Attack:
+    """An attack name, or a bare quantization scheme (`rtn-int4-g128` means `quant:rtn-int4-g128`)."""
+    return parse_attack(name if ":" in name else f"quant:{name}")
+
+
+def load_attacked(spec: str, attack: Attack | None, ctx: Context, work: Path):
+    """The model at `spec` as it is (attack None) or under `attack`; relearning attacks train into `work`
+    (cached there, resumed after a kill)."""
+    from ..models.loading import load_model
+
+    if attack is None:
+        return load_model(spec, ctx.dtype, ctx.load, ctx.device)
+    if attack.trains:
+        folder = attack.impl.train(spec, attack, ctx, work)
+        return load_model(folder, ctx.dtype, ctx.load, ctx.device)
+    return attack.impl.load(spec, attack, ctx)
 
 
 PRESETS: dict[str, list[str]] = {

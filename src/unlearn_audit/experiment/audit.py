@@ -4,13 +4,14 @@
    update the quantizer erases (its forecast of the recovery).
 2. The retrained model (control) and the target at full precision: a target that knows nothing the
    retrained model does not know is refused at once ("nothing to forget").
-3. Every attack on the unlearned model AND on the retrained model (the control: what the attack teaches
-   or changes in a model that never saw the forget set) and, for weight transforms, on the target.
+3. Every attack on the unlearned model, on the retrained model (the control: what the attack teaches or
+   changes in a model that never saw the forget set) and on the target (what the attack leaves of the
+   knowledge there was to forget).
 4. A scorecard and a verdict. Per attack a, on its evaluation set (the forget set; for
    relearn:forget-part the held-out part), with u, t, c the unlearned, target and control scores:
      retained_a = max over VerbMem_f, KnowMem_f of (u_a - c_a) / (t_a - c_a)
-       (t_a: the target under the same weight transform; for relearning, the target at full precision;
-        without --retrained, c = 0 and relearning attacks are refused)
+       (every model under the same attack, as the grid's tables have it; without --retrained, c = 0 and
+        relearning attacks are refused)
      recovery_a = (retained_a - retained_full) / (1 - retained_full): the share of what unlearning had
        removed that the attack brings back
      control gain_a = max over the same metrics of (c_a - c_full) / (t_full - c_full)
@@ -28,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..attacks import Attack, Context, parse_attacks
+from ..attacks import Attack, Context, load_attacked, parse_attacks
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..evaluate.runner import (
@@ -39,7 +40,7 @@ from ..evaluate.runner import (
     evaluate_model,
     finished_results,
 )
-from ..models.loading import LoadOptions, load_model, load_tokenizer, model_fingerprint
+from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
 from ..quantize import parse_scheme
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
@@ -166,7 +167,7 @@ class Auditor:
         if res is None:
             spec = self.models[role]
             self.ctx.tokenizer = load_tokenizer(spec, self.ctx.load)
-            model = self.attacked(spec, attack)
+            model = load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
             res = evaluate_model(model, self.ctx.tokenizer, corpus, self.ecfg, auc, where, identity, self.ctx.show)
             free(model)
         metrics = dict(res["metrics"])
@@ -180,14 +181,6 @@ class Auditor:
         self.say(f"{role} @ {label}{on}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
                                                       for m, v in metrics.items()))
         return metrics
-
-    def attacked(self, spec: str, attack: Attack | None):
-        if attack is None:
-            return load_model(spec, self.cfg.dtype, self.ctx.load, self.cfg.device)
-        if attack.trains:
-            folder = attack.impl.train(spec, attack, self.ctx, self.work(attack))
-            return load_model(folder, self.cfg.dtype, self.ctx.load, self.cfg.device)
-        return attack.impl.load(spec, attack, self.ctx)
 
     def full(self, corpus: Corpus) -> dict[str, dict]:
         """Control, target and unlearned at full precision on `corpus`; refuses a target with nothing to forget."""
@@ -205,7 +198,7 @@ class Auditor:
         corpus = self.eval_corpus(attack)
         base = self.full(corpus)
         control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
-        target = base["target"] if attack.trains else self.measure("target", attack, corpus)
+        target = self.measure("target", attack, corpus)
         unlearned = self.measure("unlearned", attack, corpus)
         kept_full = retained(base["unlearned"], base["target"], base.get("retrained"))
         kept = retained(unlearned, target, control)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, write_world
 from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
-from ..quantize import model_at
 from ..quantize.bins import analyse, plot
 from ..unlearn.trainer import UnlearnConfig, unlearn
 from ..utils.io import atomic_write_json
@@ -133,7 +133,8 @@ def eval_cell(runner, cell) -> dict:
     path = runner.result(cfg["model"])["path"]
     scheme = cfg["scheme"]
     tok = load_tokenizer(path)
-    model = model_at(path, scheme, tokenizer=tok, corpus=corpus)
+    ctx = Context(corpus=corpus, tokenizer=tok, show=False)
+    model = load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
     auc_ret = None
     if "auc_ref" in cfg:
         ref = runner.result(cfg["auc_ref"])["details"]["privleak"]

@@ -31,6 +31,9 @@ class GridConfig:
     dtypes: list[str] = field(default_factory=lambda: ["bf16"])
     seeds: list[int] = field(default_factory=lambda: [0])
     schemes: list[str] = field(default_factory=lambda: ["full", "rtn-int8-channel", "rtn-int4-g128"])
+    attacks: list[str] = field(default_factory=list, metadata={
+        "help": "recovery attacks evaluated like the schemes (cast:bf16, prune:magnitude:0.3, noise:rel=0.05, "
+                "relearn:retain:steps=20,lr=1e-4, quant:...; see `audit --help`)"})
     bins_schemes: list[str] = field(default_factory=lambda: ["rtn-int4-g128"])
     unlearn: dict = field(default_factory=dict, metadata={"help": "unlearning options for every run"})
     axes: dict = field(default_factory=dict, metadata={
@@ -62,6 +65,8 @@ class GridConfig:
         for s in self.schemes:
             if s != "full":
                 check_installed(parse_scheme(s).family)  # before hours of work, not at the first eval
+        for a in self.attacks:
+            self.check_attack(a)
         for s in self.bins_schemes:
             if not parse_scheme(s).analysable:
                 raise UserError(f"bins_schemes: {s} depends on calibration data; use rtn-* or bnb-* schemes")
@@ -78,6 +83,23 @@ class GridConfig:
         if self.seed_scope == "all" and self.target is not None:
             raise UserError("seed_scope 'all' re-trains the tiny models per seed; it cannot re-draw your own target")
         self.validate_axes()
+
+    @property
+    def evaluated(self) -> list[str]:
+        """Every column of the result tables: the schemes, then the attacks."""
+        return [*self.schemes, *self.attacks]
+
+    @staticmethod
+    def check_attack(name: str) -> None:
+        from ..attacks import parse_attack
+
+        attack = parse_attack(name)
+        missing = attack.impl.missing(attack)
+        if missing:
+            raise UserError(f"attacks: {name}: {missing}")
+        if attack.trains and attack.params["data"] == "forget-part":
+            raise UserError(f"attacks: {name} is scored on a held-out part of the forget set, which the grid's "
+                            "tables do not hold; run it with `audit --attacks` on the models of the run folder")
 
     def validate_axes(self) -> None:
         """Every axis names an unlearning option with a non-empty list of values, not a built-in axis."""

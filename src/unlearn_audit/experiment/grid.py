@@ -120,7 +120,7 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     evaluated = [(m, refs[seed]) for seed, pair in models.items() for m in pair.values()]
     evaluated += [(run, refs[model_seed]) for run, model_seed in runs]
     for model, auc_ref in evaluated:
-        for scheme in cfg.schemes:
+        for scheme in cfg.evaluated:
             if model.id == auc_ref.config["model"] and scheme == "full":
                 continue
             cells.append(spec("eval", {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id},

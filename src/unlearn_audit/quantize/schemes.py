@@ -101,8 +101,14 @@ def parse_scheme(name: str) -> Scheme:
 
 
 def precision_label(name: str) -> str:
-    """'full' -> 'full'; 'rtn-int4-g128' -> 'int4'; 'bnb-nf4' -> '4-bit' (for tables and plots)."""
+    """'full' -> 'full'; 'rtn-int4-g128' (or 'quant:rtn-int4-g128') -> 'int4'; 'bnb-nf4' -> '4-bit';
+    any other attack name stays itself (for tables and plots)."""
     if name == "full":
         return "full"
+    family, _, rest = name.partition(":")
+    if rest:
+        if family != "quant":
+            return name
+        name = rest
     s = parse_scheme(name)
     return f"int{s.bits}" if s.family != "bnb" else f"{s.bits}-bit"
