@@ -260,6 +260,10 @@ def print_report(pieces: dict, run_dir: Path) -> None:
     print("Per method: recovery under quantization, and the bins prediction from the weights alone:")
     print(pieces["verdicts"])
     print()
+    if pieces["attacks"].count("\n") > 2:  # a header, a separator and more than the control row
+        print("Per method: recovery under the other attacks; last row, what they give the retrained control:")
+        print(pieces["attacks"])
+        print()
     for line in pieces["agreement"]:
         print("* " + line)
     if pieces["failures"]:

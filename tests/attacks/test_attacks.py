@@ -180,3 +180,23 @@ def test_audit_scores_attacks_against_the_control_and_resumes(run_cli, micro_tar
     monkeypatch.setattr(audit_mod, "load_tokenizer", no_loading)
     code2, out2, _ = run_cli(*argv)
     assert code2 == code and json.loads((tmp_path / "audit.json").read_text())["attacks"] == report["attacks"]
+
+
+def test_bins_forecasts_what_a_bf16_cast_erases(micro_target, tmp_path):
+    """An fp32 update smaller than half a bf16 step is rounded away by the cast (forecast: 100% back);
+    one of several steps survives it (forecast: about nothing back)."""
+    from unlearn_audit.quantize.bins import analyse
+
+    forecasts = {}
+    for size, name in ((0.25, "below"), (8.0, "above")):
+        model, tok = load_model(micro_target, "fp32"), load_tokenizer(micro_target)
+        with torch.no_grad():
+            for w in linear_weights(model):
+                p = model.get_submodule(w).weight
+                ulp = torch.exp2(torch.floor(torch.log2(p.abs().clamp(min=1e-30))) - 7)
+                p.add_(size * ulp * torch.sign(torch.randn_like(p)))
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        r = analyse(micro_target, tmp_path / name, "cast-bf16")
+        forecasts[name] = 1 - r["projected_survival"]
+    assert forecasts["below"] == pytest.approx(1.0) and forecasts["above"] < 0.1

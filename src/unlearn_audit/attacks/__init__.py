@@ -6,17 +6,18 @@ unlearned model and on the retrained control.
 """
 
 from .registry import (
-                       FAMILIES,
-                       PRESETS,
-                       Attack,
-                       AttackFamily,
-                       Context,
-                       as_attack,
-                       families,
-                       load_attacked,
-                       parse_attack,
-                       parse_attacks,
+    FAMILIES,
+    PRESETS,
+    Attack,
+    AttackFamily,
+    Context,
+    as_attack,
+    families,
+    load_attacked,
+    parse_attack,
+    parse_attacks,
+    target_reference,
 )
 
 __all__ = ["FAMILIES", "PRESETS", "Attack", "AttackFamily", "Context", "as_attack", "families", "load_attacked",
-           "parse_attack", "parse_attacks"]
+           "parse_attack", "parse_attacks", "target_reference"]

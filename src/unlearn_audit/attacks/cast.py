@@ -11,24 +11,23 @@ and Zhang et al. (ICLR 2025), whose bf16 rounding is the reason small updates si
 
 from __future__ import annotations
 
-import torch
-
+from ..quantize import parse_scheme
+from ..quantize.backends import apply_cast
+from ..quantize.schemes import CAST_DTYPES
 from .registry import Attack, AttackFamily, Param, register_attack
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @register_attack
 class Cast(AttackFamily):
     family = "cast"
-    params = [Param("dtype", str, positional=True, check=lambda v: v in DTYPES, rule="bf16 or fp16")]
+    params = [Param("dtype", str, positional=True, check=lambda v: v in CAST_DTYPES, rule="bf16 or fp16")]
     usage = "cast:bf16 or cast:fp16"
     source = "zjunlp/unlearn robustness tests (precision variation); Zhang et al., ICLR 2025"
 
     @classmethod
-    @torch.no_grad()
+    def bins_scheme(cls, attack: Attack) -> str:
+        return f"cast-{attack.params['dtype']}"
+
+    @classmethod
     def transform(cls, model, attack: Attack) -> None:
-        dtype = DTYPES[attack.params["dtype"]]
-        for p in model.parameters():
-            if p.is_floating_point():
-                p.copy_(p.to(dtype).to(p.dtype))
+        apply_cast(model, parse_scheme(cls.bins_scheme(attack)))

@@ -24,6 +24,11 @@ class Quant(AttackFamily):
         parse_scheme(attack.params["scheme"])
 
     @classmethod
+    def bins_scheme(cls, attack: Attack) -> str | None:
+        s = parse_scheme(attack.params["scheme"])
+        return s.name if s.analysable and not s.name.endswith("-tensor") else None
+
+    @classmethod
     def missing(cls, attack: Attack) -> str | None:
         try:
             check_installed(parse_scheme(attack.params["scheme"]).family)

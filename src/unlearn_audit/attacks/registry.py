@@ -87,6 +87,11 @@ class AttackFamily:
         """Checks that involve several parameters (single ones are checked by their Param)."""
 
     @classmethod
+    def bins_scheme(cls, attack: Attack) -> str | None:
+        """The scheme under which `bins` forecasts this attack from the weights alone, if any."""
+        return None
+
+    @classmethod
     def missing(cls, attack: Attack) -> str | None:
         """Why this attack cannot run here (a library is missing), or None."""
         return None
@@ -173,6 +178,12 @@ def parse_attack(spec: str) -> Attack:
 def as_attack(name: str) -> Attack:
     """An attack name, or a bare quantization scheme (`rtn-int4-g128` means `quant:rtn-int4-g128`)."""
     return parse_attack(name if ":" in name else f"quant:{name}")
+
+
+def target_reference(name: str) -> str:
+    """Where the target's knowledge is measured for a column: under the same weight transform, but at
+    full precision for relearning (which degrades every model at a harmful learning rate)."""
+    return "full" if name != "full" and as_attack(name).trains else name
 
 
 def load_attacked(spec: str, attack: Attack | None, ctx: Context, work: Path):

@@ -5,13 +5,15 @@
 2. The retrained model (control) and the target at full precision: a target that knows nothing the
    retrained model does not know is refused at once ("nothing to forget").
 3. Every attack on the unlearned model, on the retrained model (the control: what the attack teaches or
-   changes in a model that never saw the forget set) and on the target (what the attack leaves of the
-   knowledge there was to forget).
+   changes in a model that never saw the forget set) and, for weight transforms, on the target (what the
+   transform leaves of the knowledge there was to forget).
 4. A scorecard and a verdict. Per attack a, on its evaluation set (the forget set; for
    relearn:forget-part the held-out part), with u, t, c the unlearned, target and control scores:
      retained_a = max over VerbMem_f, KnowMem_f of (u_a - c_a) / (t_a - c_a)
-       (every model under the same attack, as the grid's tables have it; without --retrained, c = 0 and
-        relearning attacks are refused)
+       t_a: the target under the same weight transform (what a deployment of the target would know); for
+       relearning, the target at full precision: relearning at a harmful learning rate degrades every
+       model, and dividing by a degraded target would call that damage "recovery". Without --retrained,
+       c = 0 and relearning attacks are refused.
      recovery_a = (retained_a - retained_full) / (1 - retained_full): the share of what unlearning had
        removed that the attack brings back
      control gain_a = max over the same metrics of (c_a - c_full) / (t_full - c_full)
@@ -41,7 +43,6 @@ from ..evaluate.runner import (
     finished_results,
 )
 from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
-from ..quantize import parse_scheme
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..utils.io import atomic_write_json
@@ -92,18 +93,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text)
 
 
-def quant_scheme(attack: Attack) -> str | None:
-    return attack.params["scheme"] if attack.family == "quant" else None
-
-
 def run_bins(target: str, unlearned: str, attacks: list[Attack], lr: float | None, out: Path | None) -> dict:
-    """Bin analysis per quantization attack the weights alone determine, for local safetensors folders."""
+    """Bin analysis per attack the weights alone determine (quantizers, casts), for local safetensors folders."""
     results = {}
     if not (Path(target).is_dir() and Path(unlearned).is_dir()):
         return results
     for a in attacks:
-        s = quant_scheme(a)
-        if s is None or not parse_scheme(s).analysable or s.endswith("-tensor"):
+        s = a.impl.bins_scheme(a)
+        if s is None:
             continue
         r = analyse(target, unlearned, s, lr)
         if out is not None:
@@ -198,7 +195,7 @@ class Auditor:
         corpus = self.eval_corpus(attack)
         base = self.full(corpus)
         control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
-        target = self.measure("target", attack, corpus)
+        target = base["target"] if attack.trains else self.measure("target", attack, corpus)
         unlearned = self.measure("unlearned", attack, corpus)
         kept_full = retained(base["unlearned"], base["target"], base.get("retrained"))
         kept = retained(unlearned, target, control)

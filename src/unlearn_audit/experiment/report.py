@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ..attacks import as_attack, target_reference
 from ..quantize.schemes import precision_label
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from .ledger import Ledger
@@ -84,12 +85,14 @@ def ratio(a, b) -> float | None:
 
 def add_retention(rows: list[dict]) -> None:
     """retained = unlearned / target and relative = (unlearned - retrained) / (target - retrained), each
-    against the target and retrained models of the same seed (when seeds re-draw them) and precision."""
+    against the target and retrained models of the same seed (when seeds re-draw them) and precision or
+    attack; for relearning attacks the target is taken at full precision (as `audit` does)."""
     ref = {(r["model"], r["seed"], r["scheme"]): r for r in rows if r["model"] in ("target", "retrained")}
     for r in rows:
         if r["model"] in ("target", "retrained"):
             continue
-        t, rt = ref.get(("target", r["model_seed"], r["scheme"])), ref.get(("retrained", r["model_seed"], r["scheme"]))
+        t = ref.get(("target", r["model_seed"], target_reference(r["scheme"])))
+        rt = ref.get(("retrained", r["model_seed"], r["scheme"]))
         for key in ("verbmem_f", "knowmem_f"):
             r[f"retained_{key}"] = ratio(r[key], t[key]) if t else None
             r[f"relative_{key}"] = (ratio(r[key] - rt[key], t[key] - rt[key])
@@ -283,6 +286,38 @@ def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def is_quantization(name: str) -> bool:
+    return name == "full" or as_attack(name).family == "quant"
+
+
+def control_gain(agg: list[dict], attack: str) -> float | None:
+    """What an attack gives the retrained model (seeds averaged), as a share of the target's forgettable
+    knowledge: mean over VerbMem_f, KnowMem_f of (retrained_a - retrained_full) / (target - retrained_full)."""
+    at = {(a["label"], a["scheme"]): a for a in agg}
+    rt, rt_a, t = at.get(("Retrained", "full")), at.get(("Retrained", attack)), at.get(("Target", target_reference(attack)))
+    if not (rt and rt_a and t):
+        return None
+    return mean([ratio(rt_a[k] - rt[k], t[k] - rt[k]) for k in METRICS_F
+                 if None not in (rt_a[k], rt[k], t[k]) and t[k] - rt[k] >= 1.0])
+
+
+def attack_table(verdicts: list[dict], agg: list[dict], attacks: list[str]) -> str:
+    """Per method: recovery under each attack beyond quantization; the last row is the control."""
+    head = ["Unlearned model", "retained at full (mean)", *(f"{a}: recovery VerbMem / KnowMem (mean)" for a in attacks),
+            "measured verdict (4-bit)"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for v in verdicts:
+        row = [v["label"], fmt(v["retained"]["mean"], True)]
+        for a in attacks:
+            rec = v["recovery"].get(a, {})
+            row.append(f"{fmt(rec.get('verbmem_f'), True)} / {fmt(rec.get('knowmem_f'), True)} "
+                       f"({fmt(rec.get('mean'), True)})")
+        lines.append("| " + " | ".join([*row, v["verdict"]]) + " |")
+    gains = [fmt(control_gain(agg, a), True) for a in attacks]
+    lines.append("| Retrained (control): knowledge gained, share of the target's | - | " + " | ".join(gains) + " | - |")
+    return "\n".join(lines)
+
+
 PREDICTION_TOLERANCE = 0.25  # |predicted - measured recovery| within which the bins forecast counts as right
 
 
@@ -441,7 +476,8 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         pieces = {
             "table": paper_table(agg, schemes),
             "retention": retention_table(agg, schemes),
-            "verdicts": verdict_table(verdicts, schemes),
+            "verdicts": verdict_table(verdicts, [x for x in schemes if is_quantization(x)]),
+            "attacks": attack_table(verdicts, agg, [x for x in schemes if not is_quantization(x)]),
             "agreement": regime_lines(verdicts, four_bit(schemes)),
             "bins": bins_lines(brows),
             "quality": model_quality(ledger),
@@ -466,8 +502,14 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
           f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered. The bins "
           "prediction reads the weights alone: the share of the update that does not survive quantization along "
-          "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], "",
-          "## Against the paper (21% retained at full precision -> 83% after 4-bit)", ""]
+          "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], ""]
+    if any(not is_quantization(x) for x in schemes):
+        md += ["## Per method: which other recovery attacks bring the knowledge back?", "",
+               "Recovery as above, under each attack (docs/attacks.md); the last row is the control: what the "
+               "same attack gives the retrained model, which never saw the forget set, as a share of the "
+               "knowledge the target has beyond it (the target at full precision for relearning).", "",
+               pieces["attacks"], ""]
+    md += ["## Against the paper (21% retained at full precision -> 83% after 4-bit)", ""]
     md += [f"- {line}" for line in pieces["agreement"]] or ["- (no unlearned models evaluated yet)"]
     if pieces["bins"]:
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]

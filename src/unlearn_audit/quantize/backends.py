@@ -86,6 +86,18 @@ def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
     return model
 
 
+@torch.no_grad()
+def apply_cast(model, scheme: Scheme):
+    """Round every floating-point parameter to the scheme's 16-bit format (the model keeps its dtype)."""
+    from .schemes import CAST_DTYPES
+
+    dtype = CAST_DTYPES[scheme.kind]
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.copy_(p.to(dtype).to(p.dtype))
+    return model
+
+
 def calibration_dataset(tokenizer, texts: list[str], opts: QuantizeOptions):
     """Tokenized calibration texts as a `datasets.Dataset` (what llmcompressor's oneshot expects)."""
     import datasets
@@ -244,6 +256,8 @@ def quantized_model(
     model = load_model(spec, dtype, load, device)
     if s.family == "rtn":
         return apply_rtn(model, s, opts)
+    if s.family == "cast":
+        return apply_cast(model, s)
     if s.family == "hqq":
         return apply_hqq(model, s)
     if tokenizer is None or not calibration_texts:

@@ -243,7 +243,7 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         raise UserError("--lr must be positive")
     a, b = ShardedWeights(target), ShardedWeights(unlearned)
     names = select_tensors(a, b, opts)
-    cap = bf16_cap(lr) if lr else None
+    cap = bf16_cap(lr) if lr and s.family != "cast" else None
     total, layers = Tally(), {}
     dtypes = {"target": sorted({a.dtype(n) for n in names}), "unlearned": sorted({b.dtype(n) for n in names})}
     for name in names:
@@ -279,16 +279,16 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
 def verdict(summary: dict, scheme: Scheme) -> str:
     """One line: does the update survive N-bit quantization? Decided by the survival along the update
     (it predicted the demo's measured recovery better than the erased mass: docs/findings.md)."""
-    n = scheme.bits
+    how = f"casting to {scheme.kind}" if scheme.family == "cast" else f"{scheme.bits}-bit quantization"
     if summary["changed_share"] == 0:
         return "no weight changed: the models are identical"
     share, survival = summary["erased_mass_share"], summary["projected_survival"]
     if summary["same_value_share"] == 1.0:
-        return f"quantized unlearned model equals the quantized target: update is erased by {n}-bit quantization in 100% of its mass"
+        return f"quantized unlearned model equals the quantized target: update is erased by {how} in 100% of its mass"
     if survival < 0.5:
-        return (f"update is erased by {n}-bit quantization: {survival:.0%} of it survives along its direction "
+        return (f"update is erased by {how}: {survival:.0%} of it survives along its direction "
                 f"({share:.0%} of its mass erased)")
-    return f"update survives {n}-bit quantization ({survival:.0%} along its direction; {share:.0%} of its mass erased)"
+    return f"update survives {how} ({survival:.0%} along its direction; {share:.0%} of its mass erased)"
 
 
 def table(result: dict) -> str:

@@ -4,6 +4,7 @@
     bnb-fp4, bnb-nf4 (bitsandbytes 4-bit, blocks of 64; the paper's 4-bit), bnb-int8 (LLM.int8)
     gptq-int4-g128, awq-int4-g128                         (llmcompressor, calibrated on retain texts)
     hqq-int4-g64                                          (HQQ, calibration-free)
+    cast-bf16, cast-fp16                                  (a 16-bit float format; the `cast:` attack)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Scheme:
     @property
     def analysable(self) -> bool:
         """Whether `bins` can reproduce the quantizer from the weights alone (no calibration data)."""
-        return self.family in ("rtn", "bnb")
+        return self.family in ("rtn", "bnb", "cast")
 
 
 def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
@@ -45,7 +46,7 @@ def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
         flat = w.reshape(-1)  # bitsandbytes blocks of 64 run over the flattened row-major tensor
         full = (flat.numel() // 64) * 64
         return [v for v in (flat[:full].reshape(-1, 64), flat[full:].reshape(1, -1)) if v.numel()]
-    if scheme.family == "bnb" or scheme.rtn.granularity == "channel":
+    if scheme.family in ("bnb", "cast") or scheme.rtn.granularity == "channel":
         return [w]
     if scheme.rtn.granularity == "tensor":
         return [w.reshape(1, -1)]
@@ -64,6 +65,9 @@ def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torc
     if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
         codes, deq, absmax = codebook_groups(x, scheme.kind)
         return codes, deq, absmax, absmax * zero_bin_halfwidth(scheme.kind)
+    if scheme.family == "cast":
+        deq = x.to(CAST_DTYPES[scheme.kind]).float()
+        return deq, deq, float_spacing(deq, scheme.kind), float_spacing(deq, scheme.kind) / 2
     rtn = scheme.rtn if scheme.family == "rtn" else RTNScheme(8, "channel", None, True, "maxq")
     if rtn.symmetric:
         scale = x.abs().amax(dim=1, keepdim=True).div_(rtn.divisor)
@@ -79,6 +83,17 @@ def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torc
     return codes, (codes - zero).mul_(scale), scale, scale / 2
 
 
+CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MANTISSA_BITS = {"bf16": 7, "fp16": 10}
+SMALLEST_EXPONENT = {"bf16": -126, "fp16": -14}  # of the normal numbers; below, the spacing is constant
+
+
+def float_spacing(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The distance between neighbouring values of the 16-bit format at x (its 'quantization step')."""
+    exponent = torch.floor(torch.log2(x.abs().clamp(min=1e-38))).clamp(min=SMALLEST_EXPONENT[kind])
+    return torch.exp2(exponent - MANTISSA_BITS[kind])
+
+
 def parse_scheme(name: str) -> Scheme:
     """Parse a scheme string; unknown names are one-line user errors listing examples."""
     name = name.strip()
@@ -91,6 +106,8 @@ def parse_scheme(name: str) -> Scheme:
         return Scheme(name, "bnb", 4, 64, kind=name[4:])
     if name == "bnb-int8":
         return Scheme(name, "bnb", 8, None, kind="int8")
+    if name in ("cast-bf16", "cast-fp16"):  # a 16-bit float format: round-to-nearest-even of every weight
+        return Scheme(name, "cast", 16, None, kind=name[5:])
     m = LIB_PATTERN.match(name)
     if m:
         family, bits, group = m.group(1), int(m.group(2)), int(m.group(3))
@@ -111,4 +128,6 @@ def precision_label(name: str) -> str:
             return name
         name = rest
     s = parse_scheme(name)
+    if s.family == "cast":
+        return s.kind
     return f"int{s.bits}" if s.family != "bnb" else f"{s.bits}-bit"
