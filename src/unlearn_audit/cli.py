@@ -342,6 +342,10 @@ def cmd_audit(args) -> int:
     corpus = Corpus.open(args.corpus)
     result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
                    show=not args.quiet)
+    from .experiment.scorecard import table
+
+    print()
+    print("\n".join(table(result)))
     print()
     print(("PASS: " if result["exit_code"] == 0 else "FAIL: ") + result["verdict"])
     return result["exit_code"]

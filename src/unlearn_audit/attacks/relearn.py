@@ -1,11 +1,12 @@
 """`relearn:retain` and `relearn:forget-part`: a few fine-tuning steps bring the knowledge back.
 
 - `relearn:retain:steps=S,lr=L`: benign relearning on the retain texts, data the owner may legitimately
-  fine-tune on (Hu et al., "Jogging the memory of unlearned LLMs through targeted relearning attacks",
-  2024).
+  fine-tune on (Hu et al., "Unlearning or obfuscating? Jogging the memory of unlearned LLMs via benign
+  relearning", ICLR 2025, arXiv 2406.13356).
 - `relearn:forget-part:share=P,steps=S,lr=L`: relearning on a share P of the forget set; the metrics are
   measured on the rest only (Deeb & Roger, "Do unlearning methods remove information from language
-  model weights?", 2024; Lynch et al., "Eight methods to evaluate robust unlearning in LLMs", 2024).
+  model weights?", arXiv 2410.08827; Lynch et al., "Eight methods to evaluate robust unlearning in LLMs",
+  arXiv 2402.16835).
   Items are split by entity where the corpus names them (the built-in world: one person's bios,
   questions and verbatim prompts go to the same side), else item by item; what the relearning texts
   teach about held-out items anyway is measured by the control, the retrained model under the same
@@ -43,7 +44,8 @@ class Relearn(AttackFamily):
               Param("dtype", str, "fp32", lambda v: v in ("fp32", "bf16", "mixed"), "fp32, bf16 or mixed")]
     usage = ("relearn:retain[:steps=S,lr=L,batch=B,seed=N,dtype=D] or "
              "relearn:forget-part[:share=P,steps=S,lr=L,...]")
-    source = "Hu et al. 2024 (benign relearning); Deeb & Roger 2024; Lynch et al. 2024"
+    source = ("Hu et al., ICLR 2025, arXiv 2406.13356 (benign relearning); Deeb & Roger, arXiv 2410.08827; "
+              "Lynch et al., arXiv 2402.16835 (relearning on part of the forget set)")
     trains = True
 
     @classmethod

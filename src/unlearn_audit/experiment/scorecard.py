@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..utils.io import atomic_write_text, save_figure
+from .report import fmt
 
 METRICS = (("knowmem_f", "KnowMem_f"), ("verbmem_f", "VerbMem_f"), ("privleak", "PrivLeak"), ("knowmem_r", "KnowMem_r"))
 
@@ -14,7 +15,7 @@ def num(x) -> str:
 
 
 def pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+    return fmt(x, pct=True)
 
 
 def holds(row: dict) -> str:
