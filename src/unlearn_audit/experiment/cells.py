@@ -101,8 +101,8 @@ def unlearn_cell(runner, cell) -> dict:
     from ..models.loading import read_model_json
 
     info = read_model_json(out, "unlearn.json") or {}
-    return {"path": str(out), "method": settings.method if settings.method != "sure" else "sure",
-            "base": settings.base if settings.method == "sure" else None,
+    return {"path": str(out), "method": settings.method,
+            "base": settings.base if settings.method in ("sure", "qat") else None,
             "dtype": settings.dtype, "lr": info.get("resolved", {}).get("learning_rate"),
             "seed": settings.seed, "chosen_epoch": info.get("chosen_epoch"), "diverged": info.get("diverged"),
             "arithmetic": info.get("precision", {}).get("arithmetic"), "settings": cfg["settings"],

@@ -55,7 +55,7 @@ class GridConfig:
         if not self.methods or not self.learning_rates or not self.dtypes or not self.seeds:
             raise UserError("a grid needs at least one method, learning rate, dtype and seed")
         for m in self.methods:
-            if m != "sure":
+            if m not in ("sure", "qat"):
                 resolve_method(m)
         bad = [d for d in self.dtypes if d not in PRECISIONS]
         if bad:

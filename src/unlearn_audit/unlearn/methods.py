@@ -41,6 +41,20 @@ class Batch:
     def labels(self, split: str) -> torch.Tensor:
         return self.inputs[f"{split}_labels"]
 
+    def on(self, model) -> Batch:
+        """The same inputs for another view of the model (fake-quantized), reusing the reference logits."""
+        other = Batch(model, self.ref_model, self.inputs)
+        for name in ("forget_ref_logits", "retain_ref_logits"):
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
+
+    def hidden(self, net, split: str, layer: int) -> torch.Tensor:
+        """Output of decoder block `layer` (0-based) for the split's sequences (not cached: RMU only)."""
+        out = net(input_ids=self.inputs[f"{split}_input_ids"], attention_mask=self.inputs[f"{split}_attention_mask"],
+                  output_hidden_states=True)
+        return out.hidden_states[layer + 1]
+
     @functools.cached_property
     def forget_logits(self) -> torch.Tensor:
         return self._logits(self.model, "forget")
@@ -65,11 +79,14 @@ LossFn = Callable[[Batch, "object"], torch.Tensor]
 
 @dataclass(frozen=True)
 class Component:
-    """A registered loss term and whether it needs the frozen reference model."""
+    """A registered loss term: whether it needs the frozen reference model or retain batches, and an
+    optional `prepare(model, cfg)` run once before training (RMU freezes all but a few matrices)."""
 
     name: str
     fn: LossFn
     needs_ref: bool
+    needs_retain: bool = False
+    prepare: Callable | None = None
 
 
 FORGET_LOSSES: dict[str, Component] = {}
@@ -77,9 +94,10 @@ REGULARIZERS: dict[str, Component] = {}
 INTERNAL: set[str] = set()  # losses the attacks use (relearning), not offered as unlearning methods
 
 
-def register_forget_loss(name: str, needs_ref: bool, internal: bool = False) -> Callable[[LossFn], LossFn]:
+def register_forget_loss(name: str, needs_ref: bool, internal: bool = False, needs_retain: bool = False,
+                         prepare: Callable | None = None) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        FORGET_LOSSES[name] = Component(name, fn, needs_ref)
+        FORGET_LOSSES[name] = Component(name, fn, needs_ref, needs_retain, prepare)
         if internal:
             INTERNAL.add(name)
         return fn
@@ -135,16 +153,22 @@ class Method:
 
     @property
     def needs_retain(self) -> bool:
-        return self.regularizer is not None
+        return self.forget.needs_retain or self.regularizer is not None
+
+
+def _load_method_files() -> None:
+    from . import rmu, simnpo  # noqa: F401  (each registers its forget loss)
 
 
 def method_names() -> list[str]:
     """Every registered combination, e.g. ga, ga_gdr, ga_klr, npo, ..."""
+    _load_method_files()
     return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES if f not in INTERNAL for r in ("", *REGULARIZERS)]
 
 
 def resolve_method(name: str) -> Method:
     """'npo_klr' -> Method(npo, klr); unknown names are user errors listing the known ones."""
+    _load_method_files()
     forget, _, reg = name.partition("_")
     if forget not in FORGET_LOSSES or (reg and reg not in REGULARIZERS):
         raise UserError(f"unknown method '{name}'; choose one of {', '.join(method_names())} or sure")

@@ -36,7 +36,9 @@ from ..models.loading import LoadOptions, describe_dtypes, load_model, load_toke
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir
 from ..utils.progress import quiet_trainer_output
 from . import bf16, sure
+from .margin import batch_margin_loss, derived_margin
 from .methods import Batch, Method, resolve_method
+from .qat import DEFAULT_THROUGH, FakeQuantized, parse_through
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,9 @@ class Diverged(RuntimeError):
 class UnlearnConfig:
     """How to unlearn (CLI flags and YAML keys have these names)."""
 
-    method: str = field(default="npo_klr", metadata={"help": "ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr or sure"})
-    base: str = field(default="npo_klr", metadata={"help": "with --method sure: the method SURE masks"})
+    method: str = field(default="npo_klr", metadata={
+        "help": "ga, npo, simnpo, rmu, each alone or with _gdr/_klr (e.g. npo_klr); sure or qat (with --base)"})
+    base: str = field(default="npo_klr", metadata={"help": "with --method sure or qat: the method it wraps"})
     learning_rate: float | None = field(
         default=None, metadata={"help": f"AdamW learning rate (default {DEFAULT_LR}; SURE {DEFAULT_SURE_LR})"}
     )
@@ -75,6 +78,23 @@ class UnlearnConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (SURE needs 0)"})
     saliency: str | None = field(default=None, metadata={"help": "row or module: SURE-style masking on any method"})
     saliency_percentile: float = field(default=90.0, metadata={"help": "keep rows at or above this percentile"})
+    through: str | None = field(default=None, metadata={
+        "help": "quantization-aware unlearning: also evaluate the loss on the model fake-quantized with these "
+                "schemes (comma-separated rtn-*/bnb-fp4/bnb-nf4; straight-through gradients); --method qat "
+                "defaults it to rtn-int4-g128"})
+    through_mix: float = field(default=0.5, metadata={
+        "help": "weight of the full-precision loss next to the fake-quantized ones (1 = full precision only)"})
+    margin_weight: float = field(default=0.0, metadata={
+        "help": "weight of the margin term keeping forget-token log-probs a margin below the target's (0 = off)"})
+    margin: float | None = field(default=None, metadata={
+        "help": "that margin in nats (default: twice the log-prob shift the quantizer causes on the target)"})
+    simnpo_beta: float = field(default=2.5, metadata={"help": "SimNPO inverse temperature"})
+    simnpo_gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin"})
+    rmu_layer: int | None = field(default=None, metadata={"help": "RMU: decoder block steered (default: middle)"})
+    rmu_steering: float = field(default=20.0, metadata={"help": "RMU: length of the random target direction"})
+    rmu_alpha: float = field(default=1000.0, metadata={"help": "RMU: weight of the retain activation term"})
+    rmu_params: str | None = field(default=None, metadata={
+        "help": "RMU: regex of the trained parameters (default: MLP down_proj of blocks layer-2..layer)"})
     utility_floor: float | None = field(
         default=None, metadata={"help": "stop at the first epoch whose KnowMem_r (x100) falls below this"}
     )
@@ -90,12 +110,26 @@ class UnlearnConfig:
             raise UserError("--epochs, --batch-size and --grad-accum must be at least 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError("--max-steps must be at least 1")
+        if not 0 <= self.through_mix <= 1:
+            raise UserError("--through-mix must lie between 0 and 1")
+        if self.margin_weight < 0 or (self.margin is not None and self.margin <= 0):
+            raise UserError("--margin-weight must be >= 0 and --margin positive")
+        self.through_schemes()
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError("--learning-rate must be positive")
         self.resolve()
 
+    def through_schemes(self) -> list:
+        """The schemes the loss is also evaluated through (quantization-aware unlearning), parsed."""
+        from .qat import DEFAULT_THROUGH, parse_through
+
+        text = self.through or (DEFAULT_THROUGH if self.method == "qat" else None)
+        return parse_through(text) if text else []
+
     def resolve(self) -> tuple[Method, str | None, float]:
-        """(method, saliency level or None, learning rate) with SURE's defaults applied."""
+        """(method, saliency level or None, learning rate) with SURE's and QAT's defaults applied."""
+        if self.method == "qat":
+            return resolve_method(self.base), self.saliency, self.learning_rate or DEFAULT_LR
         if self.method == "sure":
             method = resolve_method(self.base)
             level = self.saliency or "row"
@@ -169,6 +203,8 @@ class UnlearnTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.method = method
         self.ucfg = cfg
+        self.through = cfg.through_schemes()
+        self.margin = cfg.margin
         self.masks = masks
         self.ref_model = self._prepare_ref(ref_model) if ref_model is not None else None
         self._sums: dict[str, float] = {}
@@ -183,8 +219,8 @@ class UnlearnTrainer(Trainer):
             return self.accelerator.prepare_model(ref, evaluation_mode=True)
         return ref.to(self.args.device)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = Batch(model, self.ref_model, inputs)
+    def method_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forget loss + alpha * regularizer, and the parts to log."""
         forget = self.method.forget.fn(batch, self.ucfg)
         loss = forget
         parts = {"forget_loss": forget.detach().float().item()}
@@ -192,6 +228,19 @@ class UnlearnTrainer(Trainer):
             reg = self.method.regularizer.fn(batch, self.ucfg)
             loss = loss + self.ucfg.alpha * reg
             parts["retain_loss"] = reg.detach().float().item()
+        return loss, parts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = Batch(model, self.ref_model, inputs)
+        loss, parts = self.method_loss(batch)
+        if self.through:  # quantization-aware: the same loss on each fake-quantized model (qat.py)
+            quantized = torch.stack([self.method_loss(batch.on(FakeQuantized(model, s)))[0] for s in self.through])
+            parts["quantized_loss"] = quantized.mean().detach().float().item()
+            loss = self.ucfg.through_mix * loss + (1 - self.ucfg.through_mix) * quantized.mean()
+        if self.ucfg.margin_weight:
+            term = batch_margin_loss(batch, self.margin)
+            parts["margin_loss"] = term.detach().float().item()
+            loss = loss + self.ucfg.margin_weight * term
         value = loss.detach().float().item()
         if not math.isfinite(value) or abs(value) > self.ucfg.max_abs_loss:
             raise Diverged(f"loss {value:.4g} at step {self.state.global_step}")
@@ -314,7 +363,9 @@ def unlearn(
     model = load_model(model_path, dtype, opts)
     model.config.use_cache = False
     tokenizer = load_tokenizer(model_path, opts)
-    ref = load_model(model_path, dtype, opts) if method.needs_ref else None
+    ref = load_model(model_path, dtype, opts) if method.needs_ref or cfg.margin_weight else None
+    if method.forget.prepare is not None:
+        method.forget.prepare(model, cfg)
     if arithmetic == "emulated":  # the weights native bf16 would load
         for m in (model, ref):
             if m is not None:
@@ -364,6 +415,12 @@ def unlearn(
     if arithmetic == "emulated" and sharded:
         raise UserError("--arithmetic emulated is for single-device and DDP runs; use --arithmetic native "
                         "under DeepSpeed/FSDP")
+    if trainer.through and trainer.args.world_size > 1:
+        raise UserError("quantization-aware unlearning (--through / qat) runs on one device for now")
+    if cfg.margin_weight and cfg.margin is None:
+        scheme = (trainer.through or parse_through(DEFAULT_THROUGH))[0]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collator)
+        trainer.margin = derived_margin(trainer.ref_model, scheme, loader, trainer.args.device)
 
     diverged = None
     if recorder.state["stopped"] is None and not finished(recorder.state, cfg):
@@ -385,10 +442,11 @@ def unlearn(
         model.to(torch.bfloat16)  # exact: the weights hold bf16 values; saved as native bf16 would be
 
     record = {
-        "method": cfg.method if cfg.method != "sure" else f"sure({cfg.base})",
+        "method": f"{cfg.method}({cfg.base})" if cfg.method in ("sure", "qat") else cfg.method,
         "config": asdict(cfg),
         "resolved": {"method": method.name, "learning_rate": lr, "saliency": level, "utility_floor": floor,
-                     "needs_reference": method.needs_ref},
+                     "needs_reference": method.needs_ref, "through": [s.name for s in trainer.through],
+                     "margin": trainer.margin if cfg.margin_weight else None},
         "precision": {"mode": cfg.dtype, "arithmetic": arithmetic,
                       "description": bf16.describe(arithmetic, cfg.dtype),
                       "parameter_dtypes": describe_dtypes(model),
