@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--attacks", nargs="+", required=True)
     ap.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r")
+    ap.add_argument("--by", nargs="*", default=[], help="unlearning options that also tell runs apart (e.g. alpha)")
     args = ap.parse_args()
     corpus = Corpus(args.run_dir / "corpus")
     recovery: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -55,7 +56,7 @@ def main() -> None:
         cfg = AuditConfig(attacks=args.attacks, metrics=args.metrics.split(","))
         report = audit(str(target), str(model), corpus, cfg, str(retrained_for(target)),
                        args.run_dir / "attack-audits" / model.name, show=False, say=lambda _: None)
-        key = (info["method"], info["config"]["dtype"])
+        key = (info["method"], info["config"]["dtype"], *(f"{k} {info['config'][k]}" for k in args.by))
         for row in report["attacks"]:
             names += [row["attack"]] if row["attack"] not in names else []
             if row["recovery"] is not None:
@@ -65,8 +66,9 @@ def main() -> None:
         print(f"{model.name} {key[0]} {key[1]} seed {info['config']['seed']}: {report['verdict']}", flush=True)
     print("\n| Unlearned model | " + " | ".join(f"{a}: recovery" for a in names) + " |")
     print("|---" * (len(names) + 1) + "|")
-    for (method, dtype), recs in sorted(recovery.items()):
-        print(f"| {method.upper()} ({dtype}) | " + " | ".join(spread(recs[a]) if recs[a] else "-" for a in names) + " |")
+    for (method, dtype, *extra), recs in sorted(recovery.items()):
+        label = ", ".join([dtype, *extra])
+        print(f"| {method.upper()} ({label}) | " + " | ".join(spread(recs[a]) if recs[a] else "-" for a in names) + " |")
     control = [[g for (_, a), g in gains.items() if a == name] for name in names]
     print("| Retrained (control): gain | " + " | ".join(spread(g) if g else "-" for g in control) + " |")
 
