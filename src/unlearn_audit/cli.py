@@ -160,6 +160,7 @@ def cmd_quantize(args) -> int:
               "calibration": str(args.calibration) if corpus else None,
               "embeddings_quantized": args.quantize_embeddings, "lm_head_quantized": args.quantize_lm_head,
               "storage": "dequantized weights (quantize-dequantize)" if scheme.family == "rtn" else "library format",
+              "partial_last_group": getattr(model, "partial_groups", {}),
               "seconds": round(time.time() - started, 2), "unlearn_audit_version": __version__}
     out = save_quantized(model, tok, scheme, args.out, record)
     print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")

@@ -118,3 +118,23 @@ def test_eval_quantize_on_the_fly(run_cli, micro_target, micro_world, tmp_path):
 def test_gptq_without_calibration_corpus_is_a_user_error(run_cli, micro_target, tmp_path):
     code, _, err = run_cli("quantize", "--model", micro_target, "--scheme", "gptq-int4-g128", "--out", tmp_path / "g")
     assert code == 2 and "--calibration" in err
+
+
+def test_rtn_announces_and_records_partial_last_groups(caplog):
+    """A width the group size does not divide (SmolLM2's 576 with g128): RTN's documented fallback is a
+    last group with its own step, said on stderr and kept in the record; GPTQ refuses the same model."""
+    import logging
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn_audit.quantize.backends import apply_rtn, check_group_size
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=192, intermediate_size=256, num_hidden_layers=1,
+                                         num_attention_heads=3, num_key_value_heads=3, vocab_size=64))
+    with caplog.at_level(logging.WARNING):
+        apply_rtn(model, parse_scheme("rtn-int4-g128"))
+    assert "last group of 64 columns gets its own scale" in caplog.text
+    assert model.partial_groups["model.layers.0.self_attn.q_proj"] == 192
+    assert "model.layers.0.mlp.down_proj" not in model.partial_groups  # 256 columns: whole groups
+    with pytest.raises(UserError, match="not a multiple of 128"):
+        check_group_size(model, parse_scheme("gptq-int4-g128"), QuantizeOptions())

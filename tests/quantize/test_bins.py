@@ -136,3 +136,34 @@ def test_bins_cli(run_cli, tmp_path):
     assert code == 0 and "verdict (rtn-int4-g128)" in out and (tmp_path / "b" / "bins.png").is_file()
     code, _, err = run_cli("bins", "--target", tmp_path / "nope", "--unlearned", tmp_path / "u")
     assert code == 2 and "model folder not found" in err
+
+
+def test_coverage_reports_what_the_quantizers_leave_in_full_precision(tmp_path):
+    """Embeddings, norms and tied output heads are not quantized, so bins does not analyse them, but it
+    says so, with their share of the update: here an update that lives mostly in the embedding."""
+    target = {**make_target(), "model.embed_tokens.weight": torch.randn(100, 256) * 0.05,
+              "model.norm.weight": torch.ones(256)}
+    unlearned = {n: w.clone() for n, w in target.items()}
+    unlearned["model.embed_tokens.weight"] += 0.01
+    unlearned["model.norm.weight"] += 0.001
+    unlearned[NAMES[0]][0, 0] += 0.01
+    t, u = save(tmp_path / "t", target), save(tmp_path / "u", unlearned)
+    (t / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    r = bins.analyse(t, u, "rtn-int4-g128")
+    cov = r["coverage"]
+    left = {x["tensor"]: x for x in cov["not_analysed"]}
+    assert set(left) == {"model.embed_tokens.weight", "model.norm.weight"}
+    total = 100 * 256 * 0.01 + 256 * 0.001 + 0.01
+    assert left["model.embed_tokens.weight"]["update_mass_share"] == pytest.approx(256 / total, rel=1e-3)
+    assert left["model.norm.weight"]["reason"].startswith("not a weight matrix")
+    assert cov["analysed_update_mass_share"] == pytest.approx(0.01 / total, rel=1e-2)
+    assert "tied to model.embed_tokens.weight" in cov["tied_output_head"]
+    assert "not analysed: model.embed_tokens.weight" in bins.table(r)
+
+
+def test_widths_the_group_size_does_not_divide_are_listed(tmp_path):
+    target = {"model.layers.0.mlp.down_proj.weight": torch.randn(8, 192) * 0.05}
+    unlearned = {n: w + 0.01 for n, w in target.items()}
+    r = bins.analyse(save(tmp_path / "t", target), save(tmp_path / "u", unlearned), "rtn-int4-g128")
+    assert r["partial_last_group"] == {"model.layers.0.mlp.down_proj.weight": 192}
+    assert "their last group has its own step" in bins.table(r)

@@ -77,13 +77,29 @@ def target_linears(model, opts: QuantizeOptions) -> list[tuple[str, torch.nn.Mod
 
 @torch.no_grad()
 def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
-    """Replace each target weight by its RTN quantize-dequantize, in place; returns the model."""
+    """Replace each target weight by its RTN quantize-dequantize, in place; returns the model. Layers whose
+    width the group size does not divide are announced (their last group gets its own scale)."""
     opts = opts or QuantizeOptions()
     if scheme.family != "rtn":
         raise UserError(f"{scheme.name} is not an RTN scheme")
+    partial = partial_groups(model, scheme, opts)
+    if partial:
+        name, width = next(iter(partial.items()))
+        log.warning("%s: %d layer(s) have a width that is not a multiple of %d (first: %s, %d); their last "
+                    "group of %d columns gets its own scale (docs/quantization.md)", scheme.name, len(partial),
+                    scheme.group_size, name, width, width % scheme.group_size)
+    model.partial_groups = partial  # recorded in quantization.json by `quantize`
     for _, mod in target_linears(model, opts):
         mod.weight.copy_(fake_quantize(mod.weight, scheme.rtn).to(mod.weight.dtype))
     return model
+
+
+def partial_groups(model, scheme: Scheme, opts: QuantizeOptions) -> dict[str, int]:
+    """{layer: input width} of the layers a group-wise scheme cannot cover with whole groups."""
+    g = scheme.group_size if scheme.family != "rtn" or scheme.rtn.granularity == "group" else None
+    if not g:
+        return {}
+    return {name: mod.weight.shape[1] for name, mod in target_linears(model, opts) if mod.weight.shape[1] % g}
 
 
 @torch.no_grad()
@@ -151,10 +167,7 @@ def check_group_size(model, scheme: Scheme, opts: QuantizeOptions) -> None:
     """GPTQ/AWQ (llmcompressor) need every quantized layer's input width to be a multiple of the group size; say which
     layer is not (before the library fails deep inside) and what to use instead. Our RTN instead gives a
     partial last group its own scale (docs/quantization.md)."""
-    if not scheme.group_size:
-        return
-    bad = [(name, mod.weight.shape[1]) for name, mod in target_linears(model, opts)
-           if mod.weight.shape[1] % scheme.group_size]
+    bad = list(partial_groups(model, scheme, opts).items())
     if bad:
         name, width = bad[0]
         fits = [g for g in (128, 64, 32) if all(w % g == 0 for _, w in bad)]

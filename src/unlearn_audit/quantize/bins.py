@@ -77,6 +77,9 @@ class ShardedWeights:
     def dtype(self, name: str) -> str:
         return str(self.slice(name).get_dtype())
 
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.handles[self.where[name]].get_tensor(name)
+
     def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Rows [start, stop) as float32, first rounded to `as_dtype` when given."""
         x = self.slice(name)[start:stop]
@@ -105,6 +108,56 @@ def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> l
     if not picked:
         raise UserError("no quantizable 2-D weights found in both models")
     return picked
+
+
+def skip_reason(name: str, shape: list[int], opts: BinsOptions) -> str:
+    """Why a tensor both models hold is left out of the analysis (quantizers keep it in full precision)."""
+    if len(shape) != 2 or not name.endswith("weight"):
+        return "not a weight matrix (norms, biases): never quantized"
+    if "embed" in name:
+        return "embedding: the quantizers keep it in full precision (--include-embeddings analyses it)"
+    return "output head: the quantizers keep it in full precision (--include-lm-head analyses it)"
+
+
+def update_mass(a: ShardedWeights, b: ShardedWeights, name: str, budget: int) -> tuple[int, int, float]:
+    """(weights, changed weights, sum |w_u - w_t|) of one tensor, streamed by rows."""
+    shape = a.shape(name)
+    rounding = comparison_dtype(a.dtype(name), b.dtype(name))  # as for the analysed tensors
+    if len(shape) < 2:  # small: read whole
+        ta = a.tensor(name)
+        d = (b.tensor(name).float() - (ta.to(rounding) if rounding is not None else ta).float()).abs()
+        return d.numel(), int((d > 0).sum()), float(d.sum(dtype=torch.float64))
+    per = max(1, budget // max(math.prod(shape[1:]), 1))
+    n = changed = 0
+    mass = 0.0
+    for r0 in range(0, shape[0], per):
+        d = (b.rows(name, r0, r0 + per) - a.rows(name, r0, r0 + per, rounding)).abs()
+        n, changed, mass = n + d.numel(), changed + int((d > 0).sum()), mass + float(d.sum(dtype=torch.float64))
+    return n, changed, mass
+
+
+def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_mass: float,
+             opts: BinsOptions) -> dict:
+    """What the analysis leaves out and how much of the update that is: every other tensor of the pair,
+    with its share of the total update mass (sum |w_u - w_t|), and tied output heads stored only once."""
+    left = []
+    for name in (n for n in a.names() if n in b.where and n not in picked):
+        n, changed, mass = update_mass(a, b, name, opts.chunk_elements)
+        left.append({"tensor": name, "weights": n, "changed_share": changed / max(n, 1), "update_mass": mass,
+                     "reason": skip_reason(name, a.shape(name), opts)})
+    total = analysed_mass + sum(x["update_mass"] for x in left)
+    for x in left:
+        x["update_mass_share"] = x.pop("update_mass") / total if total > 0 else 0.0
+    config = a.folder / "config.json"
+    tied = config.is_file() and bool(__import__("json").loads(config.read_text()).get("tie_word_embeddings"))
+    heads = [n for n in a.names() if "lm_head" in n]
+    note = None
+    if tied and not heads:
+        embed = next((n for n in a.names() if "embed_tokens" in n or "wte" in n), "the input embedding")
+        note = (f"the output head is tied to {embed} (stored once): its update is that embedding's, "
+                "reported above, and quantizers keep it in full precision")
+    return {"analysed_update_mass_share": analysed_mass / total if total > 0 else 1.0,
+            "not_analysed": left, "tied_output_head": note}
 
 
 PRECISION_BITS = {"F64": 53, "F32": 24, "BF16": 8, "F16": 11}
@@ -272,6 +325,9 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         "histograms": {"edges": HIST_EDGES.tolist(), "dw_over_delta": total.dw_hist.tolist(),
                        "w_over_delta": total.w_hist.tolist()},
         "layers": layers,
+        "coverage": coverage(a, b, names, total.mass, opts),
+        "partial_last_group": {n: a.shape(n)[1] for n in names
+                               if s.family == "rtn" and s.rtn.granularity == "group" and a.shape(n)[1] % s.group_size},
     }
     return result
 
@@ -303,6 +359,19 @@ def table(result: dict) -> str:
                      f"{'-' if med is None else f'{med:.3g}'} |")
     lines.append("")
     lines.append(f"verdict ({result['scheme']}): {result['verdict']}")
+    cov = result.get("coverage")
+    if cov:
+        left = sorted(cov["not_analysed"], key=lambda x: -x["update_mass_share"])
+        lines.append(f"analysed: {cov['analysed_update_mass_share']:.1%} of the update mass; not analysed: "
+                     + (", ".join(f"{x['tensor']} {x['update_mass_share']:.1%} ({x['reason'].split(':')[0]})"
+                                  for x in left[:4] if x["update_mass_share"] > 0) or "nothing that changed")
+                     + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
+        if cov["tied_output_head"]:
+            lines.append(cov["tied_output_head"])
+    if result.get("partial_last_group"):
+        name, width = next(iter(result["partial_last_group"].items()))
+        lines.append(f"{len(result['partial_last_group'])} tensor(s) have a width the group size does not divide "
+                     f"(first: {name}, {width}): their last group has its own step, as RTN quantizes it")
     if result.get("bf16_cap"):
         lines.append(f"bf16 cap at lr {result['lr']:g}: |w| < {result['bf16_cap']:.4g}; movable share "
                      f"{result['bf16_movable_share']:.1%}; weights whose zero bin contains the cap "
