@@ -167,6 +167,16 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .data.corpus import Corpus
+    from .models.finetune import FinetuneConfig, finetune
+
+    cfg = config_from_args(FinetuneConfig, args, args.config)
+    out = finetune(args.model, Corpus.open(args.corpus), cfg, args.out, load_options(args), show=not args.quiet)
+    print(f"{cfg.role} model written to {out}")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .models.gguf import is_gguf
     from .models.loading import load_model, load_tokenizer
@@ -371,6 +381,7 @@ def cmd_audit(args) -> int:
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
+    from .models.finetune import FinetuneConfig
     from .models.tiny import TinyRecipe
     from .unlearn.trainer import UnlearnConfig
 
@@ -427,6 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_flags(p)
     add_quantize_flags(p)
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("finetune", help="make the target (forget+retain) or retrained (retain only) model from "
+                                        "any causal LM on a corpus")
+    p.add_argument("--model", required=True, help="the base model (folder, hub id or .gguf)")
+    p.add_argument("--corpus", required=True, help="corpus in the MUSE layout (needs raw/forget.json, raw/retain.json)")
+    p.add_argument("--out", required=True, help="folder to write (re-run it to resume)")
+    p.add_argument("--config", help="YAML file with fine-tuning options (flags override it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_arguments(p, FinetuneConfig)
+    add_load_flags(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("convert", help="a .gguf file as a safetensors model folder (any model argument also "
                                        "accepts .gguf directly)")

@@ -45,3 +45,20 @@ def test_eval_unlearn_and_bins_on_the_real_model(smollm2, shared_dir, tmp_path):
     assert 0 < r["changed_share"] < 0.2  # pure bf16 at a small lr: only small weights move
     cov = r["coverage"]
     assert cov["tied_output_head"] and any("embed" in x["tensor"] for x in cov["not_analysed"])
+
+
+def test_finetune_and_quantized_eval_on_the_real_model(smollm2, shared_dir, tmp_path):
+    from unlearn_audit.data.corpus import write_corpus
+    from unlearn_audit.models.finetune import FinetuneConfig, finetune
+    from unlearn_audit.quantize import model_at
+
+    muse = Corpus(shared_dir / "muse" / "news")
+    qa = lambda split: [f"Question: {q.question}\nAnswer: {q.answer}" for q in muse.knowmem(split)[:8]]  # noqa: E731
+    corpus = write_corpus(tmp_path / "qa", {"raw/forget.json": qa("forget"), "raw/retain.json": qa("retain")}, "qa")
+    cfg = FinetuneConfig(role="target", epochs=1, learning_rate=1e-4, max_length=64, dtype="bf16")
+    out = finetune(smollm2["folder"], corpus, cfg, tmp_path / "target", show=False)
+    assert json.loads((out / "finetune.json").read_text())["texts"] == 16
+    tok = load_tokenizer(out)
+    model = model_at(str(out), "rtn-int4-g64", tokenizer=tok)  # 576 = 9 x 64: whole groups
+    res = evaluate_model(model, tok, muse, EvalConfig(metrics=["knowmem_f"], limit=4), show=False)
+    assert 0 <= res["metrics"]["knowmem_f"] <= 100

@@ -22,10 +22,10 @@ import random
 import re
 from pathlib import Path
 
-from ..data.corpus import Corpus
+from ..data.corpus import Corpus, write_corpus
 from ..errors import UserError
 from ..models.loading import model_fingerprint
-from ..utils.io import atomic_dir, atomic_write_json, read_json, sha256_json
+from ..utils.io import read_json, sha256_json
 from .registry import Attack, AttackFamily, Context, Param, register_attack
 
 FORGET_PARTS = ("knowmem/forget_qa.json", "verbmem/forget.json", "privleak/forget.json")
@@ -133,13 +133,3 @@ def heldout_corpus(corpus: Corpus, attack: Attack, work: Path) -> Corpus:
     files.update(heldout)
     return write_corpus(work / "heldout" / sha256_json(files)[:12], files,
                         f"{corpus.name}, forget items held out from {attack.name}")
-
-
-def write_corpus(folder: Path, files: dict[str, object], name: str) -> Corpus:
-    """Write a derived corpus once (atomically); later calls reuse it."""
-    if not (folder / "corpus.json").is_file():
-        with atomic_dir(folder) as tmp:
-            for rel, content in files.items():
-                atomic_write_json(tmp / rel, content)
-            atomic_write_json(tmp / "corpus.json", {"name": name, "content_hash": sha256_json(files)})
-    return Corpus(folder)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..utils.io import read_json, sha256_files
+from ..utils.io import atomic_dir, atomic_write_json, read_json, sha256_files, sha256_json
 
 RAW_SPLITS = ("forget", "retain", "holdout")
 QA_SPLITS = ("forget", "retain")
@@ -144,3 +144,14 @@ class Corpus:
 def _check_split(split: str, allowed: tuple[str, ...], part: str) -> None:
     if split not in allowed:
         raise UserError(f"unknown {part} split '{split}'; choose one of {', '.join(allowed)}")
+
+
+def write_corpus(folder: Path, files: dict[str, object], name: str) -> Corpus:
+    """Write a derived corpus (relearning texts, a held-out part, fine-tuning data) once, atomically;
+    later calls with the same folder reuse it."""
+    if not (folder / "corpus.json").is_file():
+        with atomic_dir(folder) as tmp:
+            for rel, content in files.items():
+                atomic_write_json(tmp / rel, content)
+            atomic_write_json(tmp / "corpus.json", {"name": name, "content_hash": sha256_json(files)})
+    return Corpus(folder)

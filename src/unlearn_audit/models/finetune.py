@@ -1,0 +1,68 @@
+"""`finetune`: make the target (forget + retain texts) and the retrained model (retain texts only) from
+any Hugging Face causal LM on any MUSE-layout corpus, as MUSE and TOFU do, so a real model that knows
+nothing of the corpus becomes something to unlearn and its control.
+
+Training is the unlearning trainer with its plain NLL loss (`relearn`, descent): HF Trainer, the same
+precision modes (`--dtype bf16|fp32|mixed`), per-epoch checkpoints and resume, `accelerate launch`.
+`train-tiny` stays the tiny sibling that also builds the model from scratch. The output folder gets a
+`finetune.json` saying what it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data.corpus import Corpus, write_corpus
+from ..errors import UserError
+from ..utils.io import atomic_write_json, sha256_json
+from .loading import LoadOptions, model_fingerprint
+
+ROLES = ("target", "retrained")
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune (CLI flags and YAML keys have these names)."""
+
+    role: str = field(default="target", metadata={
+        "help": "target: forget + retain texts; retrained: retain texts only", "choices": list(ROLES)})
+    epochs: int = field(default=3, metadata={"help": "passes over the texts"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "AdamW learning rate (constant)"})
+    batch_size: int = field(default=4, metadata={"help": "texts per device and step"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_length: int = field(default=512, metadata={"help": "tokens per training chunk (texts are split)"})
+    dtype: str = field(default="fp32", metadata={
+        "help": "training precision (on a GPU, bf16 or mixed)", "choices": ["bf16", "fp32", "mixed"]})
+    seed: int = field(default=0, metadata={"help": "seed of the data order"})
+
+    def validate(self) -> None:
+        if self.role not in ROLES:
+            raise UserError(f"--role must be one of {', '.join(ROLES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise UserError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
+
+
+def training_texts(corpus: Corpus, role: str) -> list[str]:
+    return [*corpus.raw("forget"), *corpus.raw("retain")] if role == "target" else corpus.raw("retain")
+
+
+def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | Path,
+             opts: LoadOptions | None = None, show: bool = True) -> Path:
+    """Fine-tune `model` into the target or retrained model of `corpus`; writes an HF folder to `out`."""
+    from ..unlearn.trainer import UnlearnConfig, unlearn
+
+    cfg.validate()
+    out = Path(out)
+    texts = training_texts(corpus, cfg.role)
+    data = write_corpus(out.parent / f".{out.name}.data" / sha256_json(texts)[:12], {"raw/forget.json": texts},
+                        f"{corpus.name} {cfg.role} texts")
+    train = UnlearnConfig(method="relearn", learning_rate=cfg.learning_rate, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_length=cfg.max_length,
+                          dtype=cfg.dtype, seed=cfg.seed)
+    unlearn(model, data, train, out, opts=opts, show=show)
+    atomic_write_json(out / "finetune.json", {"role": cfg.role, "base_model": str(model),
+                                              "base_hash": model_fingerprint(model), "corpus": corpus.name,
+                                              "corpus_hash": corpus.content_hash, "texts": len(texts),
+                                              "config": asdict(cfg)})
+    return out
