@@ -88,6 +88,12 @@ CASES = {
         "audit --target {retrained} --unlearned {retrained} --retrained {retrained} --corpus {world} "
         "--metrics knowmem_f --schemes full,rtn-int4-g128 --limit 6 --out {out}", "nothing to forget"),
     "grid: unknown method": ("grid --config {grid} --out {out}", "unknown method"),
+    "finetune: truncated weights": ("finetune --model {truncated} --corpus {world} --out {out}", "truncated"),
+    "finetune: malformed retain texts": ("finetune --model {target} --corpus {bad_raw} --out {out}", "malformed JSON"),
+    "convert: not a gguf file": ("convert --model {target} --out {out}", "convert reads .gguf files"),
+    "unlearn: training through GPTQ": (
+        "unlearn --model {target} --corpus {world} --method qat --through gptq-int4-g128 --out {out}",
+        "only rtn-* and bnb-fp4/bnb-nf4"),
     "report: not a run folder": ("report {empty}", "not a run folder"),
     "train-tiny: corpus missing": ("train-tiny --corpus {missing} --role target", "not found"),
     "world: no people": ("world --out {out} --people 0", "people"),

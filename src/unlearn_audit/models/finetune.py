@@ -16,7 +16,7 @@ from pathlib import Path
 from ..data.corpus import Corpus, write_corpus
 from ..errors import UserError
 from ..utils.io import atomic_write_json, sha256_json
-from .loading import LoadOptions, model_fingerprint
+from .loading import LoadOptions, load_tokenizer, model_fingerprint
 
 ROLES = ("target", "retrained")
 
@@ -54,6 +54,7 @@ def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | 
 
     cfg.validate()
     out = Path(out)
+    load_tokenizer(model, opts)  # a bad model folder is refused before any scratch data is written
     texts = training_texts(corpus, cfg.role)
     data = write_corpus(out.parent / f".{out.name}.data" / sha256_json(texts)[:12], {"raw/forget.json": texts},
                         f"{corpus.name} {cfg.role} texts")
