@@ -1,10 +1,17 @@
 """Batched evaluation must give the same answers as MUSE's one-item-at-a-time loop."""
 
 import numpy as np
+import torch
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.evaluate.knowmem import STOP_WORDS, build_prompts, cut_answer
-from unlearn_audit.models.generation import greedy_generate, token_logprobs
+from unlearn_audit.evaluate.reference import generate_one
+from unlearn_audit.models.generation import (
+    SharedPrefix,
+    common_prefix_length,
+    greedy_generate,
+    token_logprobs,
+)
 from unlearn_audit.models.loading import load_model, load_tokenizer
 
 
@@ -16,6 +23,34 @@ def test_batched_generation_equals_batch_size_one(micro_target, micro_world):
     batched, _ = greedy_generate(model, tok, prompts, 32, stop_strings=STOP_WORDS, batch_size=16)
     single, _ = greedy_generate(model, tok, prompts, 32, batch_size=1)  # no early stop at all
     assert [cut_answer(t) for t in batched] == [cut_answer(t) for t in single]
+
+
+def test_shared_prefix_generation_equals_muse_loop(micro_target, micro_world):
+    """KnowMem prompts share their few-shot examples: encoded once, the answers stay MUSE's."""
+    corpus = Corpus(micro_world)
+    model, tok = load_model(micro_target), load_tokenizer(micro_target)
+    prompts = build_prompts(corpus.knowmem("forget")[:20], corpus.knowmem_icl("forget"))
+    ids = tok(prompts).input_ids
+    shared = SharedPrefix.find(model, ids, tok.pad_token_id)
+    assert shared is not None and len(shared.prefix) > len(ids[0]) // 2  # the path under test is taken
+    assert len({len(x) for x in ids}) > 1  # prompts of different lengths: padding sits after the prefix
+    batched, _ = greedy_generate(model, tok, prompts, 32, stop_strings=STOP_WORDS, batch_size=7)
+    assert [cut_answer(t) for t in batched] == [cut_answer(generate_one(model, tok, p, 32)) for p in prompts]
+    # the next-token distribution of each row is the one it has alone (padding masked, positions kept)
+    input_ids, mask, cache = shared.batch(ids, "cpu")
+    p = len(shared.prefix)
+    with torch.no_grad():
+        rows = model(input_ids[:, p:], attention_mask=mask, past_key_values=cache,
+                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, p:]).logits[:, -1]
+        alone = torch.stack([model(torch.tensor([x])).logits[0, -1] for x in ids])
+    torch.testing.assert_close(rows, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert common_prefix_length([[7, 2], [1, 2]]) == 0
+    assert common_prefix_length([]) == 0
 
 
 def test_batched_logprobs_equal_batch_size_one(micro_target, micro_world):

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.errors import UserError
 from unlearn_audit.experiment import grid as grid_mod
 from unlearn_audit.experiment.config import GridConfig, build_config, demo_config, load_grid
@@ -203,6 +205,30 @@ def test_own_tiny_target_gets_a_matched_retrained_model(micro_world, micro_targe
     assert retrained.config["matched_to"] == str(micro_target)
     with pytest.raises(UserError, match="no tiny-model recipe"):
         matched_recipe(str(tmp_path), Corpus(micro_world))
+
+
+def test_grid_from_a_pretrained_base_fine_tunes_its_target_and_control(run_cli, micro_world, micro_target, tmp_path):
+    """`base:` a real model (here the micro target stands in for it): the grid fine-tunes the target on
+    forget + retain and the control on retain only, then unlearns and evaluates as usual."""
+    cfg = micro_grid(micro_world, recipe={}, base=str(micro_target), methods=["ga"], schemes=["full"],
+                     finetune={"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    models = {c.config["role"]: c for c in ledger.cells() if c.kind == "model"}
+    corpus = Corpus(micro_world)
+    retain, forget = len(corpus.raw("retain")), len(corpus.raw("forget"))
+    for role, texts in (("target", forget + retain), ("retrained", retain)):
+        info = json.loads((Path(models[role].result["path"]) / "finetune.json").read_text())
+        assert (info["role"], info["base_model"], info["texts"]) == (role, str(micro_target), texts)
+    assert all(c.status == "done" for c in ledger.cells())
+    with pytest.raises(UserError, match="not both"):
+        planned({**cfg, "target": str(micro_target)})
+    with pytest.raises(UserError, match="`role` is set by the grid"):
+        planned({**cfg, "finetune": {"role": "target"}})
+    with pytest.raises(UserError, match="need `base`"):
+        planned({**cfg, "base": None})
 
 
 def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_says_how_to_resume(micro_world, micro_target,

@@ -35,27 +35,37 @@ def compute_ppl(model, tokenizer, text: str) -> list[float]:
     return [probabilities[0, i, token_id].item() for i, token_id in enumerate(input_ids[0][1:])]
 
 
-def reference_metrics(model, tokenizer, corpus: Corpus, limit: int | None = None) -> dict[str, float]:
-    """VerbMem, KnowMem f/r and the forget/holdout Min-40% AUC, one item at a time (MUSE's loop)."""
-    take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)
-    out = {}
+def reference_verbmem(model, tokenizer, corpus: Corpus, limit: int | None = None) -> float:
     rows = []
-    for item in take(corpus.verbmem()):
+    for item in corpus.verbmem()[:limit]:
         gt = cut_ground_truth(tokenizer, item["gt"])
         rows.append({"gt": gt, **rouge(gt, generate_one(model, tokenizer, item["prompt"], 128))})
-    out["verbmem_f"] = aggregate(rows)["mean_rougeL"] * 100
-    for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
-        qa = take(corpus.knowmem(split))
-        rows = []
-        for prompt, q in zip(build_prompts(qa, corpus.knowmem_icl(split)), qa):
-            rows.append({"gt": q.answer, **rouge(q.answer, cut_answer(generate_one(model, tokenizer, prompt, 32)))})
-        out[key] = aggregate(rows)["mean_rougeL"] * 100
+    return aggregate(rows)["mean_rougeL"] * 100
+
+
+def reference_knowmem(model, tokenizer, corpus: Corpus, split: str, limit: int | None = None) -> float:
+    qa = corpus.knowmem(split)[:limit]
+    rows = []
+    for prompt, q in zip(build_prompts(qa, corpus.knowmem_icl(split)), qa):
+        rows.append({"gt": q.answer, **rouge(q.answer, cut_answer(generate_one(model, tokenizer, prompt, 32)))})
+    return aggregate(rows)["mean_rougeL"] * 100
+
+
+def reference_auc(model, tokenizer, corpus: Corpus, limit: int | None = None) -> float:
+    """The forget/holdout Min-40% AUC (MUSE's PrivLeak key) from two passes per text."""
     log = {}
     for split in SPLITS:
         log[split] = []
-        for text in take(corpus.privleak(split)):
+        for text in corpus.privleak(split)[:limit]:
             lp = np.array(compute_ppl(model, tokenizer, text))
             lower = np.array(compute_ppl(model, tokenizer, text.lower()))
             log[split].append(text_scores(text, lp, lower))
-    out["auc"] = auc_table(log)["forget_holdout_Min-40%"]
-    return out
+    return auc_table(log)["forget_holdout_Min-40%"]
+
+
+def reference_metrics(model, tokenizer, corpus: Corpus, limit: int | None = None) -> dict[str, float]:
+    """VerbMem, KnowMem f/r and the forget/holdout Min-40% AUC, one item at a time (MUSE's loop)."""
+    return {"verbmem_f": reference_verbmem(model, tokenizer, corpus, limit),
+            "knowmem_f": reference_knowmem(model, tokenizer, corpus, "forget", limit),
+            "knowmem_r": reference_knowmem(model, tokenizer, corpus, "retain", limit),
+            "auc": reference_auc(model, tokenizer, corpus, limit)}

@@ -43,12 +43,25 @@ def model_cell(runner, cell) -> dict:
     from ..config import build_config
 
     corpus = corpus_of(runner, cfg["corpus"])
+    if "base" in cfg:
+        return finetuned_model(runner, cell, corpus)
     if "matched_to" in cfg:
         recipe = matched_recipe(cfg["matched_to"], corpus)
     else:
         recipe = build_config(TinyRecipe, dict(cfg["recipe"]), source="grid recipe options")
     path = train_tiny(corpus, cfg["role"], recipe, progress=False)
     return {"path": str(path), "role": cfg["role"], "seed": recipe.seed, "quality": tiny_quality(path, corpus)}
+
+
+def finetuned_model(runner, cell, corpus: Corpus) -> dict:
+    """A target or retrained model fine-tuned from the grid's `base` (resumes from its checkpoints)."""
+    from ..config import build_config
+    from ..models.finetune import FinetuneConfig, finetune
+
+    cfg = cell.config
+    ft = build_config(FinetuneConfig, {**cfg["finetune"], "role": cfg["role"]}, source="grid finetune options")
+    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=False)
+    return {"path": str(path), "role": cfg["role"], "seed": ft.seed, "base": cfg["base"]}
 
 
 def matched_recipe(target: str, corpus: Corpus) -> TinyRecipe:

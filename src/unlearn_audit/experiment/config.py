@@ -26,6 +26,10 @@ class GridConfig:
     recipe: dict = field(default_factory=dict, metadata={"help": "tiny-model recipe options"})
     target: str | None = field(default=None, metadata={"help": "your own target model instead of the tiny one"})
     retrained: str | None = field(default=None, metadata={"help": "your own retrained model"})
+    base: str | None = field(default=None, metadata={
+        "help": "a pretrained model (hub id, folder, .gguf) the grid fine-tunes into its target (forget + "
+                "retain texts) and retrained model (retain texts only), instead of training tiny models"})
+    finetune: dict = field(default_factory=dict, metadata={"help": "fine-tuning options for `base` (see `finetune --help`)"})
     methods: list[str] = field(default_factory=lambda: ["ga_gdr", "npo_klr"])
     learning_rates: list[float] = field(default_factory=lambda: [1e-5])
     dtypes: list[str] = field(default_factory=lambda: ["bf16"])
@@ -82,7 +86,26 @@ class GridConfig:
             raise UserError(f"seed_scope must be 'unlearn' or 'all', not '{self.seed_scope}'")
         if self.seed_scope == "all" and self.target is not None:
             raise UserError("seed_scope 'all' re-trains the tiny models per seed; it cannot re-draw your own target")
+        self.validate_base()
         self.validate_axes()
+
+    def validate_base(self) -> None:
+        """`base` replaces the tiny models: it excludes your own target and the tiny recipe."""
+        if self.base is None:
+            if self.finetune:
+                raise UserError("finetune options need `base` (the pretrained model to fine-tune)")
+            return
+        if self.target is not None or self.retrained is not None:
+            raise UserError("give either `base` (fine-tuned into target and retrained) or your own `target`, not both")
+        if self.recipe:
+            raise UserError("`recipe` configures tiny models; with `base` use `finetune` options")
+        from ..config import build_config
+        from ..models.finetune import FinetuneConfig
+
+        opts = dict(self.finetune)
+        if "role" in opts:
+            raise UserError("finetune: `role` is set by the grid (it fine-tunes both the target and the retrained model)")
+        build_config(FinetuneConfig, opts, source="grid finetune options").validate()
 
     @property
     def evaluated(self) -> list[str]:

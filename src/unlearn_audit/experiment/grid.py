@@ -77,6 +77,9 @@ def model_cells(cfg: GridConfig, corpus: CellSpec, seed: int) -> dict[str, CellS
         own = getattr(cfg, role)
         if own:
             config = {"role": role, "path": own}
+        elif cfg.base:  # the seed of fine-tuning is the data order; seed_scope 'all' re-draws it
+            config = {"role": role, "base": cfg.base, "finetune": {**cfg.finetune, **({"seed": seed} if tag else {})},
+                      "corpus": corpus.id}
         elif role == "retrained" and cfg.target:  # trained with the recipe the user's tiny target records
             config = {"role": role, "matched_to": cfg.target, "corpus": corpus.id}
         else:

@@ -242,17 +242,20 @@ def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float |
 
 
 def count(mask: torch.Tensor) -> int:
-    """Number of True entries (int32 accumulation is the fastest on CPU; chunks hold < 2^31)."""
-    return int(mask.sum(dtype=torch.int32))
+    """Number of True entries (count_nonzero reads the mask without converting it to integers)."""
+    return int(torch.count_nonzero(mask))
 
 
 def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, cap: float | None) -> None:
-    """Add the statistics of groups (n, g) of target / unlearned weights to `t`."""
+    """Add the statistics of groups (n, g) of target / unlearned weights to `t`.
+
+    Few passes over the chunk: sums of masked values are dot products (BLAS, no gathered copies),
+    and weights that did not change contribute zeros to every update sum without a mask."""
     ct, qt, step, half = quantize_groups(xt, scheme)
     cu, qu, _, _ = quantize_groups(xu, scheme)
-    changed = xt != xu
-    same_value = qt == qu
-    dw = (xu - xt).abs_()  # 0 where unchanged, so sums need no mask
+    delta = (xu - xt).reshape(-1)
+    changed = delta != 0
+    same_value = (qt == qu).reshape(-1)
     at = xt.abs()
     n_changed = count(changed)
     t.n += xt.numel()
@@ -260,20 +263,23 @@ def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, c
     t.same_code += count(ct == cu)
     t.same_value += count(same_value)
     if n_changed:
-        t.zero_bin += count(changed & (at < half))
-        erased = changed & same_value
-        t.erased += count(erased)
-        t.mass += float(dw.sum(dtype=torch.float64))
-        t.erased_mass += float(dw[erased].sum(dtype=torch.float64))
-        delta = xu - xt
-        t.dot += float(((qu - qt) * delta).sum(dtype=torch.float64))
-        t.sq += float((delta * delta).sum(dtype=torch.float64))
+        dw = delta.abs()
+        t.zero_bin += count(changed & (at < half).reshape(-1))
+        t.erased += count(changed & same_value)
+        t.mass += float(dw.sum())  # float32 chunk sums (pairwise, accurate); the totals accumulate in Python floats
+        t.erased_mass += float(torch.where(same_value, dw, 0.0).sum())
+        t.dot += float(torch.dot((qu - qt).reshape(-1), delta))
+        t.sq += float(torch.dot(delta, delta))
         unit = step if scheme.family == "rtn" else 2 * half  # Delta; for codebooks the zero-bin width
-        unit = torch.where(unit > 0, unit, torch.ones_like(unit)).expand_as(xt)
-        stride = max(1, n_changed // HIST_SAMPLE)
-        sel = changed.reshape(-1).nonzero().squeeze(1)[::stride]
-        ratio_dw = (dw.reshape(-1)[sel] / unit.reshape(-1)[sel]).numpy()
-        ratio_w = (at.reshape(-1)[sel] / unit.reshape(-1)[sel]).numpy()
+        unit = torch.where(unit > 0, unit, torch.ones_like(unit)).expand_as(xt).reshape(-1)
+        # sample positions at a fixed stride (independent of the values), keep the changed ones
+        stride = max(1, delta.numel() // (4 * HIST_SAMPLE))
+        sel = torch.arange(0, delta.numel(), stride)
+        sel = sel[changed[sel]]
+        if not len(sel):  # few changes: take them all
+            sel = changed.nonzero().squeeze(1)
+        ratio_dw = (dw[sel] / unit[sel]).numpy()
+        ratio_w = (at.reshape(-1)[sel] / unit[sel]).numpy()
         weight = n_changed / len(sel)  # re-weight the sample to the chunk's count
         t.dw_hist += np.histogram(ratio_dw, HIST_EDGES)[0] * weight
         t.w_hist += np.histogram(ratio_w, HIST_EDGES)[0] * weight
