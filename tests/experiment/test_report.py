@@ -116,3 +116,12 @@ def test_bins_prediction_sits_beside_the_measurement():
     bins["NPO_KLR (bf16, lr 1e-05)"]["projected_survival"] = 0.7  # forecast 30% back: wrong
     table = report.verdict_table(report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
     assert "rtn-int4-g128: 30% back" in table and table.rstrip().endswith("| no |")
+
+
+def test_recovery_of_almost_nothing_forgotten_is_not_printed():
+    """97.5% retained: one question more after int4 would read as +400%; the tables print '-' instead."""
+    (v,) = set_full(world(80.0), 78.0)
+    assert v["recovery"]["rtn-int4-g128"]["knowmem_f"] == pytest.approx(1.0)  # kept in results.json
+    table = report.verdict_table([v], ["full", "rtn-int4-g128"])
+    assert "| - / - (-) |" in table and "100%" not in table.split("|")[3]
+    assert "rtn-int4-g128: " not in report.robustness_table([v], ["full", "rtn-int4-g128"])

@@ -268,6 +268,21 @@ def verdict_of(entry: dict, four: list[str]) -> str:
     return "partly returns" + shallow
 
 
+def judged_recovery(v: dict, attack: str, key: str) -> float | None:
+    """The recovery under `attack`, or None where full precision forgot less than 5% of that metric:
+    a share of almost nothing is noise (one question more or less reads as +-1000%)."""
+    retained = v["retained"][key]
+    if retained is None or retained > FORGOT_SOMETHING:
+        return None
+    return v["recovery"].get(attack, {}).get(key)
+
+
+def recovery_cell(v: dict, attack: str) -> str:
+    """'VerbMem / KnowMem (mean)' recovery under one attack, '-' where too little was forgotten to judge."""
+    verb, know, both = (fmt(judged_recovery(v, attack, k), True) for k in (*METRICS_F, "mean"))
+    return f"{verb} / {know} ({both})"
+
+
 def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     """Per method: retained at full precision, recovery under each quantized scheme, utility, verdict,
     and what `bins` predicted from the weights alone."""
@@ -281,9 +296,7 @@ def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
         r = v["retained"]
         row = [v["label"], f"{fmt(r['verbmem_f'], True)} / {fmt(r['knowmem_f'], True)} ({fmt(r['mean'], True)})"]
         for s in quantized:
-            rec = v["recovery"].get(s, {})
-            row.append(f"{fmt(rec.get('verbmem_f'), True)} / {fmt(rec.get('knowmem_f'), True)} "
-                       f"({fmt(rec.get('mean'), True)})")
+            row.append(recovery_cell(v, s))
         right = prediction_agrees(v)
         row += [fmt(v["utility_kept"], True), v["verdict"], bins_prediction(v.get("bins")),
                 "-" if right is None else ("yes" if right else "no")]
@@ -314,9 +327,7 @@ def attack_table(verdicts: list[dict], agg: list[dict], attacks: list[str]) -> s
     for v in verdicts:
         row = [v["label"], fmt(v["retained"]["mean"], True)]
         for a in attacks:
-            rec = v["recovery"].get(a, {})
-            row.append(f"{fmt(rec.get('verbmem_f'), True)} / {fmt(rec.get('knowmem_f'), True)} "
-                       f"({fmt(rec.get('mean'), True)})")
+            row.append(recovery_cell(v, a))
         lines.append("| " + " | ".join([*row, v["verdict"]]) + " |")
     gains = [fmt(control_gain(agg, a), True) for a in attacks]
     lines.append("| Retrained (control): knowledge gained, share of the target's | - | " + " | ".join(gains) + " | - |")
@@ -334,7 +345,7 @@ def robustness_table(verdicts: list[dict], columns: list[str]) -> str:
             f"attacks bringing back > {SURVIVES:.0%}"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for v in verdicts:
-        recs = {a: v["recovery"].get(a, {}).get("mean") for a in attacks}
+        recs = {a: judged_recovery(v, a, "mean") for a in attacks}
         recs = {a: r for a, r in recs.items() if r is not None}
         worst = max(recs, key=recs.get) if recs else None
         failing = [a for a, r in recs.items() if r > SURVIVES]
@@ -527,7 +538,8 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           "## Per method: does quantization bring the knowledge back?", "",
           f"Recovery = share of what full precision forgot that the quantized model knows again; "
           f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
-          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered. The bins "
+          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered; '-' where full "
+          f"precision forgot less than {1 - FORGOT_SOMETHING:.0%} (a share of almost nothing is noise). The bins "
           "prediction reads the weights alone: the share of the update that does not survive quantization along "
           "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], ""]
     if any(not is_quantization(x) for x in schemes):
