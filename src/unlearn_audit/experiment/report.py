@@ -208,6 +208,11 @@ HOLDS = 0.1  # at most a tenth comes back: the forgetting survives
 METRICS_F = ("verbmem_f", "knowmem_f")
 
 
+def forgot_too_little(retained: float | None) -> bool:
+    """More than FORGOT_SOMETHING retained at full precision (or unknown): any recovery share is noise."""
+    return retained is None or retained > FORGOT_SOMETHING
+
+
 def recovery(full: float | None, quantized: float | None) -> float | None:
     """Share of what full precision forgot (1 - retained) that quantization brings back."""
     if full is None or quantized is None or full >= 1:
@@ -254,7 +259,7 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
 def verdict_of(entry: dict, four: list[str]) -> str:
     """From the mean retained share: does what full precision forgot come back under every 4-bit scheme?"""
     full = entry["retained"]["mean"]
-    if full is None or full > FORGOT_SOMETHING:
+    if forgot_too_little(full):
         return "forgot too little to judge"
     recs = [entry["recovery"][s]["mean"] for s in four if s in entry["recovery"]]
     recs = [r for r in recs if r is not None]
@@ -271,8 +276,7 @@ def verdict_of(entry: dict, four: list[str]) -> str:
 def judged_recovery(v: dict, attack: str, key: str) -> float | None:
     """The recovery under `attack`, or None where full precision forgot less than 5% of that metric:
     a share of almost nothing is noise (one question more or less reads as +-1000%)."""
-    retained = v["retained"][key]
-    if retained is None or retained > FORGOT_SOMETHING:
+    if forgot_too_little(v["retained"][key]):
         return None
     return v["recovery"].get(attack, {}).get(key)
 
