@@ -98,8 +98,8 @@ def test_sharded_streaming_gives_the_same_answer_with_small_memory(tmp_path, mon
     loaded = []
     original = bins.ShardedWeights.rows
 
-    def spy(self, name, start, stop, as_dtype=None):
-        x = original(self, name, start, stop, as_dtype)
+    def spy(self, name, start, stop, as_dtype=None, **kwargs):
+        x = original(self, name, start, stop, as_dtype, **kwargs)
         loaded.append(x.numel())
         return x
 
@@ -167,3 +167,33 @@ def test_widths_the_group_size_does_not_divide_are_listed(tmp_path):
     r = bins.analyse(save(tmp_path / "t", target), save(tmp_path / "u", unlearned), "rtn-int4-g128")
     assert r["partial_last_group"] == {"model.layers.0.mlp.down_proj.weight": 192}
     assert "their last group has its own step" in bins.table(r)
+
+
+def torch_path_tally(wt, wu, scheme, cap):
+    """The reference: the per-view torch statistics that the compiled kernel replaces for RTN schemes."""
+    t = bins.Tally()
+    for xt, xu in zip(bins.group_views(wt, scheme), bins.group_views(wu, scheme)):
+        bins.tally_groups(t, xt, xu, scheme, cap)
+    return t
+
+
+@pytest.mark.skipif(not bins.bins_kernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("name", ["rtn-int4-g128", "rtn-int3-g64-asym", "rtn-int8-channel", "rtn-int4-g128-maxq"])
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
+def test_compiled_kernel_equals_the_torch_statistics(name, stored):
+    """The one-pass kernel must count exactly what the torch path counts (codes, zero bins, erased weights,
+    bf16 cap) and sum the same masses, on a width the group size does not divide and with unchanged rows."""
+    g = torch.Generator().manual_seed(3)
+    wt = (torch.randn(37, 200, generator=g) * 0.02).to(stored)
+    step = torch.where(torch.rand(37, 200, generator=g) < 0.3, torch.randn(37, 200, generator=g) * 3e-3, 0.0)
+    wu = (wt.float() + step).to(stored)
+    wu[5] = wt[5]  # a row that did not change
+    scheme = bins.parse_scheme(name)
+    fused = bins.tally_rtn_fused(wt, wu, scheme, cap=2.0**-8)
+    ref = torch_path_tally(wt.float(), wu.float(), scheme, cap=2.0**-8)
+    for k in ("n", "changed", "same_code", "same_value", "zero_bin", "erased", "movable", "cap_inside"):
+        assert getattr(fused, k) == getattr(ref, k), k
+    assert 0 < fused.erased < fused.changed < fused.n
+    for k in ("mass", "erased_mass", "dot", "sq"):
+        assert getattr(fused, k) == pytest.approx(getattr(ref, k), rel=1e-5, abs=1e-12), k
+    assert fused.dw_hist.sum() == pytest.approx(fused.changed) and fused.w_hist.sum() == pytest.approx(fused.changed)

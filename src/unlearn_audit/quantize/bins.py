@@ -27,6 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
+from . import bins_kernel
 from .schemes import Scheme, group_views, parse_scheme, quantize_groups
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
@@ -80,10 +81,12 @@ class ShardedWeights:
     def tensor(self, name: str) -> torch.Tensor:
         return self.handles[self.where[name]].get_tensor(name)
 
-    def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Rows [start, stop) as float32, first rounded to `as_dtype` when given."""
+    def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None,
+             keep_bf16: bool = False) -> torch.Tensor:
+        """Rows [start, stop) as float32, first rounded to `as_dtype` when given (bf16 kept as is on request)."""
         x = self.slice(name)[start:stop]
-        return (x.to(as_dtype) if as_dtype is not None else x).float()
+        x = x.to(as_dtype) if as_dtype is not None else x
+        return x if keep_bf16 and x.dtype == torch.bfloat16 else x.float()
 
 
 def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> list[str]:
@@ -233,8 +236,16 @@ def percentiles(hist: np.ndarray, qs=(50, 90, 99)) -> dict[str, float | None]:
 HIST_SAMPLE = 1 << 14  # changed weights per chunk that enter the histograms (percentiles are approximate)
 
 
+def fused(scheme: Scheme) -> bool:
+    """Whether the compiled one-pass kernel analyses this scheme (RTN, numba installed)."""
+    return scheme.family == "rtn" and bins_kernel.available()
+
+
 def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
-    """Statistics of one chunk of rows (target and unlearned, float32)."""
+    """Statistics of one chunk of rows (target and unlearned, float32, or both bf16 for the fused kernel)."""
+    if fused(scheme) and wt.dtype == wu.dtype:
+        return tally_rtn_fused(wt, wu, scheme, cap)
+    wt, wu = wt.float(), wu.float()
     t = Tally()
     for xt, xu in zip(group_views(wt, scheme), group_views(wu, scheme)):
         tally_groups(t, xt, xu, scheme, cap)
@@ -244,6 +255,46 @@ def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float |
 def count(mask: torch.Tensor) -> int:
     """Number of True entries (count_nonzero reads the mask without converting it to integers)."""
     return int(torch.count_nonzero(mask))
+
+
+def sample_positions(numel: int, is_changed) -> torch.Tensor:
+    """Positions for the histograms: a fixed stride (independent of the values), the changed ones kept;
+    when the stride misses every change, all changed positions. `is_changed(positions)` -> bool mask."""
+    sel = torch.arange(0, numel, max(1, numel // (4 * HIST_SAMPLE)))
+    sel = sel[is_changed(sel)]
+    return sel if len(sel) else is_changed(torch.arange(numel)).nonzero().squeeze(1)
+
+
+def add_histograms(t: Tally, dw: torch.Tensor, aw: torch.Tensor, unit: torch.Tensor, n_changed: int) -> None:
+    """Histograms of |dw| / Delta and |w| / Delta from sampled changed weights, re-weighted to the chunk's count."""
+    unit = torch.where(unit > 0, unit, torch.ones_like(unit))
+    weight = n_changed / len(dw)
+    t.dw_hist += np.histogram((dw / unit).numpy(), HIST_EDGES)[0] * weight
+    t.w_hist += np.histogram((aw / unit).numpy(), HIST_EDGES)[0] * weight
+
+
+def kernel_array(x: torch.Tensor) -> np.ndarray:
+    """float32 as is; bf16 as its uint16 bit patterns (numpy has no bf16)."""
+    return x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
+
+
+def tally_rtn_fused(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
+    """RTN statistics of a chunk in one compiled pass (`bins_kernel`); histograms from sampled positions."""
+    rtn = scheme.rtn
+    cols = wt.shape[1]
+    group = cols if rtn.granularity == "channel" else rtn.group_size
+    totals, steps = bins_kernel.rtn_chunk_stats(kernel_array(wt), kernel_array(wu), group, rtn.symmetric, rtn.divisor,
+                                                rtn.bits, rtn.qmin, rtn.qmax, cap)
+    t = Tally()
+    for k, v in totals.items():
+        setattr(t, k, v)
+    if t.changed:
+        ft, fu = wt.reshape(-1), wu.reshape(-1)
+        sel = sample_positions(ft.numel(), lambda i: fu[i] != ft[i])
+        unit = torch.from_numpy(steps)[sel // cols, (sel % cols) // group]
+        st, su = ft[sel].float(), fu[sel].float()
+        add_histograms(t, (su - st).abs(), st.abs(), unit, t.changed)
+    return t
 
 
 def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, cap: float | None) -> None:
@@ -271,18 +322,9 @@ def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, c
         t.dot += float(torch.dot((qu - qt).reshape(-1), delta))
         t.sq += float(torch.dot(delta, delta))
         unit = step if scheme.family == "rtn" else 2 * half  # Delta; for codebooks the zero-bin width
-        unit = torch.where(unit > 0, unit, torch.ones_like(unit)).expand_as(xt).reshape(-1)
-        # sample positions at a fixed stride (independent of the values), keep the changed ones
-        stride = max(1, delta.numel() // (4 * HIST_SAMPLE))
-        sel = torch.arange(0, delta.numel(), stride)
-        sel = sel[changed[sel]]
-        if not len(sel):  # few changes: take them all
-            sel = changed.nonzero().squeeze(1)
-        ratio_dw = (dw[sel] / unit[sel]).numpy()
-        ratio_w = (at.reshape(-1)[sel] / unit[sel]).numpy()
-        weight = n_changed / len(sel)  # re-weight the sample to the chunk's count
-        t.dw_hist += np.histogram(ratio_dw, HIST_EDGES)[0] * weight
-        t.w_hist += np.histogram(ratio_w, HIST_EDGES)[0] * weight
+        sel = sample_positions(delta.numel(), lambda i: changed[i])
+        g = xt.shape[1]
+        add_histograms(t, dw[sel], at.reshape(-1)[sel], unit.expand_as(xt)[sel // g, sel % g], n_changed)
     if cap is not None:
         t.movable += count(at < cap)
         t.cap_inside += count(half > cap) * xt.shape[1]
@@ -310,9 +352,10 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         per = chunk_rows(shape, s, opts.chunk_elements)
         tensor = Tally()
         rounding = comparison_dtype(a.dtype(name), b.dtype(name))
+        raw = fused(s)  # the kernel reads bf16 directly
         for r0 in range(0, shape[0], per):
-            wt = a.rows(name, r0, r0 + per, rounding)
-            tensor.add(tally_chunk(wt, b.rows(name, r0, r0 + per), s, cap))
+            wt = a.rows(name, r0, r0 + per, rounding, keep_bf16=raw)
+            tensor.add(tally_chunk(wt, b.rows(name, r0, r0 + per, keep_bf16=raw), s, cap))
         layers[name] = tensor.summary(cap is not None)
         total.add(tensor)
         if progress:
