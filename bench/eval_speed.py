@@ -85,15 +85,16 @@ def measure_metric(model, tok, corpus: Corpus, metric: str, n: int, repeat: int)
     return {"items": len(texts), "ref": t_ref, "ours": t_ours, "floor": t_floor, "value": v_ours}
 
 
-def measure(model, tok, corpus: Corpus, limit: int, privleak_limit: int, repeat: int) -> dict[str, dict]:
+def measure(model, tok, corpus: Corpus, limit: int, privleak_limit: int, repeat: int,
+            metrics: list[str]) -> dict[str, dict]:
     return {metric: measure_metric(model, tok, corpus, metric, privleak_limit if metric == "privleak" else limit,
-                                   repeat) for metric in (*GENERATION, "privleak")}
+                                   repeat) for metric in metrics}
 
 
 def print_table(columns: dict[str, dict[str, dict]]) -> None:
     names = list(columns)
     print(f"\n{'':<34}" + "".join(f"{n:>24}" for n in names))
-    for metric in (*GENERATION, "privleak"):
+    for metric in columns[names[0]]:
         cells = [columns[n][metric] for n in names]
         print(f"{metric} ({', '.join(str(c['items']) + (' passes' if metric == 'privleak' else ' items') for c in cells)})")
         label = "AUC" if metric == "privleak" else "value"
@@ -109,7 +110,9 @@ def print_table(columns: dict[str, dict[str, dict]]) -> None:
         for label, cell in lines:
             print(f"{label:<34}" + "".join(f"{cell(c):>24}" for c in cells))
     for n in names:
-        gen = [columns[n][m] for m in GENERATION]
+        gen = [columns[n][m] for m in GENERATION if m in columns[n]]
+        if len(gen) < 2:
+            continue
         print(f"generation metrics together, {n}: {sum(c['ref'] for c in gen) / sum(c['ours'] for c in gen):.1f}x")
 
 
@@ -122,10 +125,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=24, help="items per generation metric for --model")
     parser.add_argument("--privleak-limit", type=int, default=6, help="texts per PrivLeak split for --model")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--metrics", default=",".join((*GENERATION, "privleak")),
+                        help="comma-separated subset of " + ", ".join((*GENERATION, "privleak")))
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement on the tiny model; fastest counts")
     args = parser.parse_args()
     if args.model and not args.corpus:
         parser.error("--model needs --corpus")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics or set(metrics) - {*GENERATION, "privleak"}:
+        parser.error(f"--metrics takes a subset of {', '.join((*GENERATION, 'privleak'))}")
     if args.threads:
         torch.set_num_threads(args.threads)
     columns = {}
@@ -133,10 +141,10 @@ def main() -> None:
         corpus = Corpus(write_world(WorldConfig(people=args.people), Path(tmp) / "world"))
         model_dir = train_tiny(corpus, "target", progress=False)
         tiny = load_model(model_dir), load_tokenizer(model_dir)
-        columns["tiny target"] = measure(*tiny, corpus, 10**6, 10**6, args.repeat)
+        columns["tiny target"] = measure(*tiny, corpus, 10**6, 10**6, args.repeat, metrics)
     if args.model:
         model, tok = load_model(args.model, "fp32"), load_tokenizer(args.model)
-        columns[Path(args.model).name] = measure(model, tok, Corpus(args.corpus), args.limit, args.privleak_limit, 1)
+        columns[Path(args.model).name] = measure(model, tok, Corpus(args.corpus), args.limit, args.privleak_limit, 1, metrics)
     print(f"{torch.get_num_threads()} threads; tiny: all items, best of {args.repeat}; --model: one run each")
     print_table(columns)
 
