@@ -75,3 +75,44 @@ def test_reference_loss_matches_hf_loss(micro_target, micro_world):
         loss = model(ids, labels=ids).loss.item()
     (lp,), _ = token_logprobs(model, tok, [text])
     assert abs(-lp.mean() - loss) < 1e-5
+
+
+def grouped_head_model(tok):
+    """A random Llama with grouped KV heads (4 query heads share 2 KV heads), as SmolLM2, Llama-3, Qwen."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      initializer_range=0.2, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_grouped_kv_heads_give_the_same_logits_under_a_padding_mask(micro_target, micro_world):
+    """The CPU attention that keeps KV heads grouped must compute what transformers' SDPA does, padding
+    included, and hand the model back with its own attention."""
+    from unlearn_audit.models.generation import grouped_kv_attention, pad
+
+    tok = load_tokenizer(micro_target)
+    model = grouped_head_model(tok)
+    texts = [v["prompt"] for v in Corpus(micro_world).verbmem()[:4]]
+    ids, mask = pad(tok(texts).input_ids, tok.pad_token_id, "cpu", left=True)
+    assert (mask == 0).any()  # rows of different lengths: the padding mask is in play
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask).logits
+        with grouped_kv_attention(model):
+            assert model.config._attn_implementation != "sdpa"  # the grouped path is taken
+            grouped = model(ids, attention_mask=mask).logits
+    assert model.config._attn_implementation == "sdpa"
+    keep = mask.bool()
+    assert torch.allclose(plain[keep], grouped[keep], atol=1e-5)
+
+
+def test_batched_generation_with_grouped_kv_heads_equals_one_at_a_time(micro_target, micro_world):
+    tok = load_tokenizer(micro_target)
+    model = grouped_head_model(tok)
+    prompts = [v["prompt"] for v in Corpus(micro_world).verbmem()[:6]]
+    batched, _ = greedy_generate(model, tok, prompts, 16, batch_size=6)
+    single, _ = greedy_generate(model, tok, prompts, 16, batch_size=1)
+    assert batched == single and len(set(batched)) > 1
