@@ -19,6 +19,7 @@ With `lr`, the bf16 cap: an AdamW step of size lr only survives bf16 rounding fo
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,6 +332,23 @@ def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, c
 
 
 # ------------------------------------------------------------------------------------------- main
+def chunk_pairs(a: ShardedWeights, b: ShardedWeights, name: str, per: int, rounding, raw: bool):
+    """(target, unlearned) row chunks of one tensor; the next pair is read while the current one is analysed
+    (the compiled kernel releases the GIL), so reading and counting overlap."""
+    def read(r0: int):
+        return a.rows(name, r0, r0 + per, rounding, keep_bf16=raw), b.rows(name, r0, r0 + per, keep_bf16=raw)
+
+    starts = list(range(0, a.shape(name)[0], per))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(read, starts[0])
+        for nxt in starts[1:] + [None]:
+            pair = pending.result()
+            if nxt is not None:
+                pending = pool.submit(read, nxt)
+            yield pair
+
+
+
 def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | None = None,
             opts: BinsOptions | None = None, progress=None) -> dict:
     """The bin analysis of a model pair under `scheme` (see module docstring)."""
@@ -352,10 +370,8 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         per = chunk_rows(shape, s, opts.chunk_elements)
         tensor = Tally()
         rounding = comparison_dtype(a.dtype(name), b.dtype(name))
-        raw = fused(s)  # the kernel reads bf16 directly
-        for r0 in range(0, shape[0], per):
-            wt = a.rows(name, r0, r0 + per, rounding, keep_bf16=raw)
-            tensor.add(tally_chunk(wt, b.rows(name, r0, r0 + per, keep_bf16=raw), s, cap))
+        for wt, wu in chunk_pairs(a, b, name, per, rounding, raw=fused(s)):  # the kernel reads bf16 directly
+            tensor.add(tally_chunk(wt, wu, s, cap))
         layers[name] = tensor.summary(cap is not None)
         total.add(tensor)
         if progress:

@@ -129,11 +129,20 @@ def _rtn_stats(wt, wu, group, symmetric, divisor, bits, qmin, qmax, cap, steps):
     return counts, sums
 
 
+def _compile(fn, **options):
+    """numba.njit with its on-disk cache (compiling takes seconds); without one where no cache folder is
+    writable (numba refuses to cache there), so that `bins` still runs."""
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError:
+        return numba.njit(**options)(fn)
+
+
 if numba is not None:
-    _group_scale = numba.njit(cache=True, inline="always")(_group_scale)
+    _group_scale = _compile(_group_scale, inline="always")
     # reassociation only (vectorized sums); no reciprocal division or contraction, so the codes equal torch's
-    _block_stats = numba.njit(cache=True, inline="always", fastmath={"reassoc", "nsz"})(_block_stats)
-    _rtn_stats = numba.njit(cache=True, parallel=True)(_rtn_stats)
+    _block_stats = _compile(_block_stats, inline="always", fastmath={"reassoc", "nsz"})
+    _rtn_stats = _compile(_rtn_stats, parallel=True, nogil=True)  # the next chunk is read meanwhile
 
 
 def rtn_chunk_stats(wt: np.ndarray, wu: np.ndarray, group: int, symmetric: bool, divisor: float, bits: int,
