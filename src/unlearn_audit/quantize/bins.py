@@ -348,7 +348,6 @@ def chunk_pairs(a: ShardedWeights, b: ShardedWeights, name: str, per: int, round
             yield pair
 
 
-
 def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | None = None,
             opts: BinsOptions | None = None, progress=None) -> dict:
     """The bin analysis of a model pair under `scheme` (see module docstring)."""

@@ -64,7 +64,7 @@ BLOCK = 128  # weights whose float32 partial sums are added to the float64 row s
 
 
 def _block_stats(xt, xu, c0, c1, st, su, zt, zu, safe_t, safe_u, half, qmin, qmax, cap, counts, sums):
-    """Counters and sums of weights c0:c1 of one group; branch-free so that the loop vectorizes."""
+    """Counters and sums of weights c0:c1 of one group, without per-weight branches."""
     same_code = same_value = zero_bin = erased = changed = movable = 0
     mass = erased_mass = dot = sq = np.float32(0.0)
     for c in range(c0, c1):
