@@ -140,15 +140,17 @@ def _compile(fn, **options):
 
 if numba is not None:
     _group_scale = _compile(_group_scale, inline="always")
-    # reassociation only (vectorized sums); no reciprocal division or contraction, so the codes equal torch's
+    # reassociation only (the block sums may be reordered); no reciprocal division or contraction, so the
+    # codes and dequantized values equal torch's
     _block_stats = _compile(_block_stats, inline="always", fastmath={"reassoc", "nsz"})
     _rtn_stats = _compile(_rtn_stats, parallel=True, nogil=True)  # the next chunk is read meanwhile
 
 
 def rtn_chunk_stats(wt: np.ndarray, wu: np.ndarray, group: int, symmetric: bool, divisor: float, bits: int,
                     qmin: int, qmax: int, cap: float | None) -> tuple[dict, np.ndarray]:
-    """Counters and sums of one chunk (rows, cols) of float32 values or bf16 bit patterns (uint16) with groups of `group` columns (the last one of
-    a row may be shorter and gets its own scale), and the target's step per (row, group)."""
+    """Counters and sums of one chunk (rows, cols) of float32 values or bf16 bit patterns (uint16), with
+    groups of `group` columns (the last one of a row may be shorter and gets its own scale), and the
+    target's step per (row, group)."""
     rows, cols = wt.shape
     steps = np.empty((rows, (cols + group - 1) // group), dtype=np.float32)
     counts, sums = _rtn_stats(np.ascontiguousarray(wt), np.ascontiguousarray(wu), group, symmetric, divisor,
