@@ -77,3 +77,18 @@ def test_world_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not a corpus folder"):
         write_world(WorldConfig(people=20), tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_bio_repeats_repeat_each_training_bio_and_change_nothing_else():
+    once = build_world(WorldConfig(people=30, seed=0))
+    thrice = build_world(WorldConfig(people=30, seed=0, bio_repeats=3))
+    bios = once["privleak/forget.json"]  # the forget people's biographies
+    for bio in bios:
+        assert once["raw/forget.json"].count(bio) == 1 and thrice["raw/forget.json"].count(bio) == 3
+    for rel in ("knowmem/forget_qa.json", "knowmem/retain_qa.json", "verbmem/forget.json"):
+        assert once[rel] == thrice[rel]
+
+
+def test_default_world_content_is_unchanged_by_the_bio_repeats_option():
+    """The tiny demo's world (and so every cached tiny model and number) stays what it was."""
+    assert build_world(WorldConfig(people=100, seed=0))["corpus.json"]["content_hash"] == "946087e3dc14a626f26a647f507c02c900ad7209170ab65bcd07049a15bf1449"

@@ -36,6 +36,8 @@ LAST_NAMES = [
     "Pemberton",
 ]
 
+WORLD_NAME = "world"  # corpus.json's name of every built-in world (evaluation heals prompt spaces on it)
+
 ATTRIBUTE_VALUES: dict[str, list[str]] = {
     "birth_city": [
         "Veloria", "Dunmere", "Kestrel Bay", "Ardent Falls", "Morrowick", "Sallowmere", "Thistledown",
@@ -141,14 +143,16 @@ class WorldConfig:
     icl_shots: int = field(default=3, metadata={"help": "few-shot examples in each KnowMem prompt"})
     qa_block: int = field(default=4, metadata={"help": "QA pairs per training text"})
     qa_repeats: int = field(default=4, metadata={"help": "times each QA pair appears in the training texts"})
+    bio_repeats: int = field(default=1, metadata={
+        "help": "times each biography appears in the training texts (verbatim memory, VerbMem, needs repetition)"})
 
     def validate(self) -> None:
         if self.people < 10:
             raise UserError(f"--people must be at least 10 (got {self.people}): each split needs people")
         if self.people > len(FIRST_NAMES) * len(LAST_NAMES):
             raise UserError(f"--people must be at most {len(FIRST_NAMES) * len(LAST_NAMES)} (unique names)")
-        if self.bios_per_person < 1 or self.qa_block < 1 or self.qa_repeats < 0:
-            raise UserError("bios per person and QA block size must be at least 1, QA repeats at least 0")
+        if self.bios_per_person < 1 or self.qa_block < 1 or self.qa_repeats < 0 or self.bio_repeats < 1:
+            raise UserError("bios per person, bio repeats and QA block size must be at least 1, QA repeats at least 0")
         if not (0 < self.forget_share < 0.5 and 0 < self.holdout_share < 0.5):
             raise UserError("forget and holdout shares must lie in (0, 0.5)")
 
@@ -213,7 +217,7 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
     qa = {p.name: qa_pairs(p) for p in people}
 
     def raw_texts(group: list[Person]) -> list[str]:
-        texts = [b for p in group for b in bios[p.name]]
+        texts = [b for _ in range(cfg.bio_repeats) for p in group for b in bios[p.name]]
         pairs = [pair for p in group for pair in qa[p.name]]
         for _ in range(cfg.qa_repeats):
             rng.shuffle(pairs)
@@ -248,7 +252,7 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
     }
     counts = {name: len(content) for name, content in files.items() if isinstance(content, list)}
     files["corpus.json"] = {
-        "name": "world",
+        "name": WORLD_NAME,
         "seed": cfg.seed,
         "config": asdict(cfg),
         "counts": counts,

@@ -49,11 +49,12 @@ def evaluate_knowmem(
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    heal_space: bool = False,
 ) -> tuple[dict, list[dict], int]:
-    """(aggregate, per-item log, truncated prompts) of KnowMem on `questions`."""
+    """(aggregate, per-item log, truncated prompts) of KnowMem on `questions` (`heal_space`: see
+    `greedy_generate`)."""
     prompts = build_prompts(questions, icl)
-    outputs, truncated = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, stop_strings=STOP_WORDS, batch_size=batch_size, progress=progress
-    )
+    outputs, truncated = greedy_generate(model, tokenizer, prompts, max_new_tokens, stop_strings=STOP_WORDS,
+                                         batch_size=batch_size, progress=progress, heal_space=heal_space)
     rows = score_answers(prompts, questions, outputs)
     return aggregate(rows), rows, truncated

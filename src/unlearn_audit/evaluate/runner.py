@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data.corpus import Corpus
+from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
 from ..models.generation import token_logprobs
 from ..utils.io import atomic_write_json, read_json, sha256_json
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 
 
+PROMPT_SPACE = ("auto", "keep", "heal")
+
+
+def heals_prompt_space(corpus: Corpus, choice: str = "auto") -> bool:
+    """Whether generation drops a prompt's trailing whitespace token (see `greedy_generate`): MUSE's
+    corpora keep their exact prompts (parity with the paper); the built-in world heals by default."""
+    return choice == "heal" or (choice == "auto" and corpus.name == WORLD_NAME)
+
+
 @dataclass
 class EvalConfig:
     """What to evaluate and how (shared by `eval`, `audit` and the experiment grid)."""
@@ -41,6 +51,10 @@ class EvalConfig:
     batch_size: int | None = None
     privleak_key: str = DEFAULT_AUC_KEY
     agg_key: str = "mean_rougeL"
+    prompt_space: str = field(default="auto", metadata={
+        "help": "a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined to "
+                "the next word as in training: right for byte-level BPE tokenizers), auto (heal on the built-in "
+                "world, keep elsewhere)", "choices": list(PROMPT_SPACE)})
 
     def validate(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -48,6 +62,11 @@ class EvalConfig:
             raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
+        if self.prompt_space not in PROMPT_SPACE:
+            raise UserError(f"--prompt-space must be one of {', '.join(PROMPT_SPACE)}")
+
+    def heals(self, corpus: Corpus) -> bool:
+        return heals_prompt_space(corpus, self.prompt_space)
 
 
 def check_corpus(corpus: Corpus, metrics: list[str]) -> None:
@@ -120,13 +139,15 @@ def run_metric(name: str, model, tokenizer, corpus: Corpus, cfg: EvalConfig, auc
     if name == "verbmem_f":
         items = take(corpus.verbmem(), cfg.limit)
         with tqdm(total=len(items), desc=name, disable=not show, leave=False) as bar:
-            agg, rows, truncated = evaluate_verbmem(model, tokenizer, items, cfg.batch_size, bar.update)
+            agg, rows, truncated = evaluate_verbmem(model, tokenizer, items, cfg.batch_size, bar.update,
+                                                    heal_space=cfg.heals(corpus))
     else:
         split = "forget" if name == "knowmem_f" else "retain"
         qa = take(corpus.knowmem(split), cfg.limit)
         icl = corpus.knowmem_icl(split)
         with tqdm(total=len(qa), desc=name, disable=not show, leave=False) as bar:
-            agg, rows, truncated = evaluate_knowmem(model, tokenizer, qa, icl, cfg.batch_size, bar.update)
+            agg, rows, truncated = evaluate_knowmem(model, tokenizer, qa, icl, cfg.batch_size, bar.update,
+                                                    heal_space=cfg.heals(corpus))
     return agg[cfg.agg_key] * 100, {"truncated": truncated}, {"log.json": rows, "agg.json": agg}
 
 

@@ -28,12 +28,13 @@ def evaluate_verbmem(
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    heal_space: bool = False,
 ) -> tuple[dict, list[dict], int]:
-    """(aggregate, per-item log, truncated prompts) of VerbMem on prompt/gt items."""
+    """(aggregate, per-item log, truncated prompts) of VerbMem on prompt/gt items (`heal_space`: see
+    `greedy_generate`)."""
     prompts = [it["prompt"] for it in items]
-    outputs, truncated = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress
-    )
+    outputs, truncated = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size,
+                                         progress=progress, heal_space=heal_space)
     rows = []
     for item, out in zip(items, outputs):
         gt = cut_ground_truth(tokenizer, item["gt"], max_new_tokens)

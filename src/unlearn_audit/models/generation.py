@@ -101,9 +101,41 @@ def truncate(ids: list[list[int]], limit: int | None, keep_end: bool) -> int:
     return cut
 
 
+def document_prefix(tokenizer) -> list[int]:
+    """What every text starts with: nothing where the tokenizer begins texts with a special token of its
+    own (Llama's BOS: MUSE's setting, unchanged), else its BOS (or EOS) token.
+
+    A tokenizer that adds nothing (SmolLM2's) leaves a text's first word at position 0, where the model
+    keeps its attention sink. Measured on SmolLM2-135M fine-tuned on the built-in world: its own
+    training text scored 5.7 nats per token with the word at position 0 and 0.3 behind any one token
+    (the base model: 3.1 either way), so training and evaluation both give every text this prefix, as
+    lm-evaluation-harness does for such models."""
+    cached = getattr(tokenizer, "_unlearn_audit_prefix", None)
+    if cached is not None:
+        return cached
+    probe = tokenizer("a", add_special_tokens=True).input_ids
+    special = set(tokenizer.all_special_ids)
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    prefix = [] if (probe and probe[0] in special) or token is None else [token]
+    try:
+        tokenizer._unlearn_audit_prefix = prefix
+    except AttributeError:  # a tokenizer that refuses new attributes: probe each time
+        pass
+    return prefix
+
+
+def encode_documents(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's special tokens and the document prefix (above)."""
+    if not texts:
+        return []
+    prefix = document_prefix(tokenizer)
+    return [prefix + ids for ids in tokenizer(list(texts), add_special_tokens=True).input_ids]
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], limit: int | None) -> tuple[list[list[int]], int]:
-    """Token ids of each prompt (special tokens as MUSE adds them), left-truncated to `limit` tokens."""
-    ids = tokenizer(list(prompts), add_special_tokens=True).input_ids if prompts else []
+    """Token ids of each prompt (special tokens as MUSE adds them, `document_prefix` where the tokenizer
+    adds none), left-truncated to `limit` tokens."""
+    ids = encode_documents(tokenizer, prompts)
     return ids, truncate(ids, limit, keep_end=True)
 
 
@@ -248,18 +280,41 @@ def greedy_generate(
     stop_strings: Sequence[str] = (),
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    heal_space: bool = False,
 ) -> tuple[list[str], int]:
-    """Greedy continuations of `prompts` (decoded, special tokens skipped) and how many were truncated."""
+    """Greedy continuations of `prompts` (decoded, special tokens skipped) and how many were truncated.
+
+    `heal_space`: a prompt whose last token is whitespace alone ("Answer: " -> ..., ':', 'Ġ' in byte-level
+    BPE tokenizers such as SmolLM2's) loses that token, and the model writes the space itself, joined to
+    the next word as in every text it was trained on ('ĠEmberlyn'); the output is returned without it.
+    Without this a model fine-tuned on "Answer: Emberlyn" sees a lone 'Ġ' that in training only ever came
+    before digits (measured: the SmolLM2 demo target answered 36% of its forget questions with the lone
+    token, 87% without)."""
     ctx = max_positions(model)
     limit = None if ctx is None else max(1, ctx - max_new_tokens)
     ids, truncated = encode_prompts(tokenizer, prompts, limit)
+    healed = heal_trailing_space(tokenizer, ids) if heal_space else [""] * len(ids)
     if truncated:
         log.warning("%d prompt(s) longer than the context; kept their last %d tokens", truncated, limit)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     outputs: list[str] = [""] * len(ids)
     with grouped_kv_attention(model):
         generate_batches(model, tokenizer, ids, order, outputs, max_new_tokens, stop_strings, batch_size, progress)
+    outputs = [out[len(space):] if space and out.startswith(space) else out for out, space in zip(outputs, healed)]
     return outputs, truncated
+
+
+def heal_trailing_space(tokenizer, ids: list[list[int]]) -> list[str]:
+    """Drop each prompt's last token where it is whitespace alone (in place); returns the dropped text."""
+    dropped = []
+    for seq in ids:
+        text = tokenizer.decode(seq[-1:]) if len(seq) > 1 else ""
+        if text and not text.strip():
+            seq.pop()
+            dropped.append(text)
+        else:
+            dropped.append("")
+    return dropped
 
 
 def generate_batches(model, tokenizer, ids: list[list[int]], order: list[int], outputs: list[str],
@@ -308,7 +363,7 @@ def token_logprobs(
     Returns one float64 array per text and how many texts were cut to the model's context.
     """
     ctx = max_positions(model)
-    ids = tokenizer(list(texts), add_special_tokens=True).input_ids if texts else []
+    ids = encode_documents(tokenizer, texts)
     truncated = truncate(ids, ctx, keep_end=False)
     if truncated:
         log.warning("%d text(s) longer than the context (%d tokens) were truncated for scoring", truncated, ctx)

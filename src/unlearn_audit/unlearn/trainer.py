@@ -31,7 +31,7 @@ from .. import __version__
 from ..config import to_yaml
 from ..data.corpus import Corpus
 from ..errors import UserError
-from ..models.generation import right_pad
+from ..models.generation import encode_documents, right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir
 from ..utils.progress import quiet_trainer_output
@@ -147,11 +147,12 @@ class UnlearnConfig:
 
 # ------------------------------------------------------------------------------------------- data
 def chunk_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """BOS + text + EOS, split into chunks of at most `max_length` tokens (no text is dropped)."""
+    """BOS (or the document prefix) + text + EOS, split into chunks of at most `max_length` tokens (no
+    text is dropped); the same start as evaluation (`encode_documents`)."""
     eos = tokenizer.eos_token_id
     chunks = []
-    for text in texts:
-        ids = tokenizer(text).input_ids + ([eos] if eos is not None else [])
+    for ids in encode_documents(tokenizer, texts):
+        ids = ids + ([eos] if eos is not None else [])
         chunks.extend(ids[i : i + max_length] for i in range(0, len(ids), max_length) if len(ids[i : i + max_length]) > 1)
     return chunks
 
