@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from unlearn_audit.cli import quiet_libraries
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.knowmem import build_prompts
@@ -28,6 +27,7 @@ from unlearn_audit.evaluate.reference import reference_auc, reference_knowmem, r
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.utils.quiet import quiet_libraries
 
 GENERATION = ("verbmem_f", "knowmem_f", "knowmem_r")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from unlearn_audit.cli import quiet_libraries
 from unlearn_audit.data.corpus import Corpus, write_corpus
 from unlearn_audit.models.loading import load_tokenizer
 from unlearn_audit.unlearn import UnlearnConfig, unlearn
+from unlearn_audit.utils.quiet import quiet_libraries
 
 
 def timed_run(model: str, corpus: Corpus, cfg: UnlearnConfig, out: Path) -> float:

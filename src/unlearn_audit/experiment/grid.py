@@ -45,19 +45,38 @@ def spec(kind: str, config: dict, deps: list[str], label: str) -> CellSpec:
 
 
 # ------------------------------------------------------------------------------------------- planning
-def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: int, axes: dict | None = None) -> dict:
+def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: int, axes: dict | None = None,
+                     own: dict | None = None) -> dict:
     """The UnlearnConfig fields of one run: grid-wide options, the extra axes' values, then the method's
-    overrides; the grid's learning-rate axis wins over `unlearn.learning_rate` but not over a method override."""
+    overrides; the grid's learning-rate axis wins over `unlearn.learning_rate` but not over a method override.
+    `own`: the options of an explicit run (`runs:`), which win over everything."""
     from ..unlearn.trainer import UnlearnConfig
 
     overrides = cfg.method_overrides.get(method, {})
     values = {**cfg.unlearn, **(axes or {}), **overrides, "method": method, "dtype": dtype, "seed": seed,
-              "learning_rate": overrides.get("learning_rate", lr)}  # the grid axis, unless the method overrides it
+              "learning_rate": overrides.get("learning_rate", lr), **(own or {})}
     names = {f.name for f in dataclasses.fields(UnlearnConfig)}
     unknown = set(values) - names
     if unknown:
         raise UserError(f"unknown unlearning option(s) in the grid: {', '.join(sorted(unknown))}")
     return values
+
+
+def run_points(cfg: GridConfig) -> list[tuple[dict, str]]:
+    """Every unlearning run as (its settings, the label suffix of the extra axes): the grid's explicit
+    `runs`, else the product methods x dtypes x learning rates x axes x seeds."""
+    if cfg.runs:
+        return [(unlearn_settings(cfg, r["method"], r["learning_rate"], r["dtype"], seed, own=run_options(r)), "")
+                for r in cfg.runs for seed in r["seeds"]]
+    varying = [name for name, values in cfg.axes.items() if len(values) > 1]
+    return [(unlearn_settings(cfg, method, lr, dtype, seed, point), "".join(f" {k}={point[k]}" for k in varying))
+            for method in cfg.methods for dtype in cfg.dtypes for lr in cfg.learning_rates
+            for point in axis_points(cfg) for seed in cfg.seeds]
+
+
+def run_options(run: dict) -> dict:
+    """An explicit run's own unlearning options (everything but its method, dtype, rate and seeds)."""
+    return {k: v for k, v in run.items() if k not in ("method", "dtype", "learning_rate", "seeds")}
 
 
 def axis_points(cfg: GridConfig) -> list[dict]:
@@ -97,22 +116,16 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     models = {seed: model_cells(cfg, corpus, seed) for seed in model_seeds}
     for pair in models.values():
         cells.extend(pair.values())
-    varying = [name for name, values in cfg.axes.items() if len(values) > 1]
     runs = []
-    for method in cfg.methods:
-        for dtype in cfg.dtypes:
-            for lr in cfg.learning_rates:
-                for point in axis_points(cfg):
-                    for seed in cfg.seeds:
-                        model_seed = seed if cfg.seed_scope == "all" else model_seeds[0]
-                        pair = models[model_seed]
-                        settings = unlearn_settings(cfg, method, lr, dtype, seed, point)
-                        extra = "".join(f" {k}={point[k]}" for k in varying)
-                        run = spec("unlearn", {"settings": settings, "target": pair["target"].id,
-                                               "retrained": pair["retrained"].id, "corpus": corpus.id},
-                                   [corpus.id, pair["target"].id, pair["retrained"].id],
-                                   f"{method} {dtype} lr={settings['learning_rate']:g}{extra} seed={seed}")
-                        runs.append((run, model_seed))
+    for settings, extra in run_points(cfg):
+        seed = settings["seed"]
+        model_seed = seed if cfg.seed_scope == "all" else model_seeds[0]
+        pair = models[model_seed]
+        run = spec("unlearn", {"settings": settings, "target": pair["target"].id,
+                               "retrained": pair["retrained"].id, "corpus": corpus.id},
+                   [corpus.id, pair["target"].id, pair["retrained"].id],
+                   f"{settings['method']} {settings['dtype']} lr={settings['learning_rate']:g}{extra} seed={seed}")
+        runs.append((run, model_seed))
     cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size}
     refs = {}
@@ -149,6 +162,7 @@ class GridRunner:
         self.cells = plan(cfg)
         self.by_id = {c.id: c for c in self.cells}
         self.show = show
+        self.bars = show and cfg.workers == 1  # training progress bars; several workers would interleave them
         self.worker = worker
         for i, c in enumerate(self.cells):
             self.ledger.add(c.id, c.kind, c.config, c.deps, i)
@@ -210,8 +224,29 @@ class GridRunner:
         seconds = time.time() - started
         self.ledger.finish(c.id, result, seconds)
         done = self.counts().get("done", 0)  # counted at finish: right with long cells and several workers
-        self.say(f"[{done}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s)")
+        self.say(f"[{done}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s){self.eta()}")
         return "ran"
+
+    def eta(self) -> str:
+        """Time left, from the mean time of the finished cells of each kind (a lower bound while a kind
+        still waiting has no finished cell to measure by)."""
+        from .report import PlannedCells
+
+        cells = PlannedCells(self.ledger, set(self.by_id)).cells()
+        measured: dict[str, list[float]] = {}
+        for c in cells:
+            if c.status == "done" and c.seconds is not None:
+                measured.setdefault(c.kind, []).append(c.seconds)
+        left = [c.kind for c in cells if c.status not in ("done", "failed")]
+        if not left:
+            return ""
+        seconds = sum(sum(measured[k]) / len(measured[k]) for k in left if k in measured)
+        unmeasured = sorted({k for k in left if k not in measured})
+        untimed = f"the {', '.join(unmeasured)} cells not timed yet" if unmeasured else ""
+        if seconds < 1:  # nothing slow timed yet
+            return f"; {len(left)} cells left" + (f" ({untimed})" if untimed else "")
+        workers = max(1, self.cfg.workers)
+        return f"; {len(left)} cells left, about {clock(seconds / workers)}" + (f" plus {untimed}" if untimed else "")
 
     def counts(self) -> dict[str, int]:
         """Status counts of this grid's cells only (the run folder may hold cells of older configs)."""
@@ -249,13 +284,18 @@ def summary(kind: str, result: dict) -> str:
     return result.get("path", "")
 
 
+def clock(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
+
+
 def fmt(x) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
 def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int) -> None:
     """Entry point of an extra worker process (spawned)."""
-    from ..cli import quiet_libraries
+    from ..utils.quiet import quiet_libraries
 
     quiet_libraries()
     os.environ["UNLEARN_AUDIT_THREADS"] = str(threads)

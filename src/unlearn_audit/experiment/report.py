@@ -381,9 +381,17 @@ def prediction_agrees(v: dict) -> bool | None:
     return abs((1 - b["projected_survival"]) - rec) <= PREDICTION_TOLERANCE
 
 
-def regime_lines(verdicts: list[dict], four: list[str]) -> list[str]:
+SHALLOW_AT_THIS_SIZE = (
+    "a model this small cannot forget deeply inside its quantization bins: it needs ~1.5% relative weight change "
+    "to forget, more than a capped bf16 update that stays in the int4 bins can make (docs/findings.md, section "
+    "5); `unlearn-audit demo` shows the deep form on SmolLM2-135M")
+
+
+def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> list[str]:
     """Per training precision: which runs show the paper's failure, and whether that agrees with the
-    paper (pure bf16 at a small learning rate: knowledge returns; fp32, mixed and SURE: it holds)."""
+    paper (pure bf16 at a small learning rate: knowledge returns; fp32, mixed and SURE: it holds).
+    `tiny`: the run's models are the built-in tiny ones, which can only show the shallow form, and the
+    line says so instead of disagreeing."""
     lines = []
     for dtype in sorted({v["dtype"] for v in verdicts}):
         vs = [v for v in verdicts if v["dtype"] == dtype]
@@ -398,15 +406,19 @@ def regime_lines(verdicts: list[dict], four: list[str]) -> list[str]:
             full = mean([v["retained"]["mean"] for v in expect_return])
             deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH]
             if len(deep) >= max(1, (len(expect_return) + 1) // 2):
-                word = "AGREES"
+                word = "AGREES with the paper's failure"
+            elif tiny and hits:
+                word = "SHALLOW FORM of the paper's failure, as expected at this size"
             elif hits:
-                word = "PARTLY AGREES"
+                word = "PARTLY AGREES with the paper's failure"
             else:
-                word = "DISAGREES"
-            parts.append(f"{word} with the paper's failure: in {len(hits)} of {len(expect_return)} "
+                word = "DISAGREES with the paper's failure"
+            parts.append(f"{word}: in {len(hits)} of {len(expect_return)} "
                          f"utility-constrained runs at least {RETURNS:.0%} of the forgotten knowledge returns "
                          f"({len(deep)} of them forgot as deeply as the paper, retaining at most "
                          f"{FORGOT_ENOUGH:.0%} at full precision; mean retained here {fmt(full, True)}, paper 21%)")
+            if tiny and len(deep) < max(1, (len(expect_return) + 1) // 2):
+                parts.append(SHALLOW_AT_THIS_SIZE)
         if expect_hold:
             held = [v for v in expect_hold if v["verdict"].startswith("forgetting holds")]
             word = "AGREES" if len(held) == len(expect_hold) else "DISAGREES"
@@ -476,12 +488,59 @@ def plot_knowledge(agg: list[dict], schemes: list[str], path: Path) -> Path | No
                 err = [(pts[s]["sd"].get(key) or 0.0) if s in pts else 0.0 for s in schemes]
                 style = {"Target": "k--", "Retrained": "k:"}.get(label, "-o")
                 ax.errorbar(x, ys, yerr=err, fmt=style, capsize=3, label=label)
-            ax.set_xticks(x, schemes, fontsize=7)
+            ax.set_xticks(x, schemes, fontsize=7, rotation=30, ha="right")  # attack names are long
             ax.set_title(f"{dtype} regime: {key} (x100, mean ± spread over seeds)", fontsize=9)
             ax.set_ylim(-2, 102)
         axes[0][col].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+def plot_retained_bars(verdicts: list[dict], schemes: list[str], path: Path) -> Path | None:
+    """The paper's figure form: per method, the retained share of the target's forget-set knowledge
+    (mean of VerbMem and KnowMem, seeds averaged) at full precision and after each quantizer, as bars;
+    one panel per training precision, side by side on one scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quant = [s for s in schemes if s == "full" or is_quantization(s)]
+    regimes = sorted({v["dtype"] for v in verdicts})
+    if not regimes or not quant:
+        return None
+    panels = [[v for v in verdicts if v["dtype"] == d] for d in regimes]
+    widest = max(len(p) for p in panels)
+    fig, axes = plt.subplots(1, len(regimes), figsize=(max(6.0, 1.6 * widest) * len(regimes) / 1.3, 4.6),
+                             squeeze=False, sharey=True)
+    width = 0.8 / len(quant)
+    colours = plt.get_cmap("viridis")([i / max(1, len(quant) - 1) * 0.85 for i in range(len(quant))])
+    for ax, dtype, runs in zip(axes[0], regimes, panels):
+        for j, scheme in enumerate(quant):
+            ys = [retained_after(v, scheme) for v in runs]
+            xs = [i + (j - (len(quant) - 1) / 2) * width for i in range(len(runs))]
+            ax.bar(xs, [100 * y if y is not None else float("nan") for y in ys], width, color=colours[j],
+                   label="full precision" if scheme == "full" else f"{precision_label(scheme)} ({scheme})")
+        ax.axhline(100, color="k", ls="--", lw=0.8)
+        ax.axhline(FORGOT_ENOUGH * 100, color="grey", ls=":", lw=0.8)
+        ax.set_xticks(range(len(runs)), [v["label"].replace(" (", "\n(", 1) for v in runs], fontsize=7)
+        ax.set_title(f"{dtype} unlearning", fontsize=10)
+        ax.set_ylim(0, 125)
+    axes[0][0].set_ylabel("forget-set knowledge retained (% of the target's)")
+    axes[0][-1].legend(fontsize=7, loc="upper right", ncol=2)
+    fig.suptitle("Retained after unlearning, at full precision and quantized (dashed: the target; "
+                 f"dotted: {FORGOT_ENOUGH:.0%})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def retained_after(v: dict, scheme: str) -> float | None:
+    """Retained share under a scheme from a verdict entry: full precision, or full + its recovery."""
+    full = v["retained"]["mean"]
+    if scheme == "full" or full is None:
+        return full
+    rec = v["recovery"].get(scheme, {}).get("mean")
+    return None if rec is None else full + rec * (1 - full)
 
 
 def model_quality(ledger) -> list[str]:
@@ -501,7 +560,7 @@ def failures(ledger) -> list[str]:
 
 
 def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",
-           cell_ids: set[str] | None = None, bins_schemes: list[str] | None = None) -> dict:
+           cell_ids: set[str] | None = None, bins_schemes: list[str] | None = None, tiny: bool = False) -> dict:
     """Write report.md, results.json, summary.json and plots for a run folder (only the cells in
     `cell_ids`, when given: the current grid's plan); returns the pieces for printing."""
     run_dir = Path(run_dir)
@@ -518,9 +577,10 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "table": paper_table(agg, schemes),
             "retention": retention_table(agg, schemes),
             "verdicts": verdict_table(verdicts, [x for x in schemes if is_quantization(x)]),
-            "attacks": attack_table(verdicts, agg, [x for x in schemes if not is_quantization(x)]),
+            "attacks": (attack_table(verdicts, agg, [x for x in schemes if not is_quantization(x)])
+                        if any(not is_quantization(x) for x in schemes) else ""),
             "robustness": robustness_table(verdicts, schemes),
-            "agreement": regime_lines(verdicts, four_bit(schemes)),
+            "agreement": regime_lines(verdicts, four_bit(schemes), tiny),
             "bins": bins_lines(brows),
             "quality": model_quality(ledger),
             "failures": failures(ledger),
@@ -528,6 +588,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
         }
         plot = plot_knowledge(agg, schemes, run_dir / "knowledge_vs_precision.png")
+        bars = plot_retained_bars(verdicts, schemes, run_dir / "retained_by_method.png")
         bins_plots = [b["plot"] for b in brows]
     finally:
         store.close()
@@ -563,7 +624,9 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
     if pieces["quality"]:
         md += ["", "## Tiny models", ""] + pieces["quality"]
     if plot:
-        md += ["", "## Plots", "", f"![knowledge vs precision]({plot.name})"]
+        md += ["", "## Plots", ""]
+        md += [f"![retained by method and precision]({bars.name})", ""] if bars else []
+        md += [f"![knowledge vs precision]({plot.name})"]
         md += [f"- bins histogram: `bins/{Path(p).parent.name}/{Path(p).name}`" for p in bins_plots]
     if pieces["failures"]:
         md += ["", "## Failed cells (re-run the same command to retry)", ""] + pieces["failures"]

@@ -129,6 +129,13 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
     return DTYPES[name]
 
 
+def resolve_spec(spec: str | Path) -> str | Path:
+    """A packaged model (`package:smollm2`) becomes its converted cache folder; other specs stay."""
+    from .packaged import is_packaged, resolve_packaged
+
+    return resolve_packaged(spec) if is_packaged(spec) else spec
+
+
 def load_model(
     spec: str | Path,
     dtype: str | torch.dtype | None = "fp32",
@@ -140,6 +147,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     opts = opts or LoadOptions()
+    spec = resolve_spec(spec)
     if is_gguf(spec):
         model = load_gguf_model(spec, resolve_dtype(dtype), **kwargs)
         if device is not None:
@@ -170,6 +178,7 @@ def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
     from transformers import AutoTokenizer
 
     opts = opts or LoadOptions()
+    spec = resolve_spec(spec)
     if is_gguf(spec):
         tok = load_gguf_tokenizer(spec)
         ensure_pad_token(tok)
@@ -197,7 +206,7 @@ def ensure_pad_token(tok) -> None:
 
 def model_fingerprint(spec: str | Path) -> str:
     """Content hash of a local model (config + weights); hub ids hash their name and resolved revision."""
-    path = Path(spec)
+    path = Path(resolve_spec(spec))
     if not path.exists():
         return hashlib.sha256(f"hub:{spec}".encode()).hexdigest()
     h = hashlib.sha256()

@@ -75,6 +75,18 @@ def target_linears(model, opts: QuantizeOptions) -> list[tuple[str, torch.nn.Mod
     return out
 
 
+ANNOUNCED: set = set()
+
+
+def announce_once(key) -> bool:
+    """True the first time a process meets `key`: a grid quantizes many models of one architecture, and
+    the same note on each would bury everything else."""
+    if key in ANNOUNCED:
+        return False
+    ANNOUNCED.add(key)
+    return True
+
+
 @torch.no_grad()
 def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
     """Replace each target weight by its RTN quantize-dequantize, in place; returns the model. Layers whose
@@ -83,7 +95,7 @@ def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
     if scheme.family != "rtn":
         raise UserError(f"{scheme.name} is not an RTN scheme")
     partial = partial_groups(model, scheme, opts)
-    if partial:
+    if partial and announce_once((scheme.name, tuple(partial.items()))):
         name, width = next(iter(partial.items()))
         log.warning("%s: %d layer(s) have a width that is not a multiple of %d (first: %s, %d); their last "
                     "group of %d columns gets its own scale (docs/quantization.md)", scheme.name, len(partial),

