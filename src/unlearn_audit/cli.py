@@ -205,7 +205,8 @@ def cmd_bins(args) -> int:
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, help="worker processes sharing the grid (default: the grid's, 2 for demo)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes sharing the grid (default: the grid's; demo: 1, --tiny and --quick: 2)")
     p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
 
 
@@ -291,6 +292,8 @@ def print_report(pieces: dict, run_dir: Path) -> None:
         print()
     for line in pieces["agreement"]:
         print("* " + line)
+    for line in pieces.get("target_quantized", []):
+        print("  " + line)
     if pieces["failures"]:
         print("\nFailed cells (re-run the same command to retry):")
         print("\n".join(pieces["failures"]))

@@ -305,3 +305,9 @@ def test_product_grid_plans_one_run_per_combination(micro_world):
     cfg = build_config(GridConfig, micro_grid(micro_world), source="test")
     labels = [c.label for c in plan(cfg) if c.kind == "unlearn"]
     assert labels == ["ga_gdr bf16 lr=0.001 seed=0", "npo bf16 lr=0.001 seed=0"]
+
+
+def test_time_left_reads_as_minutes_and_hours():
+    from unlearn_audit.experiment.grid import clock
+
+    assert clock(59.6) == "1m00s" and clock(125) == "2m05s" and clock(3 * 3600 + 7 * 60) == "3h07m"

@@ -103,6 +103,17 @@ def test_regime_line_agrees_when_deep_bf16_forgetting_returns():
     assert line.count("AGREES") == 1 and "DISAGREES" not in line and "PARTLY" not in line
 
 
+def test_deep_forgetting_that_costs_the_utility_is_not_the_papers_failure():
+    rows = world(70.0)
+    for r in rows:
+        if r["model"] == "npo_klr":
+            r["knowmem_r"] = 60.0  # 67% of the target's 90: not utility-preserving
+    report.add_retention(rows)
+    (v,) = report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
+    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    assert "PARTLY AGREES" in line and "mean utility kept 67%" in line
+
+
 def test_fp32_regime_agrees_when_forgetting_holds():
     rows = world(22.0)
     for r in rows:

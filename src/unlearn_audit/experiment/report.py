@@ -205,6 +205,7 @@ FORGOT_ENOUGH = 0.6  # retained share at full precision at most this: forgetting
 FORGOT_SOMETHING = 0.95  # above this, too little was forgotten to say whether it returns
 RETURNS = 0.5  # quantization brings back at least half of what was forgotten: the paper's failure
 HOLDS = 0.1  # at most a tenth comes back: the forgetting survives
+UTILITY_KEPT = 0.8  # the paper's failure is that of utility-preserving unlearning: KnowMem_r >= 80% of the target's
 METRICS_F = ("verbmem_f", "knowmem_f")
 
 
@@ -404,7 +405,9 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
         if expect_return:
             hits = [v for v in expect_return if v["verdict"].startswith("knowledge returns")]
             full = mean([v["retained"]["mean"] for v in expect_return])
-            deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH]
+            deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH
+                    and (v["utility_kept"] is None or v["utility_kept"] >= UTILITY_KEPT)]
+            utility = mean([v["utility_kept"] for v in expect_return])
             if len(deep) >= max(1, (len(expect_return) + 1) // 2):
                 word = "AGREES with the paper's failure"
             elif tiny and hits:
@@ -416,7 +419,9 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
             parts.append(f"{word}: in {len(hits)} of {len(expect_return)} "
                          f"utility-constrained runs at least {RETURNS:.0%} of the forgotten knowledge returns "
                          f"({len(deep)} of them forgot as deeply as the paper, retaining at most "
-                         f"{FORGOT_ENOUGH:.0%} at full precision; mean retained here {fmt(full, True)}, paper 21%)")
+                         f"{FORGOT_ENOUGH:.0%} at full precision while keeping at least {UTILITY_KEPT:.0%} of the "
+                         f"target's KnowMem_r; mean retained here {fmt(full, True)}, paper 21%; mean utility kept "
+                         f"{fmt(utility, True)})")
             if tiny and len(deep) < max(1, (len(expect_return) + 1) // 2):
                 parts.append(SHALLOW_AT_THIS_SIZE)
         if expect_hold:
@@ -511,7 +516,7 @@ def plot_retained_bars(verdicts: list[dict], schemes: list[str], path: Path) -> 
         return None
     panels = [[v for v in verdicts if v["dtype"] == d] for d in regimes]
     widest = max(len(p) for p in panels)
-    fig, axes = plt.subplots(1, len(regimes), figsize=(max(6.0, 1.6 * widest) * len(regimes) / 1.3, 4.6),
+    fig, axes = plt.subplots(1, len(regimes), figsize=(max(6.0, 1.5 * widest + 1.5) * len(regimes), 4.8),
                              squeeze=False, sharey=True)
     width = 0.8 / len(quant)
     colours = plt.get_cmap("viridis")([i / max(1, len(quant) - 1) * 0.85 for i in range(len(quant))])
@@ -521,15 +526,14 @@ def plot_retained_bars(verdicts: list[dict], schemes: list[str], path: Path) -> 
             xs = [i + (j - (len(quant) - 1) / 2) * width for i in range(len(runs))]
             ax.bar(xs, [100 * y if y is not None else float("nan") for y in ys], width, color=colours[j],
                    label="full precision" if scheme == "full" else f"{precision_label(scheme)} ({scheme})")
-        ax.axhline(100, color="k", ls="--", lw=0.8)
-        ax.axhline(FORGOT_ENOUGH * 100, color="grey", ls=":", lw=0.8)
+        ax.axhline(100, color="k", ls="--", lw=0.8, label="the target")
+        ax.axhline(FORGOT_ENOUGH * 100, color="grey", ls=":", lw=0.8, label=f"{FORGOT_ENOUGH:.0%}: deep forgetting")
         ax.set_xticks(range(len(runs)), [v["label"].replace(" (", "\n(", 1) for v in runs], fontsize=7)
         ax.set_title(f"{dtype} unlearning", fontsize=10)
-        ax.set_ylim(0, 125)
-    axes[0][0].set_ylabel("forget-set knowledge retained (% of the target's)")
+        ax.set_ylim(0, 130)
+    axes[0][0].set_ylabel("forget-set knowledge retained\n(% of the target's, mean of VerbMem and KnowMem)", fontsize=8)
     axes[0][-1].legend(fontsize=7, loc="upper right", ncol=2)
-    fig.suptitle("Retained after unlearning, at full precision and quantized (dashed: the target; "
-                 f"dotted: {FORGOT_ENOUGH:.0%})", fontsize=10)
+    fig.suptitle("Retained after unlearning: full precision and quantized", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 
@@ -541,6 +545,23 @@ def retained_after(v: dict, scheme: str) -> float | None:
         return full
     rec = v["recovery"].get(scheme, {}).get("mean")
     return None if rec is None else full + rec * (1 - full)
+
+
+def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
+    """The target's own change under each quantizer (seeds averaged): recovery is measured against the
+    quantized target, so a quantizer that already costs the target knowledge is visible here."""
+    target = {a["scheme"]: a for a in agg if a["label"] == "Target"}
+    full = target.get("full")
+    if not full:
+        return []
+    out = []
+    for s in schemes:
+        q = target.get(s)
+        if s != "full" and q and is_quantization(s):
+            out.append(f"target under {s}: " + ", ".join(
+                f"{name} {fmt(full[key])} -> {fmt(q[key])}" for key, name in
+                (("verbmem_f", "VerbMem_f"), ("knowmem_f", "KnowMem_f"), ("knowmem_r", "KnowMem_r"))))
+    return out
 
 
 def model_quality(ledger) -> list[str]:
@@ -583,6 +604,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "agreement": regime_lines(verdicts, four_bit(schemes), tiny),
             "bins": bins_lines(brows),
             "quality": model_quality(ledger),
+            "target_quantized": target_under_quantization(agg, schemes),
             "failures": failures(ledger),
             "counts": ledger.counts(),
             "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
@@ -619,6 +641,9 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
            f"more than {SURVIVES:.0%} of what was forgotten.", "", pieces["robustness"], "",
            "## Against the paper (21% retained at full precision -> 83% after 4-bit)", ""]
     md += [f"- {line}" for line in pieces["agreement"]] or ["- (no unlearned models evaluated yet)"]
+    if pieces["target_quantized"]:
+        md += ["", "The target's own change under each quantizer (recovery is measured against the quantized "
+               "target):", ""] + [f"- {line}" for line in pieces["target_quantized"]]
     if pieces["bins"]:
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]
     if pieces["quality"]:
