@@ -60,7 +60,7 @@ def finetuned_model(runner, cell, corpus: Corpus) -> dict:
 
     cfg = cell.config
     ft = build_config(FinetuneConfig, {**cfg["finetune"], "role": cfg["role"]}, source="grid finetune options")
-    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=runner.bars)
+    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=False)
     return {"path": str(path), "role": cfg["role"], "seed": ft.seed, "base": cfg["base"]}
 
 
@@ -111,7 +111,7 @@ def unlearn_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     target = runner.result(cfg["target"])["path"]
     out = runner.run_dir / "models" / cell.id
-    unlearn(target, corpus, settings, out, show=runner.bars)
+    unlearn(target, corpus, settings, out, show=False)
     from ..models.loading import read_model_json
 
     info = read_model_json(out, "unlearn.json") or {}

@@ -162,7 +162,6 @@ class GridRunner:
         self.cells = plan(cfg)
         self.by_id = {c.id: c for c in self.cells}
         self.show = show
-        self.bars = False  # training progress bars inside grid cells: off (they broke tests reading the output)
         self.worker = worker
         for i, c in enumerate(self.cells):
             self.ledger.add(c.id, c.kind, c.config, c.deps, i)
