@@ -1,6 +1,7 @@
 """Metric functions against hand-computed values, and MUSE's formatting rules."""
 
 import math
+import types
 import zlib
 
 import numpy as np
@@ -75,3 +76,33 @@ def test_knowmem_prompt_and_cut_follow_muse():
     assert cut_answer("Paris\nQuestion: x") == "Paris"
     assert cut_answer("Paris Question: x") == "Paris "
     assert cut_answer("no stop here") == "no stop here"
+
+
+class WordTokenizer:
+    """Whitespace tokenizer: one token per word, no special tokens."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return types.SimpleNamespace(input_ids=text.split())
+
+    def decode(self, ids, **kwargs):
+        return " ".join(ids)
+
+
+@pytest.mark.parametrize("gt_words, asked, kept", [(5, 5, 5), (200, 128, 178)])
+def test_verbmem_continuation_matches_a_short_ground_truth(monkeypatch, gt_words, asked, kept):
+    """A ground truth shorter than MUSE's 128-token window is compared with a continuation of its own length
+    (MUSE's 128 vs 128); a longer one gets MUSE's 128 generated tokens, as before."""
+    from unlearn_audit.evaluate import verbmem
+
+    seen = {}
+
+    def fake_generate(model, tok, prompts, max_new_tokens, **kwargs):
+        seen["max_new_tokens"] = max_new_tokens
+        return [" ".join(["w"] * max_new_tokens + ["ramble"] * 50)], 0
+
+    monkeypatch.setattr(verbmem, "greedy_generate", fake_generate)
+    gt = " ".join(["w"] * gt_words)
+    _, rows, _ = verbmem.evaluate_verbmem(None, WordTokenizer(), [{"prompt": "p", "gt": gt}])
+    assert seen["max_new_tokens"] == asked
+    assert len(rows[0]["gt"].split()) == min(gt_words, 128)
+    assert len(rows[0]["response"].split()) == kept

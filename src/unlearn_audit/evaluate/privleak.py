@@ -21,6 +21,7 @@ MIN_K_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 SCORE_KEYS = ("PPL", "PPL/lower", "PPL/zlib") + tuple(f"Min-{int(r * 100)}%" for r in MIN_K_RATIOS)
 SPLITS = ("forget", "retain", "holdout")
 DEFAULT_AUC_KEY = "forget_holdout_Min-40%"
+PRIVLEAK_SCOPES = ("muse", "metric")  # score every split and score (MUSE's log) or what the key needs
 # MUSE's published AUC of the retrained models (Llama-2-7B NEWS, ICLM-7B BOOKS) for the default key.
 PUBLISHED_AUC_RETRAIN = {"news": 0.4772, "books": 0.5393}
 
@@ -34,15 +35,13 @@ def min_k_score(token_logprobs: Sequence[float], k: float) -> float:
     return float(-np.mean(np.sort(lp)[:k_length]))
 
 
-def text_scores(text: str, lp: np.ndarray, lp_lower: np.ndarray) -> dict[str, float]:
-    """All of MUSE's membership scores for one text (see module docstring)."""
+def text_scores(text: str, lp: np.ndarray, lp_lower: np.ndarray | None) -> dict[str, float]:
+    """MUSE's membership scores for one text (see module docstring); "PPL/lower" only with `lp_lower`."""
     nll = float(-np.mean(lp)) if lp.size else float("nan")
-    nll_lower = float(-np.mean(lp_lower)) if lp_lower.size else float("nan")
-    scores = {
-        "PPL": nll,
-        "PPL/lower": nll / nll_lower if nll_lower else float("nan"),
-        "PPL/zlib": nll / len(zlib.compress(bytes(text, "utf-8"))),
-    }
+    scores = {"PPL": nll, "PPL/zlib": nll / len(zlib.compress(bytes(text, "utf-8")))}
+    if lp_lower is not None:
+        nll_lower = float(-np.mean(lp_lower)) if lp_lower.size else float("nan")
+        scores["PPL/lower"] = nll / nll_lower if nll_lower else float("nan")
     for ratio in MIN_K_RATIOS:
         scores[f"Min-{int(ratio * 100)}%"] = min_k_score(lp, ratio)
     return scores
@@ -69,16 +68,27 @@ def mia_auc(nonmember_scores: Sequence[float], member_scores: Sequence[float]) -
 
 
 def auc_table(log: dict[str, list[dict]]) -> dict[str, float]:
-    """AUC for every ordered pair of splits and every score key, keyed like MUSE's auc.json."""
+    """AUC for every ordered pair of splits and every score key, keyed like MUSE's auc.json (the splits
+    and scores the log holds)."""
     table = {}
     present = [s for s in SPLITS if s in log]
+    scored = [k for k in SCORE_KEYS if all(k in d for s in present for d in log[s])]
     for split0 in present:
         for split1 in present:
-            for key in SCORE_KEYS:
+            for key in scored:
                 table[f"{split0}_{split1}_{key}"] = mia_auc(
                     [d[key] for d in log[split0]], [d[key] for d in log[split1]]
                 )
     return table
+
+
+def key_needs(auc_key: str) -> tuple[list[str], bool]:
+    """The splits an AUC key compares and whether its score needs the lowercased texts
+    ("forget_holdout_Min-40%" -> (["forget", "holdout"], False))."""
+    split0, split1, score = auc_key.split("_", 2)
+    if split0 not in SPLITS or split1 not in SPLITS or score not in SCORE_KEYS:
+        raise ValueError(f"not an AUC key: {auc_key}")
+    return list(dict.fromkeys((split0, split1))), score == "PPL/lower"
 
 
 def privleak(auc: float, auc_retrain: float) -> float | None:

@@ -25,7 +25,16 @@ from ..errors import UserError
 from ..models.generation import token_logprobs
 from ..utils.io import atomic_write_json, read_json, sha256_json
 from .knowmem import evaluate_knowmem
-from .privleak import DEFAULT_AUC_KEY, SPLITS, auc_table, privleak, published_auc_retrain, text_scores
+from .privleak import (
+    DEFAULT_AUC_KEY,
+    PRIVLEAK_SCOPES,
+    SPLITS,
+    auc_table,
+    key_needs,
+    privleak,
+    published_auc_retrain,
+    text_scores,
+)
 from .verbmem import evaluate_verbmem
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,10 @@ class EvalConfig:
         "help": "a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined to "
                 "the next word as in training: right for byte-level BPE tokenizers), auto (heal on the built-in "
                 "world, keep elsewhere)", "choices": list(PROMPT_SPACE)})
+    privleak_scope: str = field(default="muse", metadata={
+        "help": "texts PrivLeak scores: muse (MUSE's whole log: forget, retain and holdout texts and their "
+                "lowercased copies, every AUC of auc.json) or metric (only what the PrivLeak key compares; same "
+                "PrivLeak, a third of the work)", "choices": list(PRIVLEAK_SCOPES)})
 
     def validate(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -64,6 +77,13 @@ class EvalConfig:
             raise UserError("--limit must be at least 1")
         if self.prompt_space not in PROMPT_SPACE:
             raise UserError(f"--prompt-space must be one of {', '.join(PROMPT_SPACE)}")
+        if self.privleak_scope not in PRIVLEAK_SCOPES:
+            raise UserError(f"--privleak-scope must be one of {', '.join(PRIVLEAK_SCOPES)}")
+        try:
+            key_needs(self.privleak_key)
+        except ValueError:
+            raise UserError(f"privleak key {self.privleak_key!r} is not an AUC key such as {DEFAULT_AUC_KEY} "
+                            f"(split_split_score; splits {', '.join(SPLITS)})") from None
 
     def heals(self, corpus: Corpus) -> bool:
         return heals_prompt_space(corpus, self.prompt_space)
@@ -98,16 +118,19 @@ def take(items: list, limit: int | None) -> list:
 def privleak_scores(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> tuple[dict, int]:
     """Per-text membership scores of the forget, retain and holdout privleak texts (MUSE's log).
 
-    All texts and their lowercased copies are scored in one batched pass (sorted by length)."""
-    texts = {s: take(corpus.privleak(s), cfg.limit) for s in SPLITS}
-    flat = [t for s in SPLITS for t in texts[s]]
-    with tqdm(total=2 * len(flat), desc="privleak", disable=not show, leave=False) as bar:
-        lps, truncated = token_logprobs(model, tokenizer, flat + [t.lower() for t in flat], cfg.batch_size, bar.update)
+    All texts (and their lowercased copies) are scored in one batched pass (sorted by length); with
+    `privleak_scope` metric only the splits and scores the PrivLeak key needs."""
+    splits, lower = (list(SPLITS), True) if cfg.privleak_scope == "muse" else key_needs(cfg.privleak_key)
+    texts = {s: take(corpus.privleak(s), cfg.limit) for s in splits}
+    flat = [t for s in splits for t in texts[s]]
+    scored = flat + [t.lower() for t in flat] if lower else flat
+    with tqdm(total=len(scored), desc="privleak", disable=not show, leave=False) as bar:
+        lps, truncated = token_logprobs(model, tokenizer, scored, cfg.batch_size, bar.update)
     logs: dict[str, list[dict]] = {}
     start = 0
-    for split in SPLITS:
+    for split in splits:
         items = texts[split]
-        logs[split] = [{"text": t, **text_scores(t, lps[start + i], lps[len(flat) + start + i])}
+        logs[split] = [{"text": t, **text_scores(t, lps[start + i], lps[len(flat) + start + i] if lower else None)}
                        for i, t in enumerate(items)]
         start += len(items)
     return logs, truncated
@@ -223,3 +246,36 @@ def parse_metrics(text: str | Sequence[str]) -> list[str]:
     """'verbmem_f,knowmem_f' -> ['verbmem_f', 'knowmem_f'] (also accepts a list)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     return [m.strip() for m in items if m.strip()]
+
+
+def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
+    """Per-epoch KnowMem (forget and retain, x100) for the unlearning stopping rule."""
+    import copy
+
+    import torch
+
+    def evaluate(model) -> dict[str, float]:
+        was_training = model.training
+        net = model
+        if next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype != torch.float32:
+            net = copy.deepcopy(model).float()  # exact upcast: CPU evaluation in fp32 like `eval`
+        net.eval()
+        out = {}
+        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
+            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
+            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
+                                         heal_space=heals_prompt_space(corpus))
+            out[key] = agg["mean_rougeL"] * 100
+        if was_training:
+            model.train()
+        return out
+
+    return evaluate
+
+
+def utility_floor_from(retrained: str, corpus, opts, device: str, limit: int | None = None) -> float:
+    """KnowMem_r of the retrained model: MUSE's utility floor for the stopping rule."""
+    from ..models.loading import load_model, load_tokenizer
+
+    model = load_model(retrained, "fp32", opts, device)
+    return knowmem_evaluator(corpus, load_tokenizer(retrained, opts), limit)(model)["knowmem_r"]

@@ -3,6 +3,11 @@
 Prompt -> greedy continuation of 128 new tokens. The ground truth is cut to its first 128 tokens the
 way MUSE does it (tokenize with special tokens, keep 128 ids, decode without special tokens).
 Score = ROUGE-L F1 of (cut ground truth, continuation); metric = mean x 100.
+
+MUSE's ground truths are longer than the window, so it compares 128 generated tokens with 128 reference
+tokens. A ground truth shorter than the window (the built-in world's are ~40 tokens) keeps that parity:
+the continuation is as many tokens as the ground truth has, not 128 (an F1 against a reference a third of
+the continuation's length would measure rambling, not memory). MUSE's corpora are unchanged by this.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ MAX_NEW_TOKENS = 128
 
 def cut_ground_truth(tokenizer, gt: str, max_tokens: int = MAX_NEW_TOKENS) -> str:
     """The first `max_tokens` tokens of the ground truth, decoded back to text (as MUSE does)."""
+    return window(tokenizer, gt, max_tokens)[0]
+
+
+def window(tokenizer, gt: str, max_tokens: int) -> tuple[str, int]:
+    """The cut ground truth and its length in tokens (special tokens counted, as MUSE cuts)."""
     ids = tokenizer(gt, add_special_tokens=True).input_ids[:max_tokens]
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True), len(ids)
+
+
+def cut_continuation(tokenizer, text: str, n_tokens: int) -> str:
+    """The first `n_tokens` tokens of a generated continuation."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:n_tokens]
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 
@@ -33,10 +49,13 @@ def evaluate_verbmem(
     """(aggregate, per-item log, truncated prompts) of VerbMem on prompt/gt items (`heal_space`: see
     `greedy_generate`)."""
     prompts = [it["prompt"] for it in items]
-    outputs, truncated = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size,
+    windows = [window(tokenizer, it["gt"], max_new_tokens) for it in items]
+    longest = max((n for _, n in windows), default=max_new_tokens)
+    outputs, truncated = greedy_generate(model, tokenizer, prompts, longest, batch_size=batch_size,
                                          progress=progress, heal_space=heal_space)
     rows = []
-    for item, out in zip(items, outputs):
-        gt = cut_ground_truth(tokenizer, item["gt"], max_new_tokens)
+    for item, out, (gt, n) in zip(items, outputs, windows):
+        if n < max_new_tokens:  # a ground truth shorter than the window: a continuation of its length
+            out = cut_continuation(tokenizer, out, n)
         rows.append({"prompt": item["prompt"], "gt": gt, "response": out, **rouge(gt, out)})
     return aggregate(rows), rows, truncated

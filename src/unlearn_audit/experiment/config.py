@@ -53,6 +53,11 @@ class GridConfig:
                 "the runs use"})
     eval_limit: int | None = None
     eval_batch_size: int | None = None
+    eval: dict = field(default_factory=dict, metadata={
+        "help": "evaluation options of every cell (EvalConfig: privleak_scope, prompt_space; see `eval --help`)"})
+    attack_metrics: list[str] | None = field(default=None, metadata={
+        "help": "metrics of the attack columns (default: every metric); the attack tables read forgetting and "
+                "utility, so [verbmem_f, knowmem_f, knowmem_r] skips PrivLeak there"})
     workers: int = 1
 
     def validate(self) -> None:
@@ -94,6 +99,18 @@ class GridConfig:
             raise UserError("seed_scope 'all' re-trains the tiny models per seed; it cannot re-draw your own target")
         self.validate_base()
         self.validate_axes()
+        self.validate_eval()
+
+    def validate_eval(self) -> None:
+        """The grid's evaluation options and attack metrics, checked as `eval` checks them."""
+        from ..evaluate.runner import EvalConfig
+
+        for key in ("metrics", "limit", "batch_size"):
+            if key in self.eval:
+                raise UserError(f"eval: set `{key}` with the grid's own field (attack_metrics, eval_limit, eval_batch_size)")
+        build_config(EvalConfig, dict(self.eval), source="grid eval options").validate()
+        if self.attack_metrics is not None:
+            EvalConfig(metrics=list(self.attack_metrics)).validate()
 
     def axes_from_runs(self) -> None:
         """With explicit `runs`, the axes become what the runs use (the first seed is the models' seed)."""

@@ -127,7 +127,8 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
                    f"{settings['method']} {settings['dtype']} lr={settings['learning_rate']:g}{extra} seed={seed}")
         runs.append((run, model_seed))
     cells.extend(run for run, _ in runs)
-    eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size}
+    eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size,
+                   **({"eval": cfg.eval} if cfg.eval else {})}
     refs = {}
     for seed, pair in models.items():
         refs[seed] = spec("eval", {**eval_common, "model": pair["retrained"].id, "scheme": "full"},
@@ -136,11 +137,19 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     evaluated = [(m, refs[seed]) for seed, pair in models.items() for m in pair.values()]
     evaluated += [(run, refs[model_seed]) for run, model_seed in runs]
     for model, auc_ref in evaluated:
+        full = auc_ref if model.id == auc_ref.config["model"] else None
         for scheme in cfg.evaluated:
-            if model.id == auc_ref.config["model"] and scheme == "full":
+            if full and scheme == "full":
                 continue
-            cells.append(spec("eval", {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id},
-                              [corpus.id, model.id, auc_ref.id], f"{model.label} @ {scheme}"))
+            config, deps = {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id}, []
+            if scheme in cfg.attacks:
+                config.update({"metrics": cfg.attack_metrics} if cfg.attack_metrics else {})
+                if scheme.startswith("cast:"):  # identity on weights already in that format: the full cell's values
+                    config["full_cell"] = full.id  # schemes (full first) come before attacks
+                    deps = [full.id]
+            cell = spec("eval", config, [corpus.id, model.id, auc_ref.id, *deps], f"{model.label} @ {scheme}")
+            full = cell if scheme == "full" else full
+            cells.append(cell)
     for run, model_seed in runs:
         target = models[model_seed]["target"].id
         for scheme in cfg.bins_schemes:

@@ -10,6 +10,11 @@ without bf16 instructions they are 2-8x slower than fp32.
   - gradients are rounded to bf16 and the update is torch's own AdamW run on bf16 copies of the weights
     with bf16 state (so the optimizer arithmetic, weight decay and rounding are exactly native bf16's);
   - the rounded bf16 weights are copied back after every step.
+Both paths step with torch's fused AdamW (as HF's `adamw_torch_fused`): one kernel reads the bf16 weight,
+gradient and moments, computes the update in fp32 and writes bf16 back, so an update below half a bf16
+step of its weight is still rounded away, which is the property the paper's failure rests on; the
+per-tensor loop it replaces rounds each intermediate to bf16 and is several times slower on CPUs
+(bench/optimizer_step.py).
 The only difference from `native` is the precision of activations inside the forward/backward pass;
 tests/unlearn/test_bf16.py measures its effect on the update (changed weights, update direction, mass
 erased by int4) against native bf16.
@@ -62,7 +67,7 @@ class Bf16StateAdamW(torch.optim.Optimizer):
         for g in self.param_groups:
             shadows = [p.detach().to(torch.bfloat16) for p in g["params"]]
             groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": shadows})
-        self.inner = torch.optim.AdamW(groups, lr=lr, foreach=False)
+        self.inner = torch.optim.AdamW(groups, lr=lr, fused=True)
 
     @torch.no_grad()
     def step(self, closure=None):

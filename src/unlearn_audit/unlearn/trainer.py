@@ -387,7 +387,7 @@ def unlearn(
         learning_rate=lr,
         lr_scheduler_type="constant",
         weight_decay=cfg.weight_decay,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # one kernel per step: bf16 weights and state stay bf16 (see bf16.py)
         bf16=cfg.dtype == "mixed",
         save_strategy="epoch",
         logging_strategy="steps",
