@@ -23,12 +23,14 @@ log = logging.getLogger("unlearn_audit")
 def add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; they can run code")
     p.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with a hub model")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused otherwise)")
 
 
 def load_options(args):
     from .models.loading import LoadOptions
 
-    return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                       allow_nonfinite=args.allow_nonfinite)
 
 
 def default_device() -> str:
@@ -96,7 +98,7 @@ def cmd_eval(args) -> int:
 
     corpus = Corpus.open(args.corpus)
     cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size,
-                     prompt_space=args.prompt_space)
+                     prompt_space=args.prompt_space, privleak_scope=args.privleak_scope)
     cfg.validate()
     check_corpus(corpus, cfg.metrics)  # before any model is loaded
     opts = load_options(args)
@@ -216,44 +218,9 @@ def add_quantize_flags(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- unlearn
-def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
-    """Per-epoch KnowMem (forget and retain, x100) for the unlearning stopping rule."""
-    import copy
-
-    import torch
-
-    from .evaluate.knowmem import evaluate_knowmem
-    from .evaluate.runner import heals_prompt_space
-
-    def evaluate(model) -> dict[str, float]:
-        was_training = model.training
-        net = model
-        if next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype != torch.float32:
-            net = copy.deepcopy(model).float()  # exact upcast: CPU evaluation in fp32 like `eval`
-        net.eval()
-        out = {}
-        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
-            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
-            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
-                                         heal_space=heals_prompt_space(corpus))
-            out[key] = agg["mean_rougeL"] * 100
-        if was_training:
-            model.train()
-        return out
-
-    return evaluate
-
-
-def utility_floor_from(retrained: str, corpus, opts, device: str, limit: int | None = None) -> float:
-    """KnowMem_r of the retrained model: MUSE's utility floor for the stopping rule."""
-    from .models.loading import load_model, load_tokenizer
-
-    model = load_model(retrained, "fp32", opts, device)
-    return knowmem_evaluator(corpus, load_tokenizer(retrained, opts), limit)(model)["knowmem_r"]
-
-
 def cmd_unlearn(args) -> int:
     from .data.corpus import Corpus
+    from .evaluate.runner import knowmem_evaluator, utility_floor_from
     from .models.loading import load_tokenizer, read_model_json
     from .unlearn import UnlearnConfig, unlearn
 
@@ -442,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
                         "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
                         "auto: heal on the built-in world, keep elsewhere (default)")
+    from .evaluate.privleak import PRIVLEAK_SCOPES
+
+    p.add_argument("--privleak-scope", default="muse", choices=list(PRIVLEAK_SCOPES),
+                   help="muse: MUSE's whole PrivLeak log (every split, lowercased copies, every AUC; default); "
+                        "metric: only the texts the PrivLeak value compares (same value, a third of the work)")
     p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 128)")
     p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
@@ -567,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     set_verbose(args.verbose)
     quiet_libraries()
     try:
+        check_output_apart(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -579,6 +552,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {library_error(exc)} (run with -v for the traceback)", file=sys.stderr)
         return 2
+
+
+INPUT_FLAGS = ("model", "target", "unlearned", "retrained", "corpus")
+
+
+def check_output_apart(args) -> None:
+    """Refuse an --out that is, contains or lies inside one of the command's local inputs: writing there
+    would overwrite or mix with the input (`quantize --model M --out M` would replace M by its quantized copy)."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    out_path = Path(out).expanduser().resolve()
+    for flag in INPUT_FLAGS:
+        value = getattr(args, flag, None)
+        if not value or not Path(value).expanduser().exists():
+            continue
+        src = Path(value).expanduser().resolve()
+        if out_path == src or src in out_path.parents or out_path in src.parents:
+            where = "is" if out_path == src else "lies inside" if src in out_path.parents else "contains"
+            raise UserError(f"--out {out} {where} the input --{flag} {value}; writing there would overwrite it: "
+                            "choose another --out")
 
 
 def library_error(exc: Exception) -> str:

@@ -71,6 +71,47 @@ def test_grid_evaluates_attacks_as_columns(run_cli, micro_world, micro_target, m
     assert "relearn:retain:steps=4,lr=1e-3" in report
 
 
+def test_attack_columns_skip_what_they_do_not_read_and_identical_casts(run_cli, micro_world, micro_target,
+                                                                        micro_retrained, tmp_path):
+    """`attack_metrics` drops PrivLeak from the attack columns; a cast onto the format a model is stored in
+    (bf16 unlearning) is the full-precision cell's values, while the fp32-stored target is really cast;
+    `eval: {privleak_scope: metric}` gives the PrivLeak of MUSE's whole log from a third of the texts."""
+    grid = micro_grid(micro_world, methods=["ga_gdr"], dtypes=["bf16", "fp32"], schemes=["full"], bins_schemes=[],
+                      attacks=["cast:bf16"], attack_metrics=["knowmem_f", "knowmem_r"])
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    assert run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "muse", "--quiet")[0] == 0
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({**grid, "eval": {"privleak_scope": "metric"}}))
+    assert run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "lean", "--quiet")[0] == 0
+    rows = {(r["model"], r["dtype"], r["scheme"]): r for r in json.loads((tmp_path / "lean" / "results.json").read_text())}
+    muse = {(r["model"], r["dtype"], r["scheme"]): r for r in json.loads((tmp_path / "muse" / "results.json").read_text())}
+    for key, r in rows.items():
+        assert r["privleak"] == pytest.approx(muse[key]["privleak"]) if key[2] == "full" else r["privleak"] is None
+    results = {(c.result["model"], c.result["dtype"], c.result["scheme"]): c.result
+               for c in Ledger(tmp_path / "lean" / "ledger.sqlite").cells("eval")}
+    cast, full = results[("ga_gdr", "bf16", "cast:bf16")], results[("ga_gdr", "bf16", "full")]
+    assert "identity" in cast and cast["metrics"] == {k: full["metrics"][k] for k in ("knowmem_f", "knowmem_r")}
+    cast32 = results[("ga_gdr", "fp32", "cast:bf16")]  # stored in fp32: really cast and evaluated
+    assert "identity" not in cast32 and set(cast32["metrics"]) == {"knowmem_f", "knowmem_r"}
+    evals = Path(tmp_path / "lean" / "evals")
+    logs = [json.loads(p.read_text()) for p in evals.glob("*/privleak/log.json")]
+    assert logs and all(set(log) == {"forget", "holdout"} for log in logs)
+
+
+def test_a_grid_utility_floor_stops_unlearning(micro_world, micro_target, micro_retrained, tmp_path):
+    """`unlearn: {utility_floor: F}` in a grid is MUSE's stopping rule, as on `unlearn`: KnowMem_r is measured
+    after every epoch and the run stops at the first epoch below F (a floor above 100 stops at epoch 1)."""
+    from unlearn_audit.models.loading import read_model_json
+
+    grid = micro_grid(micro_world, methods=["ga_gdr"], schemes=["full"], bins_schemes=[],
+                      unlearn={"epochs": 3, "batch_size": 4, "utility_floor": 101.0})
+    runner = grid_mod.GridRunner(build_config(GridConfig, grid), tmp_path / "run", show=False)
+    assert runner.run() == {"done": len(runner.cells)}
+    unlearned = next(c for c in runner.ledger.cells("unlearn"))
+    info = read_model_json(unlearned.result["path"], "unlearn.json")
+    assert info["chosen_epoch"] == 1 and "fell below the utility floor 101.00" in info["chosen_reason"]
+    assert [e["epoch"] for e in info["epochs"]] == [1] and "knowmem_r" in info["epochs"][0]["metrics"]
+
+
 @pytest.mark.parametrize("attack, message", [
     ("relearn:forget-part", "run it with `audit --attacks`"),
     ("cast:fp8", "dtype must be bf16 or fp16"),

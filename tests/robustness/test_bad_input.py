@@ -47,13 +47,21 @@ def inputs(micro_world, micro_target, micro_retrained, tmp_path_factory) -> dict
     config = json.loads((wrong_tokenizer / "config.json").read_text())
     config["vocab_size"] = 64  # the tokenizer's ids go far beyond: config and tokenizer disagree
     (wrong_tokenizer / "config.json").write_text(json.dumps(config))
+    nonfinite = root / "nan model"
+    shutil.copytree(micro_target, nonfinite)
+    state = load_file(str(nonfinite / "model.safetensors"))
+    state[name] = state[name].clone()
+    state[name][0, 0] = float("nan")
+    save_file(state, str(nonfinite / "model.safetensors"))
+    own = root / "own model"
+    shutil.copytree(micro_target, own)
     a_file = root / "a file"
     a_file.write_text("not a folder")
     grid = root / "grid with unknown method.yaml"
     grid.write_text(yaml.safe_dump({"methods": ["gradient_magic"]}))
     return {"world": micro_world, "target": micro_target, "retrained": micro_retrained, "truncated": truncated,
             "garbage": not_safetensors, "bad_qa": bad_qa, "bad_raw": bad_raw, "empty": empty_dir, "grid": grid,
-            "other": other, "a_file": a_file,
+            "other": other, "a_file": a_file, "nonfinite": nonfinite, "own": own,
             "wrong_tokenizer": wrong_tokenizer}
 
 
@@ -97,6 +105,13 @@ CASES = {
     "report: not a run folder": ("report {empty}", "not a run folder"),
     "train-tiny: corpus missing": ("train-tiny --corpus {missing} --role target", "not found"),
     "world: no people": ("world --out {out} --people 0", "people"),
+    "eval: weights holding NaN": ("eval --model {nonfinite} --corpus {world} --out {out}", "NaN/inf"),
+    "quantize: output is the input model": ("quantize --model {own} --scheme rtn-int8-channel --out {own}",
+                                            "is the input --model"),
+    "finetune: output inside the input model": ("finetune --model {own} --corpus {world} --out {own}/ft",
+                                                "lies inside the input --model"),
+    "unlearn: output contains the input model": ("unlearn --model {own} --corpus {world} --method ga --out {own}/..",
+                                                 "contains the input --model"),
 }
 
 
@@ -123,6 +138,20 @@ def test_bad_input_is_one_error_line_exit_2_and_no_output(case, inputs, run_cli,
     assert "Traceback" not in stdout + stderr
     if "audit" not in template:  # audit writes its finished evaluations so a re-run resumes them
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing new, not even scratch space
+
+
+def test_an_output_onto_its_input_leaves_the_input_untouched(inputs, run_cli):
+    before = {p.name: p.read_bytes() for p in inputs["own"].iterdir()}
+    for case in ("quantize: output is the input model", "finetune: output inside the input model"):
+        assert run_cli(*expand(CASES[case][0], inputs, inputs["own"]))[0] == 2
+    assert {p.name: p.read_bytes() for p in inputs["own"].iterdir()} == before
+
+
+def test_nonfinite_weights_load_on_request(inputs):
+    from unlearn_audit.models.loading import LoadOptions, load_model
+
+    model = load_model(inputs["nonfinite"], opts=LoadOptions(allow_nonfinite=True))
+    assert any(not p.isfinite().all() for p in model.parameters())
 
 
 def test_audit_refuses_a_target_with_nothing_to_forget_before_quantized_evaluations(inputs, run_cli, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, write_world
-from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model, heals_prompt_space
+from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model, heals_prompt_space, knowmem_evaluator
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
@@ -111,7 +111,10 @@ def unlearn_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     target = runner.result(cfg["target"])["path"]
     out = runner.run_dir / "models" / cell.id
-    unlearn(target, corpus, settings, out, show=False)
+    evaluator = None  # a utility floor is MUSE's stopping rule: it needs KnowMem after every epoch
+    if settings.utility_floor is not None:
+        evaluator = knowmem_evaluator(corpus, load_tokenizer(target), runner.cfg.eval_limit)
+    unlearn(target, corpus, settings, out, evaluator, show=False)
     from ..models.loading import read_model_json
 
     info = read_model_json(out, "unlearn.json") or {}
@@ -146,6 +149,8 @@ def eval_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     path = runner.result(cfg["model"])["path"]
     scheme = cfg["scheme"]
+    if "full_cell" in cfg and stored_float_dtypes(path) == {as_attack(scheme).params["dtype"]}:
+        return same_as_full(runner.result(cfg["full_cell"]), scheme, cfg.get("metrics"))
     tok = load_tokenizer(path)
     ctx = Context(corpus=corpus, tokenizer=tok, show=False)
     model = load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
@@ -153,7 +158,8 @@ def eval_cell(runner, cell) -> dict:
     if "auc_ref" in cfg:
         ref = runner.result(cfg["auc_ref"])["details"]["privleak"]
         auc_ret = AucRetrain(ref["auc"], "measured on the retrained model")
-    ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"])
+    ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"], **cfg.get("eval", {}),
+                      **({"metrics": cfg["metrics"]} if cfg.get("metrics") else {}))
     res = evaluate_model(model, tok, corpus, ecfg, auc_ret, runner.run_dir / "evals" / cell.id,
                          identity={"cell": cell.id}, show=False)
     if "auc_ref" not in cfg:  # the retrained model at full precision is its own reference
@@ -162,6 +168,31 @@ def eval_cell(runner, cell) -> dict:
         res["metrics"]["privleak"] = 0.0
     return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
             "details": res["details"], "seconds": res["seconds"]}
+
+
+def same_as_full(full: dict, scheme: str, metrics: list[str] | None) -> dict:
+    """A cast onto the format the weights are already stored in changes no weight: the full-precision
+    cell's values, marked as such (no model is loaded)."""
+    keep = metrics or list(full["metrics"])
+    return {**full, "scheme": scheme, "metrics": {m: full["metrics"][m] for m in keep},
+            "details": {m: full["details"][m] for m in keep}, "seconds": {m: 0.0 for m in keep},
+            "identity": f"weights already stored as {scheme.split(':', 1)[1]}: the full-precision values"}
+
+
+def stored_float_dtypes(path: str) -> set[str]:
+    """The floating-point formats of a local safetensors model's weights ('bf16', 'fp16', 'fp32'), read
+    from the file headers; empty for anything else (a hub id, pickled weights)."""
+    from safetensors import safe_open
+
+    names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
+    found: set[str] = set()
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for name in h.keys():
+                dtype = h.get_slice(name).get_dtype()
+                found |= {names[dtype]} if dtype in names else set()
+    return found
 
 
 def bins_cell(runner, cell) -> dict:

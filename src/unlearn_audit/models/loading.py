@@ -27,10 +27,11 @@ FULL_HASH_LIMIT = 512 * 2**20  # hash every byte of models smaller than this; fi
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How models are loaded; mirrors the CLI flags --allow-pickle and --trust-remote-code."""
+    """How models are loaded; mirrors the CLI flags --allow-pickle, --trust-remote-code, --allow-nonfinite."""
 
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    allow_nonfinite: bool = False
 
 
 def is_local(spec: str | Path) -> bool:
@@ -167,10 +168,22 @@ def load_model(
         raise
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec}': {first_line(exc)}") from None
+    if not opts.allow_nonfinite:
+        check_finite(model, spec)
     if device is not None:
         model.to(device)
     model.eval()
     return model
+
+
+def check_finite(model, spec) -> None:
+    """Refuse weights holding NaN or inf (a diverged run saved anyway, a corrupt file): every metric of such a
+    model is meaningless, however normal its numbers look. One pass over the weights."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"model '{spec}': weight {name} holds {bad} NaN/inf value(s); it cannot be evaluated "
+                            "(pass --allow-nonfinite to load it anyway)")
 
 
 def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
