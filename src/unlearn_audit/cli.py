@@ -14,6 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import add_dataclass_arguments, config_from_args
 from .errors import UserError
+from .scoring import UTILITY_KEPT
 from .utils.quiet import quiet_libraries, set_verbose
 
 log = logging.getLogger("unlearn_audit")
@@ -37,11 +38,6 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def fmt(value, digits: int = 2) -> str:
-    """A metric for display; None (undefined, e.g. PrivLeak with AUC_retrain = 0) shows as n/a."""
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -130,7 +126,9 @@ def cmd_eval(args) -> int:
         "unlearn_audit_version": __version__,
     }
     atomic_write_json(out / "metrics.json", metrics)
-    print_table([[m, fmt(res["metrics"][m])] for m in cfg.metrics], ["metric", "value (x100)"])
+    from .scoring import fmt
+
+    print_table([[m, fmt(res["metrics"][m], digits=2)] for m in cfg.metrics], ["metric", "value (x100)"])
     if "privleak" in res["details"]:
         d = res["details"]["privleak"]
         print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")
@@ -353,7 +351,7 @@ def cmd_audit(args) -> int:
     attacks = [f"quant:{s}" for s in parse_metrics(args.schemes or "") if s != "full"]
     attacks += [a for item in args.attacks or [] for a in item.replace(";", " ").split()]
     cfg = AuditConfig(attacks=attacks or list(DEFAULT_ATTACKS), metrics=parse_metrics(args.metrics),
-                      max_retained=args.max_retained, lr=args.lr, limit=args.limit, batch_size=args.batch_size,
+                      max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit, batch_size=args.batch_size,
                       dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
     result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
@@ -363,7 +361,7 @@ def cmd_audit(args) -> int:
     print()
     print("\n".join(table(result)))
     print()
-    print(("PASS: " if result["exit_code"] == 0 else "FAIL: ") + result["verdict"])
+    print({0: "PASS: ", 3: "OVER-UNLEARNED: "}.get(result["exit_code"], "FAIL: ") + result["verdict"])
     return result["exit_code"]
 
 
@@ -513,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
     p.add_argument("--max-retained", type=float, default=0.25,
                    help="forgetting holds when at most this share of the target's knowledge remains (default 0.25)")
+    p.add_argument("--min-utility", type=float, default=UTILITY_KEPT,
+                   help="share of the target's KnowMem_r the unlearned model must keep; below it the audit exits 3 "
+                        f"(over-unlearned) even where forgetting holds; 0: no utility gate (default {UTILITY_KEPT})")
     p.add_argument("--lr", type=float, help="unlearning learning rate (bins reports the bf16 cap)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")

@@ -44,7 +44,8 @@ def test_reduced_real_demo_reports_every_cell(reduced_demo):
 
 def test_reduced_real_demo_verdicts_follow_their_formulas(reduced_demo):
     """retained = unlearned / target per seed, averaged; recovery = (retained_q - retained_full) / (1 - retained_full)."""
-    from unlearn_audit.experiment.report import FORGOT_SOMETHING, retained_mean
+    from unlearn_audit.experiment.report import retained_mean
+    from unlearn_audit.scoring import FORGOT_SOMETHING
 
     _, run = reduced_demo
     rows = json.loads((run / "results.json").read_text())

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..scoring import fmt
 from ..utils.io import atomic_write_text, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
@@ -280,7 +281,7 @@ def summary(kind: str, result: dict) -> str:
     """One-line status of a finished cell."""
     if kind == "eval":
         m = result["metrics"]
-        return " ".join(f"{k}={fmt(m.get(k))}" for k in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"))
+        return " ".join(f"{k}={fmt(m[k])}" for k in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak") if k in m)
     if kind == "unlearn":
         return f"epoch {result['chosen_epoch']} kept"
     if kind == "bins":
@@ -295,10 +296,6 @@ def summary(kind: str, result: dict) -> str:
 def clock(seconds: float) -> str:
     minutes, sec = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
-
-
-def fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.1f}"
 
 
 def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int) -> None:

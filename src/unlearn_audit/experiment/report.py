@@ -1,19 +1,41 @@
 """Tables, retention figures and plots from a run's ledger (no recomputation).
 
-Retention of forgotten knowledge, per unlearned model and precision s (Zhang et al.'s headline figure,
-21% at full precision -> 83% at 4 bits, reproduced by this definition for GA_KLR BOOKS):
-    retained(metric, s) = metric(unlearned, s) / metric(target, s)          for VerbMem and KnowMem on D_f
-    relative(metric, s) = (metric(unlearned, s) - metric(retrained, s)) / (metric(target, s) - metric(retrained, s))
+Retention of forgotten knowledge, per unlearned model and precision or attack s, for VerbMem and KnowMem
+on D_f (Zhang et al.'s headline figure, 21% at full precision -> 83% at 4 bits): retained = share(u, t)
+and relative = share(u, t, retrained), with u, t the unlearned and target scores under s; every share,
+recovery and verdict is defined in `unlearn_audit.scoring`.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from ..attacks import as_attack, target_reference
 from ..quantize.schemes import precision_label
+from ..scoring import (
+    FORGOT_ENOUGH,
+    FORGOT_SOMETHING,
+    HOLDS,
+    KNOWLEDGE,
+    PREDICTION_TOLERANCE,
+    RETURNS,
+    SURVIVES,
+    UTILITY_KEPT,
+    Verdict,
+    combined,
+    control_gain,
+    fmt,
+    forgot_too_little,
+    markdown_table,
+    mean,
+    quantization_verdict,
+    ratio,
+    recovery,
+    share,
+    spread,
+    verdict_text,
+)
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from .ledger import Ledger
 
@@ -82,12 +104,6 @@ def label_rows(rows: list[dict], like: list[dict] | None = None) -> None:
         r["label"] = f"{r['model'].upper()} ({r['dtype']}, lr {r['lr']:g}{extra})"
 
 
-def ratio(a, b) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
 def add_retention(rows: list[dict]) -> None:
     """retained = unlearned / target and relative = (unlearned - retrained) / (target - retrained), each
     against the target and retrained models of the same seed (when seeds re-draw them) and precision or
@@ -98,32 +114,10 @@ def add_retention(rows: list[dict]) -> None:
             continue
         t = ref.get(("target", r["model_seed"], target_reference(r["scheme"])))
         rt = ref.get(("retrained", r["model_seed"], r["scheme"]))
-        for key in ("verbmem_f", "knowmem_f"):
-            r[f"retained_{key}"] = ratio(r[key], t[key]) if t else None
-            r[f"relative_{key}"] = (ratio(r[key] - rt[key], t[key] - rt[key])
-                                    if t and rt and None not in (r[key], rt[key], t[key]) else None)
+        for key in KNOWLEDGE:
+            r[f"retained_{key}"] = share(r[key], t[key]) if t else None
+            r[f"relative_{key}"] = share(r[key], t[key], rt[key]) if t and rt and rt[key] is not None else None
         r["utility_kept"] = ratio(r["knowmem_r"], t["knowmem_r"]) if t else None
-
-
-def fmt(x, pct: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    text = f"{100 * x:.0f}%" if pct else f"{x:.1f}"
-    return text[1:] if text.startswith("-") and text.strip("-0.%") == "" else text  # no "-0%"
-
-
-def mean(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    return sum(xs) / len(xs) if xs else None
-
-
-def spread(xs: list[float | None]) -> float | None:
-    """Sample standard deviation over seeds (None with fewer than two values)."""
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if len(xs) < 2:
-        return None
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 AVERAGED = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "retained_verbmem_f", "retained_knowmem_f",
@@ -165,12 +159,12 @@ def ordered_labels(agg: list[dict]) -> list[str]:
 def paper_table(agg: list[dict], schemes: list[str]) -> str:
     """Markdown table in the layout of the paper's Table 1 (M1..M4 per model and precision)."""
     order = {s: i for i, s in enumerate(schemes)}
-    lines = ["| Method | " + " | ".join(c for _, c in METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|"]
+    rows = []
     for label in ordered_labels(agg):
         for a in sorted((a for a in agg if a["label"] == label), key=lambda a: order.get(a["scheme"], 99)):
             name = label if a["scheme"] == "full" else f"{label} + {precision_label(a['scheme'])} ({a['scheme']})"
-            lines.append(f"| {name} | " + " | ".join(cell(a, k) for k, _ in METRIC_COLUMNS) + " |")
-    return "\n".join(lines)
+            rows.append([name, *(cell(a, k) for k, _ in METRIC_COLUMNS)])
+    return markdown_table(["Method", *(c for _, c in METRIC_COLUMNS)], rows)
 
 
 def runs_by_label(agg: list[dict]) -> dict[str, dict[str, dict]]:
@@ -185,40 +179,19 @@ def runs_by_label(agg: list[dict]) -> dict[str, dict[str, dict]]:
 def retention_table(agg: list[dict], schemes: list[str]) -> str:
     """Retained share of the target's VerbMem / KnowMem on D_f, per unlearned model and scheme."""
     by_run = runs_by_label(agg)
-    head = "| Unlearned model | " + " | ".join(f"{s}: VerbMem / KnowMem" for s in schemes) + " |"
-    lines = [head, "|---" * (len(schemes) + 1) + "|"]
+    rows = []
     for key in sorted(by_run):
         cells = []
         for s in schemes:
             a = by_run[key].get(s)
             cells.append("-" if not a else f"{cell(a, 'retained_verbmem_f', True)} / {cell(a, 'retained_knowmem_f', True)}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([key, *cells])
+    return markdown_table(["Unlearned model", *(f"{s}: VerbMem / KnowMem" for s in schemes)], rows)
 
 
 def constrained(method: str) -> bool:
     """Utility-constrained methods (the paper's headline averages over these): *_gdr, *_klr, sure."""
     return method.endswith(("_gdr", "_klr")) or method == "sure"
-
-
-FORGOT_ENOUGH = 0.6  # retained share at full precision at most this: forgetting as deep as the paper's
-FORGOT_SOMETHING = 0.95  # above this, too little was forgotten to say whether it returns
-RETURNS = 0.5  # quantization brings back at least half of what was forgotten: the paper's failure
-HOLDS = 0.1  # at most a tenth comes back: the forgetting survives
-UTILITY_KEPT = 0.8  # the paper's failure is that of utility-preserving unlearning: KnowMem_r >= 80% of the target's
-METRICS_F = ("verbmem_f", "knowmem_f")
-
-
-def forgot_too_little(retained: float | None) -> bool:
-    """More than FORGOT_SOMETHING retained at full precision (or unknown): any recovery share is noise."""
-    return retained is None or retained > FORGOT_SOMETHING
-
-
-def recovery(full: float | None, quantized: float | None) -> float | None:
-    """Share of what full precision forgot (1 - retained) that quantization brings back."""
-    if full is None or quantized is None or full >= 1:
-        return None
-    return (quantized - full) / (1 - full)
 
 
 def four_bit(schemes: list[str]) -> list[str]:
@@ -227,7 +200,7 @@ def four_bit(schemes: list[str]) -> list[str]:
 
 def retained_mean(a: dict) -> float | None:
     """The paper's headline retained share: the mean of VerbMem and KnowMem on D_f, unlearned / target."""
-    return mean([a[f"retained_{k}"] for k in METRICS_F])
+    return combined((a[f"retained_{k}"] for k in KNOWLEDGE), "mean")
 
 
 def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] | None = None) -> list[dict]:
@@ -242,36 +215,26 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
         if not full:
             continue
         entry = {"label": label, "method": full["model"], "dtype": full["dtype"], "n": full["n"],
-                 "retained": {**{k: full[f"retained_{k}"] for k in METRICS_F}, "mean": retained_mean(full)},
+                 "retained": {**{k: full[f"retained_{k}"] for k in KNOWLEDGE}, "mean": retained_mean(full)},
                  "utility_kept": full["utility_kept"], "recovery": {}}
         for s in [x for x in schemes if x != "full"]:
             q = runs.get(s)
             if q:
-                rec = {k: recovery(full[f"retained_{k}"], q[f"retained_{k}"]) for k in METRICS_F}
+                rec = {k: recovery(full[f"retained_{k}"], q[f"retained_{k}"]) for k in KNOWLEDGE}
                 rec["mean"] = recovery(entry["retained"]["mean"], retained_mean(q))
                 entry["recovery"][s] = rec
         entry["verdict"] = verdict_of(entry, four_bit(schemes))
+        entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"])
         if label in bins:
             entry["bins"] = bins[label]
         out.append(entry)
     return out
 
 
-def verdict_of(entry: dict, four: list[str]) -> str:
+def verdict_of(entry: dict, four: list[str]) -> Verdict:
     """From the mean retained share: does what full precision forgot come back under every 4-bit scheme?"""
-    full = entry["retained"]["mean"]
-    if forgot_too_little(full):
-        return "forgot too little to judge"
-    recs = [entry["recovery"][s]["mean"] for s in four if s in entry["recovery"]]
-    recs = [r for r in recs if r is not None]
-    if not recs:
-        return "no 4-bit scheme evaluated"
-    shallow = "" if full <= FORGOT_ENOUGH else " (shallow forgetting)"
-    if min(recs) >= RETURNS:
-        return "knowledge returns" + shallow
-    if max(recs) <= HOLDS:
-        return "forgetting holds" + shallow
-    return "partly returns" + shallow
+    return quantization_verdict(entry["retained"]["mean"],
+                                [entry["recovery"][s]["mean"] for s in four if s in entry["recovery"]])
 
 
 def judged_recovery(v: dict, attack: str, key: str) -> float | None:
@@ -284,7 +247,7 @@ def judged_recovery(v: dict, attack: str, key: str) -> float | None:
 
 def recovery_cell(v: dict, attack: str) -> str:
     """'VerbMem / KnowMem (mean)' recovery under one attack, '-' where too little was forgotten to judge."""
-    verb, know, both = (fmt(judged_recovery(v, attack, k), True) for k in (*METRICS_F, "mean"))
+    verb, know, both = (fmt(judged_recovery(v, attack, k), True) for k in (*KNOWLEDGE, "mean"))
     return f"{verb} / {know} ({both})"
 
 
@@ -296,50 +259,40 @@ def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     head += [f"{s}: recovery VerbMem / KnowMem (mean)" for s in quantized]
     head += ["KnowMem_r kept", "measured verdict", "bins prediction of the recovery (from the weights)",
              f"prediction within {PREDICTION_TOLERANCE:.0%}?"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = []
     for v in verdicts:
         r = v["retained"]
         row = [v["label"], f"{fmt(r['verbmem_f'], True)} / {fmt(r['knowmem_f'], True)} ({fmt(r['mean'], True)})"]
         for s in quantized:
             row.append(recovery_cell(v, s))
         right = prediction_agrees(v)
-        row += [fmt(v["utility_kept"], True), v["verdict"], bins_prediction(v.get("bins")),
+        row += [fmt(v["utility_kept"], True), v["verdict_text"], bins_prediction(v.get("bins")),
                 "-" if right is None else ("yes" if right else "no")]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        rows.append(row)
+    return markdown_table(head, rows)
 
 
 def is_quantization(name: str) -> bool:
     return name == "full" or as_attack(name).family == "quant"
 
 
-def control_gain(agg: list[dict], attack: str) -> float | None:
-    """What an attack gives the retrained model (seeds averaged), as a share of the target's forgettable
-    knowledge: mean over VerbMem_f, KnowMem_f of (retrained_a - retrained_full) / (target - retrained_full)."""
+def retrained_gain(agg: list[dict], attack: str) -> float | None:
+    """What an attack gives the retrained model (seeds averaged): `scoring.control_gain`, metrics averaged
+    (against the target at the attack's reference precision)."""
     at = {(a["label"], a["scheme"]): a for a in agg}
     rt, rt_a, t = at.get(("Retrained", "full")), at.get(("Retrained", attack)), at.get(("Target", target_reference(attack)))
-    if not (rt and rt_a and t):
-        return None
-    return mean([ratio(rt_a[k] - rt[k], t[k] - rt[k]) for k in METRICS_F
-                 if None not in (rt_a[k], rt[k], t[k]) and t[k] - rt[k] >= 1.0])
+    return control_gain(rt_a, rt, t, "mean")
 
 
 def attack_table(verdicts: list[dict], agg: list[dict], attacks: list[str]) -> str:
     """Per method: recovery under each attack beyond quantization; the last row is the control."""
     head = ["Unlearned model", "retained at full (mean)", *(f"{a}: recovery VerbMem / KnowMem (mean)" for a in attacks),
             "measured verdict (4-bit)"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for v in verdicts:
-        row = [v["label"], fmt(v["retained"]["mean"], True)]
-        for a in attacks:
-            row.append(recovery_cell(v, a))
-        lines.append("| " + " | ".join([*row, v["verdict"]]) + " |")
-    gains = [fmt(control_gain(agg, a), True) for a in attacks]
-    lines.append("| Retrained (control): knowledge gained, share of the target's | - | " + " | ".join(gains) + " | - |")
-    return "\n".join(lines)
-
-
-SURVIVES = 0.2  # an attack that brings back at most this share of what was forgotten is survived
+    rows = [[v["label"], fmt(v["retained"]["mean"], True), *(recovery_cell(v, a) for a in attacks), v["verdict_text"]]
+            for v in verdicts]
+    rows.append(["Retrained (control): knowledge gained, share of the target's", "-",
+                 *(fmt(retrained_gain(agg, a), True) for a in attacks), "-"])
+    return markdown_table(head, rows)
 
 
 def robustness_table(verdicts: list[dict], columns: list[str]) -> str:
@@ -348,19 +301,15 @@ def robustness_table(verdicts: list[dict], columns: list[str]) -> str:
     attacks = [c for c in columns if c != "full"]
     head = ["Unlearned model", "retained at full (mean)", "KnowMem_r kept", "worst attack: recovery (mean)",
             f"attacks bringing back > {SURVIVES:.0%}"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = []
     for v in verdicts:
         recs = {a: judged_recovery(v, a, "mean") for a in attacks}
         recs = {a: r for a, r in recs.items() if r is not None}
         worst = max(recs, key=recs.get) if recs else None
         failing = [a for a, r in recs.items() if r > SURVIVES]
-        lines.append(f"| {v['label']} | {fmt(v['retained']['mean'], True)} | {fmt(v['utility_kept'], True)} | "
-                     + (f"{worst}: {fmt(recs[worst], True)}" if worst else "-") + " | "
-                     + (", ".join(failing) if failing else "none") + " |")
-    return "\n".join(lines)
-
-
-PREDICTION_TOLERANCE = 0.25  # |predicted - measured recovery| within which the bins forecast counts as right
+        rows.append([v["label"], fmt(v["retained"]["mean"], True), fmt(v["utility_kept"], True),
+                     f"{worst}: {fmt(recs[worst], True)}" if worst else "-", ", ".join(failing) if failing else "none"])
+    return markdown_table(head, rows)
 
 
 def bins_prediction(b: dict | None) -> str:
@@ -377,7 +326,7 @@ def prediction_agrees(v: dict) -> bool | None:
     under the analysed scheme?"""
     b = v.get("bins")
     rec = v["recovery"].get(b["scheme"], {}).get("mean") if b else None
-    if rec is None or b.get("projected_survival") is None or v["verdict"].startswith("forgot too little"):
+    if rec is None or b.get("projected_survival") is None or v["verdict"] is Verdict.TOO_LITTLE:
         return None
     return abs((1 - b["projected_survival"]) - rec) <= PREDICTION_TOLERANCE
 
@@ -396,14 +345,14 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
     lines = []
     for dtype in sorted({v["dtype"] for v in verdicts}):
         vs = [v for v in verdicts if v["dtype"] == dtype]
-        judged = [v for v in vs if v["verdict"] not in ("forgot too little to judge", "no 4-bit scheme evaluated")]
-        returns = [v for v in judged if v["verdict"].startswith("knowledge returns")]
+        judged = [v for v in vs if v["verdict"].judged]
+        returns = [v for v in judged if v["verdict"] is Verdict.RETURNS]
         parts = [f"{dtype} regime, 4-bit = {', '.join(four) or 'none'}: knowledge returns for {len(returns)} of "
                  f"{len(vs)} runs" + (f" ({'; '.join(v['label'] for v in returns)})" if returns else "")]
         expect_return = [v for v in judged if dtype == "bf16" and constrained(v["method"]) and v["method"] != "sure"]
         expect_hold = [v for v in judged if v not in expect_return and (dtype != "bf16" or v["method"] == "sure")]
         if expect_return:
-            hits = [v for v in expect_return if v["verdict"].startswith("knowledge returns")]
+            hits = [v for v in expect_return if v["verdict"] is Verdict.RETURNS]
             full = mean([v["retained"]["mean"] for v in expect_return])
             deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH
                     and (v["utility_kept"] is None or v["utility_kept"] >= UTILITY_KEPT)]
@@ -425,11 +374,11 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
             if tiny and len(deep) < max(1, (len(expect_return) + 1) // 2):
                 parts.append(SHALLOW_AT_THIS_SIZE)
         if expect_hold:
-            held = [v for v in expect_hold if v["verdict"].startswith("forgetting holds")]
+            held = [v for v in expect_hold if v["verdict"] is Verdict.HOLDS]
             word = "AGREES" if len(held) == len(expect_hold) else "DISAGREES"
             parts.append(f"{word} with the paper's contrast: forgetting holds (at most {HOLDS:.0%} back) for "
                          f"{len(held)} of {len(expect_hold)} runs expected to hold")
-        too_little = [v["label"] for v in vs if v["verdict"] == "forgot too little to judge"]
+        too_little = [v["label"] for v in vs if v["verdict"] is Verdict.TOO_LITTLE]
         if too_little:
             parts.append(f"NOT COMPARABLE: {len(too_little)} run(s) kept more than {FORGOT_SOMETHING:.0%} of the "
                          "knowledge at full precision; raise the learning rate or the epochs")
@@ -455,17 +404,16 @@ def bins_by_label(brows: list[dict], scheme: str | None) -> dict[str, dict]:
 
 
 def bins_lines(brows: list[dict]) -> list[str]:
-    out = []
+    """The bins table, one row per unlearned run and scheme (no lines without analyses)."""
+    rows = []
     for r in sorted(brows, key=lambda r: (r["label"], r["scheme"], r["seed"] or 0)):
         cap = f"; bf16 cap {r['bf16_cap']:.3g}" if r.get("bf16_cap") else ""
-        survival = r.get("projected_survival")
-        out.append(f"| {r['label']} | {r['seed']} | {r['scheme']} | {r['changed_share']:.1%} | "
-                   f"{r['same_code_share']:.1%} | {r['zero_bin_share']:.1%} | {r['erased_mass_share']:.1%}{cap} | "
-                   f"{fmt(survival, True)} | {r['verdict']} |")
-    if out:
-        out = ["| Unlearned model | seed | scheme | changed | same code | in zero bin | erased mass | "
-               "survival along update | verdict |", "|---" * 9 + "|"] + out
-    return out
+        rows.append([r["label"], str(r["seed"]), r["scheme"], f"{r['changed_share']:.1%}", f"{r['same_code_share']:.1%}",
+                     f"{r['zero_bin_share']:.1%}", f"{r['erased_mass_share']:.1%}{cap}",
+                     fmt(r.get("projected_survival"), True), r["verdict"]])
+    head = ["Unlearned model", "seed", "scheme", "changed", "same code", "in zero bin", "erased mass",
+            "survival along update", "verdict"]
+    return markdown_table(head, rows).split("\n") if rows else []
 
 
 def plot_knowledge(agg: list[dict], schemes: list[str], path: Path) -> Path | None:

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..scoring import KNOWLEDGE, fmt, markdown_table
 from ..utils.io import atomic_write_text, save_figure
-from .report import fmt
 
 METRICS = (("knowmem_f", "KnowMem_f"), ("verbmem_f", "VerbMem_f"), ("privleak", "PrivLeak"), ("knowmem_r", "KnowMem_r"))
-
-
-def num(x) -> str:
-    return "-" if x is None else f"{x:.1f}"
-
-
-def pct(x) -> str:
-    return fmt(x, pct=True)
 
 
 def holds(row: dict) -> str:
@@ -23,31 +15,31 @@ def holds(row: dict) -> str:
 
 
 def table(report: dict) -> list[str]:
-    rows = [report["full"], *report["attacks"]]
     present = [(k, label) for k, label in METRICS if k in report["full"]["unlearned"]]
     head = ["attack", *(label for _, label in present), "retained", "recovery",
-            *(f"control {label}" for k, label in present if k in ("knowmem_f", "verbmem_f")), "control gain",
+            *(f"control {label}" for k, label in present if k in KNOWLEDGE), "control gain",
             "bins forecast", "forgetting"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    rows = []
+    for r in [report["full"], *report["attacks"]]:
         ctrl = r.get("control") or {}
-        cells = [r["attack"], *(num(r["unlearned"].get(k)) for k, _ in present), pct(r.get("retained")),
-                 pct(r.get("recovery")), *(num(ctrl.get(k)) for k, _ in present if k in ("knowmem_f", "verbmem_f")),
-                 pct(r.get("control_gain")), pct(r.get("forecast_recovery")),
-                 holds(r) if r["attack"] != "full" else ("holds" if r["retained"] <= report["config"]["max_retained"]
-                                                         else "**fails**")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append([r["attack"], *(fmt(r["unlearned"].get(k)) for k, _ in present), fmt(r.get("retained"), True),
+                     fmt(r.get("recovery"), True), *(fmt(ctrl.get(k)) for k, _ in present if k in KNOWLEDGE),
+                     fmt(r.get("control_gain"), True), fmt(r.get("forecast_recovery"), True),
+                     holds(r) if r["attack"] != "full" else ("holds" if r["retained"] <= report["config"]["max_retained"]
+                                                             else "**fails**")])
+    return markdown_table(head, rows).split("\n")
 
 
 def render(report: dict) -> str:
     cfg = report["config"]
     control = report["retrained"] or "none (no --retrained: the baseline is 0)"
-    lines = [f"# unlearn-audit: {'PASS' if report['exit_code'] == 0 else 'FAIL'}", "",
+    outcome = {0: "PASS", 3: "OVER-UNLEARNED"}.get(report["exit_code"], "FAIL")
+    lines = [f"# unlearn-audit: {outcome}", "",
              report["verdict"], "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
              f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}; threshold: forgetting holds "
-             f"when at most {cfg['max_retained']:.0%} of the target's knowledge remains", "",
+             f"when at most {cfg['max_retained']:.0%} of the target's knowledge remains and the model keeps at least "
+             f"{cfg.get('min_utility', 0):.0%} of the target's KnowMem_r", "",
              *table(report), "",
              "Scores x100 on the evaluation set of each attack (the forget set; for relearn:forget-part the "
              "held-out part). retained = max over VerbMem_f, KnowMem_f of (unlearned - control) / "

@@ -1,0 +1,109 @@
+"""The scoring vocabulary against hand-computed values, boundaries included."""
+
+import math
+
+import pytest
+
+from unlearn_audit.experiment.audit import verdict
+from unlearn_audit.scoring import (
+    Gate,
+    Verdict,
+    combined,
+    control_gain,
+    fmt,
+    knowledge_share,
+    markdown_table,
+    over_unlearned,
+    quantization_verdict,
+    recovery,
+    share,
+    verdict_text,
+)
+
+
+def test_share_against_a_baseline_and_the_one_point_rule():
+    assert share(60.0, 80.0, 20.0) == pytest.approx(40 / 60)
+    assert share(30.0, 60.0) == pytest.approx(0.5)  # the paper's u / t
+    assert share(10.0, 20.0, 30.0) is None  # the target knows less than the control: nothing to forget
+    assert share(5.0, 21.0, 20.0) == pytest.approx(-15.0)  # exactly one point: defined (and negative here)
+    assert share(5.0, 20.9, 20.0) is None  # less than one point: undefined
+    assert share(None, 50.0) is None and share(10.0, None) is None
+
+
+def test_metrics_combine_by_mean_or_worst():
+    u, t, c = {"verbmem_f": 30.0, "knowmem_f": 10.0}, {"verbmem_f": 60.0, "knowmem_f": 50.0}, {"verbmem_f": 0.0, "knowmem_f": 10.0}
+    assert knowledge_share(u, t, None, "mean") == pytest.approx((0.5 + 0.2) / 2)
+    assert knowledge_share(u, t, None, "worst") == pytest.approx(0.5)
+    assert knowledge_share(u, t, c, "worst") == pytest.approx(0.5)  # knowmem: (10-10)/(50-10) = 0
+    assert combined([None, float("nan")], "mean") is None
+
+
+def test_recovery_is_the_share_of_what_was_forgotten_that_returns():
+    assert recovery(0.4, 0.7) == pytest.approx(0.5)
+    assert recovery(0.4, 0.4) == 0.0
+    assert recovery(0.4, 0.1) == pytest.approx(-0.5)
+    assert recovery(1.0, 1.0) is None and recovery(None, 0.5) is None
+
+
+def test_control_gain_is_a_share_of_the_targets_forgettable_knowledge():
+    t = {"verbmem_f": 80.0, "knowmem_f": 60.0}
+    c_full = {"verbmem_f": 20.0, "knowmem_f": 10.0}
+    c_attacked = {"verbmem_f": 35.0, "knowmem_f": 10.0}
+    assert control_gain(c_attacked, c_full, t, "worst") == pytest.approx(15 / 60)
+    assert control_gain(c_attacked, c_full, t, "mean") == pytest.approx((15 / 60 + 0) / 2)
+    assert control_gain(None, c_full, t, "mean") is None
+
+
+@pytest.mark.parametrize("retained, recs, expected", [
+    (0.95, [0.5, 0.9], Verdict.RETURNS),  # 0.95 retained is still judged; every 4-bit scheme at >= 50%
+    (0.951, [0.9], Verdict.TOO_LITTLE),
+    (None, [0.9], Verdict.TOO_LITTLE),
+    (0.4, [0.49, 0.9], Verdict.PARTLY),
+    (0.4, [0.1, 0.05], Verdict.HOLDS),
+    (0.4, [0.11], Verdict.PARTLY),
+    (0.4, [None], Verdict.NO_FOUR_BIT),
+    (0.4, [], Verdict.NO_FOUR_BIT),
+])
+def test_quantization_verdict_boundaries(retained, recs, expected):
+    assert quantization_verdict(retained, recs) is expected
+
+
+def test_verdict_text_says_when_forgetting_was_shallow():
+    assert verdict_text(Verdict.RETURNS, 0.6) == "knowledge returns"
+    assert verdict_text(Verdict.RETURNS, 0.61) == "knowledge returns (shallow forgetting)"
+    assert verdict_text(Verdict.TOO_LITTLE, 0.99) == "forgot too little to judge"
+    assert Verdict.TOO_LITTLE == "forgot too little to judge" and not Verdict.TOO_LITTLE.judged
+
+
+def test_gate_exit_codes_and_the_utility_floor():
+    assert [g.exit_code for g in Gate] == [0, 1, 1, 3]
+    assert over_unlearned(0.79) and not over_unlearned(0.8) and not over_unlearned(None)
+
+
+def audit_full(retained, utility):
+    return {"attack": "full", "retained": retained, "utility_kept": utility}
+
+
+def audit_row(retained, holds):
+    return {"attack": "quant:rtn-int4-g128", "retained": retained, "holds": holds, "recovery": 0.6,
+            "unlearned_full": {"knowmem_f": 10.0}, "unlearned": {"knowmem_f": 40.0}, "target": {"knowmem_f": 50.0},
+            "control": None}
+
+
+@pytest.mark.parametrize("full, rows, gate, words", [
+    (audit_full(0.3, 0.9), [], Gate.NOT_REMOVED, "did not remove"),
+    (audit_full(0.1, 0.9), [audit_row(0.8, False)], Gate.RETURNS, "does not survive quant:rtn-int4-g128"),
+    (audit_full(0.1, 0.9), [audit_row(0.2, True)], Gate.HOLDS, "holds under every attack"),
+    (audit_full(0.0, 0.26), [audit_row(0.0, True)], Gate.OVER_UNLEARNED, "over-unlearned"),
+    (audit_full(0.3, 0.1), [], Gate.NOT_REMOVED, "did not remove"),  # knowledge first: over-unlearning is secondary
+])
+def test_audit_gate_states_the_utility_and_fails_over_unlearning(full, rows, gate, words):
+    got, line = verdict(full, rows, max_retained=0.25, min_utility=0.8)
+    assert got is gate and words in line
+    assert f"utility kept {fmt(full['utility_kept'], True)} of the target's KnowMem_r" in line
+
+
+def test_numbers_and_tables_have_one_format():
+    assert fmt(None) == "-" and fmt(math.nan) == "-" and fmt(12.345) == "12.3" and fmt(12.345, digits=2) == "12.35"
+    assert fmt(0.123, True) == "12%" and fmt(-0.001, True) == "0%" and fmt(-0.2, True) == "-20%"
+    assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
