@@ -107,3 +107,9 @@ def test_numbers_and_tables_have_one_format():
     assert fmt(None) == "-" and fmt(math.nan) == "-" and fmt(12.345) == "12.3" and fmt(12.345, digits=2) == "12.35"
     assert fmt(0.123, True) == "12%" and fmt(-0.001, True) == "0%" and fmt(-0.2, True) == "-20%"
     assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_the_report_names_over_unlearning():
+    assert verdict_text(Verdict.HOLDS, 0.2, 0.5) == "forgetting holds (over-unlearned)"
+    assert verdict_text(Verdict.HOLDS, 0.7, 0.5) == "forgetting holds (shallow forgetting; over-unlearned)"
+    assert verdict_text(Verdict.HOLDS, 0.2, 0.8) == "forgetting holds"

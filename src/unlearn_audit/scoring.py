@@ -117,10 +117,12 @@ def quantization_verdict(retained_full: float | None, four_bit_recoveries: Seque
     return Verdict.PARTLY
 
 
-def verdict_text(verdict: Verdict, retained_full: float | None) -> str:
-    """The verdict as the report prints it; judged runs that forgot less than FORGOT_ENOUGH say so."""
+def verdict_text(verdict: Verdict, retained_full: float | None, utility_kept: float | None = None) -> str:
+    """The verdict as the report prints it: judged runs that forgot less than FORGOT_ENOUGH say so, and
+    runs that kept less than UTILITY_KEPT of the target's KnowMem_r are named over-unlearned."""
     shallow = verdict.judged and retained_full is not None and retained_full > FORGOT_ENOUGH
-    return verdict.value + (" (shallow forgetting)" if shallow else "")
+    notes = ["shallow forgetting"] * shallow + ["over-unlearned"] * over_unlearned(utility_kept)
+    return verdict.value + (f" ({'; '.join(notes)})" if notes else "")
 
 
 class Gate(str, Enum):

@@ -29,6 +29,7 @@ from ..scoring import (
     forgot_too_little,
     markdown_table,
     mean,
+    over_unlearned,
     quantization_verdict,
     ratio,
     recovery,
@@ -224,7 +225,7 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
                 rec["mean"] = recovery(entry["retained"]["mean"], retained_mean(q))
                 entry["recovery"][s] = rec
         entry["verdict"] = verdict_of(entry, four_bit(schemes))
-        entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"])
+        entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"], entry["utility_kept"])
         if label in bins:
             entry["bins"] = bins[label]
         out.append(entry)
@@ -376,8 +377,11 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
         if expect_hold:
             held = [v for v in expect_hold if v["verdict"] is Verdict.HOLDS]
             word = "AGREES" if len(held) == len(expect_hold) else "DISAGREES"
+            over = [v for v in held if over_unlearned(v["utility_kept"])]
             parts.append(f"{word} with the paper's contrast: forgetting holds (at most {HOLDS:.0%} back) for "
-                         f"{len(held)} of {len(expect_hold)} runs expected to hold")
+                         f"{len(held)} of {len(expect_hold)} runs expected to hold"
+                         + (f" ({len(over)} of them over-unlearned: KnowMem_r below {UTILITY_KEPT:.0%} of the "
+                            "target's, so their forgetting holds trivially)" if over else ""))
         too_little = [v["label"] for v in vs if v["verdict"] is Verdict.TOO_LITTLE]
         if too_little:
             parts.append(f"NOT COMPARABLE: {len(too_little)} run(s) kept more than {FORGOT_SOMETHING:.0%} of the "
@@ -573,7 +577,8 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           "## Per method: does quantization bring the knowledge back?", "",
           f"Recovery = share of what full precision forgot that the quantized model knows again; "
           f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
-          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered; '-' where full "
+          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered; 'over-unlearned' = "
+          f"KnowMem_r below {UTILITY_KEPT:.0%} of the target's (forgetting then holds trivially); '-' where full "
           f"precision forgot less than {1 - FORGOT_SOMETHING:.0%} (a share of almost nothing is noise). The bins "
           "prediction reads the weights alone: the share of the update that does not survive quantization along "
           "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], ""]
