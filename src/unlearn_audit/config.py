@@ -48,6 +48,15 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def help_with_default(text: str, default: Any) -> str:
+    """The help line with its default stated once: not again where the text already says it, and not
+    for None (an unset option, which the text explains)."""
+    if default is None or "default" in text:
+        return text
+    shown = ",".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} (default: {shown})".strip()
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
     """Add one flag per dataclass field; unset flags stay absent from the namespace."""
     hints = typing.get_type_hints(cls)
@@ -58,12 +67,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, exclude:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         )
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        kwargs: dict[str, Any] = {
-            "dest": f.name,
-            "default": argparse.SUPPRESS,
-            "help": f"{f.metadata.get('help', '')} (default: {shown})".strip(),
-        }
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": help_with_default(f.metadata.get("help", ""), default)}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

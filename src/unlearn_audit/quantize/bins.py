@@ -119,8 +119,8 @@ def skip_reason(name: str, shape: list[int], opts: BinsOptions) -> str:
     if len(shape) != 2 or not name.endswith("weight"):
         return "not a weight matrix (norms, biases): never quantized"
     if "embed" in name:
-        return "embedding: the quantizers keep it in full precision (--include-embeddings analyses it)"
-    return "output head: the quantizers keep it in full precision (--include-lm-head analyses it)"
+        return "embedding: the quantizers keep it in full precision (--quantize-embeddings analyses it)"
+    return "output head: the quantizers keep it in full precision (--quantize-lm-head analyses it)"
 
 
 def update_mass(a: ShardedWeights, b: ShardedWeights, name: str, budget: int) -> tuple[int, int, float]:

@@ -1,0 +1,46 @@
+"""The parser against what the docs, the README and the error messages tell users to type."""
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from unlearn_audit.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+NOT_OURS = {"--no-deps": "pip's", "--flag": "config.py's docstring names the pattern, not a flag"}
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {name: sp for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for name, sp in a.choices.items()}
+
+
+def parser_flags() -> set[str]:
+    parser = build_parser()
+    parsers = [parser, *subparsers(parser).values()]
+    return {flag for p in parsers for a in p._actions for flag in a.option_strings}
+
+
+def script_flags() -> set[str]:
+    """Flags of the bench/ and examples/ scripts, which the docs also quote."""
+    files = [*ROOT.glob("bench/*.py"), *ROOT.glob("examples/*.py")]
+    return {m.group(1) for f in files for m in re.finditer(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", f.read_text())}
+
+
+def test_every_flag_the_docs_and_messages_name_exists():
+    known = parser_flags() | script_flags() | set(NOT_OURS)
+    texts = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("src/unlearn_audit/**/*.py")]
+    missing = {(flag, str(f.relative_to(ROOT))) for f in texts for flag in FLAG.findall(f.read_text())
+               if flag not in known}
+    assert not missing, sorted(missing)
+
+
+@pytest.mark.parametrize("command", sorted(subparsers(build_parser())))
+def test_help_states_each_default_once(command):
+    sub = subparsers(build_parser())[command]
+    for action in sub._actions:
+        if action.help and action.help != argparse.SUPPRESS:
+            assert action.help.count("default") <= 1, (command, action.option_strings, action.help)
