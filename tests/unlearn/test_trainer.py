@@ -95,23 +95,28 @@ def test_sure_mask_is_really_applied(micro_target, corpus, tmp_path):
 
 
 def test_pure_bf16_has_no_fp32_master(micro_target, corpus, tmp_path):
-    """In pure bf16, an lr-sized step cannot move a large weight; with fp32 masters it can."""
-    bf16 = run(micro_target, corpus, tmp_path, "bf16", dtype="bf16", learning_rate=1e-5)
-    fp32 = run(micro_target, corpus, tmp_path, "fp32", dtype="fp32", learning_rate=1e-5)
-    info = json.loads((bf16 / "unlearn.json").read_text())
-    assert set(info["precision"]["parameter_dtypes"]) == {"bfloat16"}
+    """The band that tells the regimes apart: weights whose half bf16 step (1.2e-4 to 4.9e-4 at 1/32 <= |w| <
+    1/8) is above one AdamW step (lr 2e-5) but below eight. Pure bf16 rounds every step there away, so none
+    moves; fp32 master weights add the steps up, and a fifth of the band has moved once rounded to bf16 at
+    save (measured: 0 vs 49,895 of 213,974). An optimizer that kept fp32 masters in the bf16 path fails."""
+    bf16 = run(micro_target, corpus, tmp_path, "bf16", dtype="bf16", learning_rate=2e-5, keep_checkpoints=True)
+    fp32 = run(micro_target, corpus, tmp_path, "fp32", dtype="fp32", learning_rate=2e-5)
     w0 = {k: v.to(torch.bfloat16).float() for k, v in weights(micro_target).items()}
     wb, wf = weights(bf16), weights(fp32)
     assert all(v.dtype == torch.bfloat16 for v in wb.values())
-    big_same_bf16 = big_same_fp32 = big = 0
+    band = moved_bf16 = moved_fp32 = 0
     for name, ref in w0.items():
-        large = ref.abs() > 2**-4
-        big += int(large.sum())
-        big_same_bf16 += int((wb[name].float()[large] == ref[large]).sum())
-        big_same_fp32 += int((wf[name][large] == ref[large]).sum())
-    assert big > 1000
-    assert big_same_bf16 == big  # 1e-5 * 2 steps is far below half a bf16 ulp at |w| > 1/16
-    assert big_same_fp32 < 0.5 * big  # fp32 weights do move
+        inside = (ref.abs() >= 2**-5) & (ref.abs() < 2**-3)
+        band += int(inside.sum())
+        moved_bf16 += int((wb[name].float()[inside] != ref[inside]).sum())
+        moved_fp32 += int((wf[name].to(torch.bfloat16).float()[inside] != ref[inside]).sum())
+    assert band > 10_000
+    assert moved_bf16 == 0
+    assert moved_fp32 > 0.1 * band
+    checkpoint = sorted((tmp_path / ".bf16.work" / "checkpoints").glob("checkpoint-*"))[-1]
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+    moments = {v.dtype for s in state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")}
+    assert moments == {torch.bfloat16}  # read from the saved optimizer, not from the config
 
 
 def test_same_seed_same_weights(micro_target, corpus, tmp_path):
@@ -120,8 +125,9 @@ def test_same_seed_same_weights(micro_target, corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path, monkeypatch):
-    reference = weights(run(micro_target, corpus, tmp_path, "ref", epochs=2))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path, monkeypatch, dtype):
+    reference = weights(run(micro_target, corpus, tmp_path, "ref", epochs=2, dtype=dtype))
     original = trainer_mod.UnlearnTrainer._save_checkpoint
 
     def save_then_die(self, *a, **k):
@@ -130,11 +136,11 @@ def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path
 
     monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run(micro_target, corpus, tmp_path, "killed", epochs=2)
+        run(micro_target, corpus, tmp_path, "killed", epochs=2, dtype=dtype)
     assert not (tmp_path / "killed").exists()  # nothing half-written
     assert (tmp_path / ".killed.work" / "epochs.json").is_file()
     monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", original)
-    resumed = weights(run(micro_target, corpus, tmp_path, "killed", epochs=2))
+    resumed = weights(run(micro_target, corpus, tmp_path, "killed", epochs=2, dtype=dtype))
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     assert not (tmp_path / ".killed.work").exists()
 
