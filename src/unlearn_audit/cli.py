@@ -149,20 +149,17 @@ def cmd_quantize(args) -> int:
     from .data.corpus import Corpus
     from .models.loading import load_tokenizer, model_fingerprint
     from .quantize import calibration_for, parse_scheme, quantized_model, save_quantized
+    from .quantize.backends import quantization_record
 
     scheme = parse_scheme(args.scheme)
-    opts = load_options(args)
+    opts, qopts = load_options(args), quantize_options(args)
     corpus = Corpus.open(args.calibration) if args.calibration else None
     tok = load_tokenizer(args.model, opts)
     started = time.time()
-    model = quantized_model(args.model, scheme, opts, quantize_options(args), args.dtype, args.device, tok,
+    model = quantized_model(args.model, scheme, opts, qopts, args.dtype, args.device, tok,
                             calibration_for(scheme, corpus))
-    record = {"scheme": scheme.name, "family": scheme.family, "bits": scheme.bits, "group_size": scheme.group_size,
-              "source_model": str(args.model), "source_hash": model_fingerprint(args.model),
-              "calibration": str(args.calibration) if corpus else None,
-              "embeddings_quantized": args.quantize_embeddings, "lm_head_quantized": args.quantize_lm_head,
-              "storage": "dequantized weights (quantize-dequantize)" if scheme.family == "rtn" else "library format",
-              "partial_last_group": getattr(model, "partial_groups", {}),
+    record = {**quantization_record(model, scheme, qopts), "source_model": str(args.model),
+              "source_hash": model_fingerprint(args.model), "calibration": str(args.calibration) if corpus else None,
               "seconds": round(time.time() - started, 2), "unlearn_audit_version": __version__}
     out = save_quantized(model, tok, scheme, args.out, record)
     print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")

@@ -66,16 +66,23 @@ def test_codebook_equals_bitsandbytes(kind):
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-3)
 
 
-@pytest.mark.parametrize("scheme", ["bnb-nf4", "bnb-int8", "gptq-int4-g128", "hqq-int4-g64"])
+@pytest.mark.parametrize("scheme", ["bnb-nf4", "bnb-int8", "gptq-int4-g128", "awq-int4-g64", "hqq-int4-g64"])
 def test_library_schemes_give_working_models(micro_target, micro_world, scheme):
+    """Each library really quantizes (the logits move away from full precision's) and keeps the model
+    (they stay close: cosine > 0.9 over a prompt's logits; 4-bit moves them more than 8-bit would)."""
     family = parse_scheme(scheme).family
-    pytest.importorskip({"bnb": "bitsandbytes", "gptq": "llmcompressor", "hqq": "hqq"}[family])
+    pytest.importorskip({"bnb": "bitsandbytes", "gptq": "llmcompressor", "awq": "llmcompressor", "hqq": "hqq"}[family])
     tok = load_tokenizer(micro_target)
     corpus = Corpus(micro_world)
     model = quantized_model(micro_target, scheme, tokenizer=tok, calibration_texts=corpus.raw("retain"))
     ids = tok("Question: " + corpus.knowmem("retain")[0].question + "\nAnswer: ", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids.input_ids.shape[1]
+    with torch.no_grad():
+        full = load_model(micro_target)(**ids).logits.float().flatten()
+        quant = model(**ids).logits.float().flatten()
+    assert not torch.allclose(full, quant, atol=1e-4)
+    assert torch.nn.functional.cosine_similarity(full, quant, dim=0) > 0.9
 
 
 def test_missing_library_is_a_one_line_error(micro_target, monkeypatch):
@@ -127,7 +134,7 @@ def test_rtn_announces_and_records_partial_last_groups(caplog):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from unlearn_audit.quantize.backends import ANNOUNCED, apply_rtn, check_group_size
+    from unlearn_audit.quantize.backends import ANNOUNCED, apply_rtn, check_group_size, quantization_record
 
     ANNOUNCED.clear()
     model = LlamaForCausalLM(LlamaConfig(hidden_size=192, intermediate_size=256, num_hidden_layers=1,
@@ -139,7 +146,9 @@ def test_rtn_announces_and_records_partial_last_groups(caplog):
     with caplog.at_level(logging.WARNING):  # a grid quantizes many such models: said once per process
         apply_rtn(model, parse_scheme("rtn-int4-g128"))
     assert "gets its own scale" not in caplog.text
-    assert model.partial_groups["model.layers.0.self_attn.q_proj"] == 192
-    assert "model.layers.0.mlp.down_proj" not in model.partial_groups  # 256 columns: whole groups
+    record = quantization_record(model, parse_scheme("rtn-int4-g128"), QuantizeOptions())
+    assert record["partial_last_group"]["model.layers.0.self_attn.q_proj"] == 192
+    assert "model.layers.0.mlp.down_proj" not in record["partial_last_group"]  # 256 columns: whole groups
+    assert not hasattr(model, "partial_groups")  # a record, not a tag on the model
     with pytest.raises(UserError, match="not a multiple of 128"):
         check_group_size(model, parse_scheme("gptq-int4-g128"), QuantizeOptions())

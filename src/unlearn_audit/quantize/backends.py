@@ -100,7 +100,6 @@ def apply_rtn(model, scheme: Scheme, opts: QuantizeOptions | None = None):
         log.warning("%s: %d layer(s) have a width that is not a multiple of %d (first: %s, %d); their last "
                     "group of %d columns gets its own scale (docs/quantization.md)", scheme.name, len(partial),
                     scheme.group_size, name, width, width % scheme.group_size)
-    model.partial_groups = partial  # recorded in quantization.json by `quantize`
     for _, mod in target_linears(model, opts):
         mod.weight.copy_(fake_quantize(mod.weight, scheme.rtn).to(mod.weight.dtype))
     return model
@@ -259,6 +258,63 @@ def silence_loguru():
     return logger
 
 
+@dataclass
+class Quantization:
+    """What quantizing one model took: its scheme, options and calibration, for the backend and the record."""
+
+    scheme: Scheme
+    opts: QuantizeOptions
+    load: LoadOptions | None = None
+    dtype: str = "fp32"
+    device: str | None = None
+    tokenizer: object = None
+    calibration_texts: list[str] | None = None
+
+
+BACKENDS: dict = {}  # scheme family -> function(spec, Quantization) -> quantized model
+
+
+def register_backend(*families: str):
+    """Register the function that loads and quantizes a model for these scheme families."""
+    def add(fn):
+        for family in families:
+            BACKENDS[family] = fn
+        return fn
+    return add
+
+
+@register_backend("bnb")
+def load_bnb(spec, q: Quantization):
+    if q.opts.include_embeddings or q.opts.include_lm_head:
+        raise UserError("bitsandbytes keeps embeddings and lm_head in full precision; drop those flags")
+    with quiet_library_logs():
+        return load_model(spec, None if q.dtype == "auto" else q.dtype, q.load,
+                          quantization_config=bnb_config(q.scheme), device_map=q.device or "cpu")
+
+
+@register_backend("rtn")
+def load_rtn(spec, q: Quantization):
+    return apply_rtn(load_model(spec, q.dtype, q.load, q.device), q.scheme, q.opts)
+
+
+@register_backend("cast")
+def load_cast(spec, q: Quantization):
+    return apply_cast(load_model(spec, q.dtype, q.load, q.device), q.scheme)
+
+
+@register_backend("hqq")
+def load_hqq(spec, q: Quantization):
+    return apply_hqq(load_model(spec, q.dtype, q.load, q.device), q.scheme)
+
+
+@register_backend("gptq", "awq")
+def load_llmcompressor(spec, q: Quantization):
+    if q.tokenizer is None or not q.calibration_texts:
+        raise UserError(f"{q.scheme.name} needs calibration texts (pass a corpus with raw/retain.json)")
+    model = load_model(spec, q.dtype, q.load, q.device)
+    return apply_llmcompressor(model, q.tokenizer, q.scheme, q.calibration_texts, q.opts)
+
+
 def quantized_model(
     spec: str | Path,
     scheme: str | Scheme,
@@ -269,25 +325,20 @@ def quantized_model(
     tokenizer=None,
     calibration_texts: list[str] | None = None,
 ):
-    """Load the model at `spec` and quantize it with `scheme`; returns a model ready to evaluate."""
+    """Load the model at `spec` and quantize it with `scheme` (its family's backend); returns a model ready
+    to evaluate."""
     s = parse_scheme(scheme) if isinstance(scheme, str) else scheme
-    opts = opts or QuantizeOptions()
-    if s.family == "bnb":
-        if opts.include_embeddings or opts.include_lm_head:
-            raise UserError("bitsandbytes keeps embeddings and lm_head in full precision; drop those flags")
-        with quiet_library_logs():
-            return load_model(spec, None if dtype == "auto" else dtype, load,
-                              quantization_config=bnb_config(s), device_map=device or "cpu")
-    model = load_model(spec, dtype, load, device)
-    if s.family == "rtn":
-        return apply_rtn(model, s, opts)
-    if s.family == "cast":
-        return apply_cast(model, s)
-    if s.family == "hqq":
-        return apply_hqq(model, s)
-    if tokenizer is None or not calibration_texts:
-        raise UserError(f"{s.name} needs calibration texts (pass a corpus with raw/retain.json)")
-    return apply_llmcompressor(model, tokenizer, s, calibration_texts, opts)
+    q = Quantization(s, opts or QuantizeOptions(), load, dtype, device, tokenizer, calibration_texts)
+    return BACKENDS[s.family](spec, q)
+
+
+def quantization_record(model, scheme: Scheme, opts: QuantizeOptions) -> dict:
+    """What `quantize` writes to quantization.json about the layers: which were quantized and which a
+    group-wise scheme could not cover with whole groups."""
+    return {"scheme": scheme.name, "family": scheme.family, "bits": scheme.bits, "group_size": scheme.group_size,
+            "embeddings_quantized": opts.include_embeddings, "lm_head_quantized": opts.include_lm_head,
+            "storage": "dequantized weights (quantize-dequantize)" if scheme.family == "rtn" else "library format",
+            "partial_last_group": partial_groups(model, scheme, opts) if scheme.family == "rtn" else {}}
 
 
 def calibration_for(scheme: str | Scheme, corpus) -> list[str] | None:
