@@ -365,7 +365,10 @@ def cmd_audit(args) -> int:
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
-    from .models.finetune import FinetuneConfig
+    from .evaluate.privleak import PRIVLEAK_SCOPES
+    from .evaluate.runner import METRICS, PROMPT_SPACE
+    from .models.finetune import ROLES, FinetuneConfig
+    from .models.loading import LOAD_DTYPES
     from .models.tiny import TinyRecipe
     from .unlearn.trainer import UnlearnConfig
 
@@ -385,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-tiny", help="train (or fetch from cache) the tiny target or retrained model")
     p.add_argument("--corpus", required=True, help="corpus folder (e.g. made by `world`)")
-    p.add_argument("--role", required=True, choices=["target", "retrained"],
+    p.add_argument("--role", required=True, choices=list(ROLES),
                    help="target: forget+retain; retrained: retain only")
     p.add_argument("--out", help="copy the model here (it is always cached in the user cache dir)")
     p.add_argument("--config", help="YAML file with recipe options (flags override it)")
@@ -397,21 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="MUSE metrics (VerbMem, KnowMem forget/retain, PrivLeak) of one model")
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--corpus", required=True, help="corpus folder in the MUSE layout, or muse-news / muse-books")
-    p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
+    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
     p.add_argument("--retrained", help="retrained model: PrivLeak is measured relative to its AUC")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
-    p.add_argument("--prompt-space", default="auto", choices=["auto", "keep", "heal"],
+    p.add_argument("--prompt-space", default="auto", choices=list(PROMPT_SPACE),
                    help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
                         "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
                         "auto: heal on the built-in world, keep elsewhere (default)")
-    from .evaluate.privleak import PRIVLEAK_SCOPES
-
     p.add_argument("--privleak-scope", default="muse", choices=list(PRIVLEAK_SCOPES),
                    help="muse: MUSE's whole PrivLeak log (every split, lowercased copies, every AUC; default); "
                         "metric: only the texts the PrivLeak value compares (same value, a third of the work)")
     p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 128)")
     p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+    p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES),
                    help="dtype to run the model in (default fp32; bf16 weights upcast exactly)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="folder for metrics.json and per-item logs")
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", required=True, help="e.g. rtn-int4-g128, rtn-int8-channel, bnb-nf4, gptq-int4-g128")
     p.add_argument("--calibration", help="corpus whose retain texts calibrate GPTQ/AWQ")
     p.add_argument("--calibration-samples", type=int, default=64, help="calibration texts (default 64)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"], help="dtype to load in")
+    p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to load in")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--out", required=True, help="folder for the quantized model")
     add_load_flags(p)
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "accepts .gguf directly)")
     p.add_argument("--model", required=True, help="the .gguf file")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"], help="dtype of the dequantized weights")
+    p.add_argument("--dtype", default="bf16", choices=[d for d in LOAD_DTYPES if d != "auto"], help="dtype of the dequantized weights")
     add_load_flags(p)
     p.set_defaults(func=cmd_convert)
 
@@ -505,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise:rel=R, relearn:retain[:steps=S,lr=L], relearn:forget-part[:share=P,...]; presets "
                         "quick, deploy, all (default: quant:rtn-int8-channel quant:rtn-int4-g128)")
     p.add_argument("--schemes", help="shortcut: quantization schemes, comma-separated (each becomes quant:SCHEME)")
-    p.add_argument("--metrics", default="verbmem_f,knowmem_f,knowmem_r,privleak", help="comma-separated metrics")
+    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
     p.add_argument("--max-retained", type=float, default=0.25,
                    help="forgetting holds when at most this share of the target's knowledge remains (default 0.25)")
     p.add_argument("--min-utility", type=float, default=UTILITY_KEPT,
@@ -514,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="unlearning learning rate (bins reports the bf16 cap)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"], help="dtype to run models in")
+    p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to run models in")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", help="folder for audit.json/.md/.png, bins, per-item logs (re-run it to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

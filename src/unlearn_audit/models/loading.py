@@ -119,6 +119,9 @@ def check_local_model(folder: Path, opts: LoadOptions) -> None:
         )
 
 
+LOAD_DTYPES = (*DTYPES, "auto")  # what --dtype accepts wherever a model is loaded
+
+
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
     """Map fp32/bf16/fp16/auto to what `from_pretrained` expects."""
     if name is None or name == "auto":
