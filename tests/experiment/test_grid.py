@@ -18,6 +18,7 @@ from unlearn_audit.experiment import grid as grid_mod
 from unlearn_audit.experiment.config import GridConfig, build_config, demo_config, load_grid
 from unlearn_audit.experiment.ledger import Ledger
 from unlearn_audit.experiment.report import render
+from unlearn_audit.scoring import fmt
 
 MICRO = dict(hidden_size=128, num_layers=2, intermediate_size=256, epochs=30, learning_rate=5e-3, batch_size=16)
 
@@ -52,6 +53,14 @@ def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, mi
     assert (tmp_path / "run" / "knowledge_vs_precision.png").is_file()
     ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
     assert set(ledger.counts()) == {"done"}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    for a in summary["aggregated"]:  # every number of the paper-layout table is the JSON's, as printed
+        if a["scheme"] == "full":
+            cells = [fmt(a[k]) for k in ("verbmem_f", "knowmem_f", "privleak", "knowmem_r")]
+            assert f"| {a['label']} | " + " | ".join(cells) + " |" in report.splitlines()
+            assert f"| {a['label']} | " + " | ".join(cells) + " |" in out.splitlines()
+    for v in summary["verdicts"]:
+        assert v["verdict_text"] in report and f"({fmt(v['retained']['mean'], True)})" in report
 
 
 def test_grid_evaluates_attacks_as_columns(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
