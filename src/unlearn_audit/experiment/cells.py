@@ -11,6 +11,7 @@ from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model, heals_prom
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
+from ..unlearn.methods import is_wrapper
 from ..unlearn.trainer import UnlearnConfig, unlearn
 from ..utils.io import atomic_write_json
 
@@ -119,7 +120,7 @@ def unlearn_cell(runner, cell) -> dict:
 
     info = read_model_json(out, "unlearn.json") or {}
     return {"path": str(out), "method": settings.method,
-            "base": settings.base if settings.method in ("sure", "qat") else None,
+            "base": settings.base if is_wrapper(settings.method) else None,
             "dtype": settings.dtype, "lr": info.get("resolved", {}).get("learning_rate"),
             "seed": settings.seed, "chosen_epoch": info.get("chosen_epoch"), "diverged": info.get("diverged"),
             "arithmetic": info.get("precision", {}).get("arithmetic"), "settings": cfg["settings"],

@@ -63,14 +63,14 @@ class GridConfig:
     def validate(self) -> None:
         from ..quantize import parse_scheme
         from ..quantize.backends import check_installed
-        from ..unlearn.methods import resolve_method
+        from ..unlearn.methods import is_wrapper, resolve_method
         from ..unlearn.trainer import PRECISIONS
 
         self.axes_from_runs()
         if not self.methods or not self.learning_rates or not self.dtypes or not self.seeds:
             raise UserError("a grid needs at least one method, learning rate, dtype and seed")
         for m in self.methods:
-            if m not in ("sure", "qat"):
+            if not is_wrapper(m):
                 resolve_method(m)
         bad = [d for d in self.dtypes if d not in PRECISIONS]
         if bad:

@@ -156,6 +156,29 @@ class Method:
         return self.forget.needs_retain or self.regularizer is not None
 
 
+@dataclass(frozen=True)
+class Wrapper:
+    """A method that runs another (`--base`) differently; its defaults apply unless given."""
+
+    name: str
+    summary: str
+    learning_rate: float | None = None  # its default learning rate (None: the usual default)
+    saliency: str | None = None  # its default saliency level (SURE's masking)
+    through: str | None = None  # its default fake-quantized schemes (quantization-aware unlearning)
+
+
+WRAPPERS = {w.name: w for w in (
+    Wrapper("sure", "the base method on the salient rows only, at a large learning rate (Zhang et al., ICLR 2025)",
+            learning_rate=1e-4, saliency="row"),
+    Wrapper("qat", "the base method's loss also through the fake-quantized model (straight-through gradients)",
+            through="rtn-int4-g128"),
+)}
+
+
+def is_wrapper(name: str) -> bool:
+    return name in WRAPPERS
+
+
 def _load_method_files() -> None:
     from . import rmu, simnpo  # noqa: F401  (each registers its forget loss)
 
@@ -171,5 +194,6 @@ def resolve_method(name: str) -> Method:
     _load_method_files()
     forget, _, reg = name.partition("_")
     if forget not in FORGET_LOSSES or (reg and reg not in REGULARIZERS):
-        raise UserError(f"unknown method '{name}'; choose one of {', '.join(method_names())} or sure")
+        raise UserError(f"unknown method '{name}'; choose one of {', '.join(method_names())}, or "
+                        f"{' / '.join(WRAPPERS)} with --base")
     return Method(name, FORGET_LOSSES[forget], REGULARIZERS[reg] if reg else None)

@@ -26,8 +26,9 @@ from ..quantize.backends import QuantizeOptions, target_linears
 from ..quantize.codebook import codebook_quantize
 from ..quantize.rtn import fake_quantize
 from ..quantize.schemes import Scheme
+from .methods import WRAPPERS
 
-DEFAULT_THROUGH = "rtn-int4-g128"
+DEFAULT_THROUGH = WRAPPERS["qat"].through  # what --method qat trains through unless --through says
 
 
 def parse_through(text: str) -> list[Scheme]:

@@ -37,14 +37,14 @@ from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_
 from ..utils.progress import quiet_trainer_output
 from . import bf16, sure
 from .margin import batch_margin_loss, derived_margin
-from .methods import Batch, Method, resolve_method
+from .methods import WRAPPERS, Batch, Method, is_wrapper, resolve_method
 from .qat import DEFAULT_THROUGH, FakeQuantized, parse_through
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("bf16", "fp32", "mixed")
 DEFAULT_LR = 1e-5
-DEFAULT_SURE_LR = 1e-4
+DEFAULT_SURE_LR = WRAPPERS["sure"].learning_rate
 
 
 class Diverged(RuntimeError):
@@ -121,23 +121,18 @@ class UnlearnConfig:
 
     def through_schemes(self) -> list:
         """The schemes the loss is also evaluated through (quantization-aware unlearning), parsed."""
-        from .qat import DEFAULT_THROUGH, parse_through
+        from .qat import parse_through
 
-        text = self.through or (DEFAULT_THROUGH if self.method == "qat" else None)
+        wrapper = WRAPPERS.get(self.method)
+        text = self.through or (wrapper.through if wrapper else None)
         return parse_through(text) if text else []
 
     def resolve(self) -> tuple[Method, str | None, float]:
-        """(method, saliency level or None, learning rate) with SURE's and QAT's defaults applied."""
-        if self.method == "qat":
-            return resolve_method(self.base), self.saliency, self.learning_rate or DEFAULT_LR
-        if self.method == "sure":
-            method = resolve_method(self.base)
-            level = self.saliency or "row"
-            lr = self.learning_rate or DEFAULT_SURE_LR
-        else:
-            method = resolve_method(self.method)
-            level = self.saliency
-            lr = self.learning_rate or DEFAULT_LR
+        """(method, saliency level or None, learning rate) with a wrapper's defaults (SURE, QAT) applied."""
+        wrapper = WRAPPERS.get(self.method)
+        method = resolve_method(self.base if wrapper else self.method)
+        level = self.saliency or (wrapper.saliency if wrapper else None)
+        lr = self.learning_rate or (wrapper.learning_rate if wrapper else None) or DEFAULT_LR
         if level is not None and level not in sure.LEVELS:
             raise UserError(f"--saliency must be one of {', '.join(sure.LEVELS)}")
         if level is not None and self.weight_decay:
@@ -443,7 +438,7 @@ def unlearn(
         model.to(torch.bfloat16)  # exact: the weights hold bf16 values; saved as native bf16 would be
 
     record = {
-        "method": f"{cfg.method}({cfg.base})" if cfg.method in ("sure", "qat") else cfg.method,
+        "method": f"{cfg.method}({cfg.base})" if is_wrapper(cfg.method) else cfg.method,
         "config": asdict(cfg),
         "resolved": {"method": method.name, "learning_rate": lr, "saliency": level, "utility_floor": floor,
                      "needs_reference": method.needs_ref, "through": [s.name for s in trainer.through],
