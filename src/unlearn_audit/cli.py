@@ -94,7 +94,8 @@ def cmd_eval(args) -> int:
 
     corpus = Corpus.open(args.corpus)
     cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size,
-                     prompt_space=args.prompt_space, privleak_scope=args.privleak_scope)
+                     prompt_space=args.prompt_space, privleak_scope=args.privleak_scope,
+                     verbmem_length=args.verbmem_length)
     cfg.validate()
     check_corpus(corpus, cfg.metrics)  # before any model is loaded
     opts = load_options(args)
@@ -366,7 +367,7 @@ def cmd_audit(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
     from .evaluate.privleak import PRIVLEAK_SCOPES
-    from .evaluate.runner import METRICS, PROMPT_SPACE
+    from .evaluate.runner import METRICS, PROMPT_SPACE, VERBMEM_LENGTHS
     from .models.finetune import ROLES, FinetuneConfig
     from .models.loading import LOAD_DTYPES
     from .models.tiny import TinyRecipe
@@ -407,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
                         "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
                         "auto: heal on the built-in world, keep elsewhere (default)")
+    p.add_argument("--verbmem-length", default="muse", choices=list(VERBMEM_LENGTHS),
+                   help="muse: 128 new tokens (default); reference: as many as a ground truth shorter than 128 has")
     p.add_argument("--privleak-scope", default="muse", choices=list(PRIVLEAK_SCOPES),
                    help="muse: MUSE's whole PrivLeak log (every split, lowercased copies, every AUC; default); "
                         "metric: only the texts the PrivLeak value compares (same value, a third of the work)")

@@ -82,7 +82,8 @@ def test_hub_alias_without_network_or_extra_is_a_clear_error(monkeypatch, tmp_pa
 
 def test_cli_reports_bad_corpus_in_one_line_with_exit_2(run_cli, tmp_path):
     write(tmp_path, "knowmem/forget_qa.json", "{broken")
-    code, out, err = run_cli("eval", "--model", tmp_path, "--corpus", tmp_path / "nope", "--out", tmp_path / "o")
+    out_dir = tmp_path.with_name(tmp_path.name + "-out")  # beside the model folder, not inside it
+    code, out, err = run_cli("eval", "--model", tmp_path, "--corpus", tmp_path / "nope", "--out", out_dir)
     assert code == 2
     assert err.startswith("error: corpus folder not found") and err.count("\n") == 1
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert not out_dir.exists()

@@ -102,7 +102,9 @@ def test_verbmem_continuation_matches_a_short_ground_truth(monkeypatch, gt_words
 
     monkeypatch.setattr(verbmem, "greedy_generate", fake_generate)
     gt = " ".join(["w"] * gt_words)
-    _, rows, _ = verbmem.evaluate_verbmem(None, WordTokenizer(), [{"prompt": "p", "gt": gt}])
+    _, rows, _ = verbmem.evaluate_verbmem(None, WordTokenizer(), [{"prompt": "p", "gt": gt}], reference_length=True)
     assert seen["max_new_tokens"] == asked
     assert len(rows[0]["gt"].split()) == min(gt_words, 128)
     assert len(rows[0]["response"].split()) == kept
+    _, rows, _ = verbmem.evaluate_verbmem(None, WordTokenizer(), [{"prompt": "p", "gt": gt}])  # MUSE's default
+    assert seen["max_new_tokens"] == 128 and len(rows[0]["response"].split()) == 178

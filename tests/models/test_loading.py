@@ -82,5 +82,5 @@ def test_gguf_inputs_fail_in_one_line_without_the_file_or_the_package(tmp_path, 
     monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name))
     with pytest.raises(UserError, match=r"pip install 'unlearn-audit\[gguf\]'"):
         load_model(fake)
-    code, _, err = run_cli("convert", "--model", tmp_path, "--out", tmp_path / "out")
+    code, _, err = run_cli("convert", "--model", tmp_path, "--out", tmp_path.with_name(tmp_path.name + "-out"))
     assert code == 2 and "convert reads .gguf files" in err

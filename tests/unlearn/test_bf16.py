@@ -57,14 +57,15 @@ def test_the_arithmetic_is_recorded_and_the_weights_are_saved_in_bf16(pair):
         assert set(info["precision"]["parameter_dtypes"]) == {"bfloat16"}
 
 
-def test_bf16_state_adamw_steps_exactly_like_adamw_on_bf16_tensors():
-    """The emulated optimizer is the native path's (fused AdamW on bf16 tensors) bit for bit."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_bf16_state_adamw_steps_exactly_like_adamw_on_bf16_tensors(fused):
+    """The emulated optimizer is the native path's (AdamW on bf16 tensors, loop or fused) bit for bit."""
     torch.manual_seed(0)
     w = torch.randn(64, 64).to(torch.bfloat16)
     native = torch.nn.Parameter(w.clone())
     emulated = torch.nn.Parameter(w.float())
-    opt_n = torch.optim.AdamW([native], lr=1e-3, weight_decay=0.1, fused=True)  # as HF adamw_torch_fused
-    opt_e = Bf16StateAdamW([emulated], lr=1e-3, weight_decay=0.1)
+    opt_n = torch.optim.AdamW([native], lr=1e-3, weight_decay=0.1, fused=fused)  # as HF adamw_torch(_fused)
+    opt_e = Bf16StateAdamW([emulated], lr=1e-3, weight_decay=0.1, fused=fused)
     for _ in range(5):
         g = torch.randn(64, 64)
         native.grad, emulated.grad = g.to(torch.bfloat16), g.clone()

@@ -43,6 +43,7 @@ METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 
 
 PROMPT_SPACE = ("auto", "keep", "heal")
+VERBMEM_LENGTHS = ("muse", "reference")
 
 
 def heals_prompt_space(corpus: Corpus, choice: str = "auto") -> bool:
@@ -64,6 +65,10 @@ class EvalConfig:
         "help": "a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined to "
                 "the next word as in training: right for byte-level BPE tokenizers), auto (heal on the built-in "
                 "world, keep elsewhere)", "choices": list(PROMPT_SPACE)})
+    verbmem_length: str = field(default="muse", metadata={
+        "help": "VerbMem continuation length: muse (128 new tokens) or reference (as many tokens as a ground "
+                "truth shorter than 128 has, the parity MUSE has on its own corpora; faster)",
+        "choices": list(VERBMEM_LENGTHS)})
     privleak_scope: str = field(default="muse", metadata={
         "help": "texts PrivLeak scores: muse (MUSE's whole log: forget, retain and holdout texts and their "
                 "lowercased copies, every AUC of auc.json) or metric (only what the PrivLeak key compares; same "
@@ -77,6 +82,8 @@ class EvalConfig:
             raise UserError("--limit must be at least 1")
         if self.prompt_space not in PROMPT_SPACE:
             raise UserError(f"--prompt-space must be one of {', '.join(PROMPT_SPACE)}")
+        if self.verbmem_length not in VERBMEM_LENGTHS:
+            raise UserError(f"--verbmem-length must be one of {', '.join(VERBMEM_LENGTHS)}")
         if self.privleak_scope not in PRIVLEAK_SCOPES:
             raise UserError(f"--privleak-scope must be one of {', '.join(PRIVLEAK_SCOPES)}")
         try:
@@ -163,7 +170,8 @@ def run_metric(name: str, model, tokenizer, corpus: Corpus, cfg: EvalConfig, auc
         items = take(corpus.verbmem(), cfg.limit)
         with tqdm(total=len(items), desc=name, disable=not show, leave=False) as bar:
             agg, rows, truncated = evaluate_verbmem(model, tokenizer, items, cfg.batch_size, bar.update,
-                                                    heal_space=cfg.heals(corpus))
+                                                    heal_space=cfg.heals(corpus),
+                                                    reference_length=cfg.verbmem_length == "reference")
     else:
         split = "forget" if name == "knowmem_f" else "retain"
         qa = take(corpus.knowmem(split), cfg.limit)

@@ -5,9 +5,10 @@ way MUSE does it (tokenize with special tokens, keep 128 ids, decode without spe
 Score = ROUGE-L F1 of (cut ground truth, continuation); metric = mean x 100.
 
 MUSE's ground truths are longer than the window, so it compares 128 generated tokens with 128 reference
-tokens. A ground truth shorter than the window (the built-in world's are ~40 tokens) keeps that parity:
-the continuation is as many tokens as the ground truth has, not 128 (an F1 against a reference a third of
-the continuation's length would measure rambling, not memory). MUSE's corpora are unchanged by this.
+tokens. With `reference_length` (`--verbmem-length reference`; the SmolLM2 demo) a ground truth shorter
+than the window (the built-in world's are ~40 tokens) keeps that parity: the continuation is as many
+tokens as the ground truth has, not 128 (an F1 against a reference a third of the continuation's length
+scores rambling after the text). MUSE's corpora are unchanged by either choice.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ def evaluate_verbmem(
     progress: Callable[[int], None] | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     heal_space: bool = False,
+    reference_length: bool = False,
 ) -> tuple[dict, list[dict], int]:
     """(aggregate, per-item log, truncated prompts) of VerbMem on prompt/gt items (`heal_space`: see
-    `greedy_generate`)."""
+    `greedy_generate`; `reference_length`: continuations as long as short ground truths, see above)."""
     prompts = [it["prompt"] for it in items]
     windows = [window(tokenizer, it["gt"], max_new_tokens) for it in items]
+    if not reference_length:
+        windows = [(gt, max_new_tokens) for gt, _ in windows]
     longest = max((n for _, n in windows), default=max_new_tokens)
     outputs, truncated = greedy_generate(model, tokenizer, prompts, longest, batch_size=batch_size,
                                          progress=progress, heal_space=heal_space)

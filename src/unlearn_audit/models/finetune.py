@@ -35,6 +35,7 @@ class FinetuneConfig:
     dtype: str = field(default="fp32", metadata={
         "help": "training precision (on a GPU, bf16 or mixed)", "choices": ["bf16", "fp32", "mixed"]})
     seed: int = field(default=0, metadata={"help": "seed of the data order"})
+    fused_adamw: bool = field(default=False, metadata={"help": "AdamW as one fused kernel (see `unlearn --help`)"})
 
     def validate(self) -> None:
         if self.role not in ROLES:
@@ -60,7 +61,7 @@ def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | 
                         f"{corpus.name} {cfg.role} texts")
     train = UnlearnConfig(method="relearn", learning_rate=cfg.learning_rate, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_length=cfg.max_length,
-                          dtype=cfg.dtype, seed=cfg.seed)
+                          dtype=cfg.dtype, seed=cfg.seed, fused_adamw=cfg.fused_adamw)
     unlearn(model, data, train, out, opts=opts, show=show)
     atomic_write_json(out / "finetune.json", {"role": cfg.role, "base_model": str(model),
                                               "base_hash": model_fingerprint(model), "corpus": corpus.name,
