@@ -182,18 +182,14 @@ def same_as_full(full: dict, scheme: str, metrics: list[str] | None) -> dict:
 
 def stored_float_dtypes(path: str) -> set[str]:
     """The floating-point formats of a local safetensors model's weights ('bf16', 'fp16', 'fp32'), read
-    from the file headers; empty for anything else (a hub id, pickled weights)."""
-    from safetensors import safe_open
+    from the file headers; empty for anything else (a hub id)."""
+    from ..quantize.bins import ShardedWeights
 
+    if not Path(path).is_dir():
+        return set()
     names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
-    found: set[str] = set()
-    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    for f in files:
-        with safe_open(str(f), framework="pt") as h:
-            for name in h.keys():
-                dtype = h.get_slice(name).get_dtype()
-                found |= {names[dtype]} if dtype in names else set()
-    return found
+    weights = ShardedWeights(path)
+    return {names[d] for d in map(weights.dtype, weights.names()) if d in names}
 
 
 def bins_cell(runner, cell) -> dict:
