@@ -11,6 +11,7 @@ from unlearn_audit.scoring import (
     combined,
     control_gain,
     fmt,
+    knowledge_recovery,
     knowledge_share,
     markdown_table,
     over_unlearned,
@@ -38,11 +39,25 @@ def test_metrics_combine_by_mean_or_worst():
     assert combined([None, float("nan")], "mean") is None
 
 
-def test_recovery_is_the_share_of_what_was_forgotten_that_returns():
-    assert recovery(0.4, 0.7) == pytest.approx(0.5)
-    assert recovery(0.4, 0.4) == 0.0
-    assert recovery(0.4, 0.1) == pytest.approx(-0.5)
-    assert recovery(1.0, 1.0) is None and recovery(None, 0.5) is None
+def test_recovery_is_the_way_from_the_unlearned_score_to_the_attacked_targets():
+    assert recovery(20.0, 50.0, 80.0) == pytest.approx(0.5)
+    assert recovery(20.0, 20.0, 60.0) == 0.0  # unchanged although the quantizer cost the target 20 points
+    assert recovery(20.0, 60.0, 60.0) == 1.0  # scores as the quantized target: the paper's fallback
+    assert recovery(20.0, 10.0, 60.0) == pytest.approx(-0.25)
+    assert recovery(20.0, 30.0, 25.0) == pytest.approx(2.0)  # exactly MIN_RECOVERABLE: defined
+    assert recovery(20.0, 30.0, 24.9) is None  # the attacked target knows < 5 points more: nothing to return to
+    assert recovery(None, 0.5, 80.0) is None and recovery(20.0, None, 80.0) is None
+
+
+def test_recovery_pools_the_points_over_the_metrics_where_it_is_defined():
+    u = {"verbmem_f": 0.0, "knowmem_f": 60.0}
+    t_q = {"verbmem_f": 50.0, "knowmem_f": 62.0}  # knowmem: 2 points to return to, not measured
+    u_q = {"verbmem_f": 10.0, "knowmem_f": 70.0}
+    assert knowledge_recovery(u, u_q, t_q) == pytest.approx(10 / 50)
+    t_q["knowmem_f"] = 80.0
+    assert knowledge_recovery(u, u_q, t_q) == pytest.approx((10 + 10) / (50 + 20))
+    assert knowledge_recovery(u, u_q, t_q, "worst") == pytest.approx(0.5)
+    assert knowledge_recovery(u, u_q, {"verbmem_f": 1.0, "knowmem_f": 61.0}) is None
 
 
 def test_control_gain_is_a_share_of_the_targets_forgettable_knowledge():

@@ -10,8 +10,15 @@ unlearned, target and control (retrained) scores u, t, c under the same weight t
                                                     reproduces its GA_KLR BOOKS figures)
     relative        = share(u, t, c)                beyond what a model that never saw the forget set
                                                     knows; `audit`'s retained when a control is given
-    recovery(r0, r) = (r - r0) / (1 - r0)   the share of what full precision forgot (1 - r0) that a
-                                            quantizer or attack brings back; undefined where r0 >= 1
+    recovery(u, u_a, t_a) = (u_a - u) / (t_a - u)   how far an attack (a quantizer) moves the unlearned
+                                            model's score from its full-precision value u towards what the
+                                            attacked target t_a knows: 1 = the paper's fallback (Q(u) scores
+                                            as Q(t)), 0 = unchanged; defined where t_a - u >= MIN_RECOVERABLE
+                                            points. Pooled over the knowledge metrics as
+                                            sum(u_a - u) / sum(t_a - u) over those where it is defined.
+                                            (Not the change of u/t: a quantizer that costs the target a fifth
+                                            of its knowledge and leaves the unlearned model's score as it was
+                                            would then read as recovery; docs/scoring.md.)
     control gain    = share(c_a, t, c_full) what an attack gives the control, as a share of the target's
                                             forgettable knowledge
     utility kept    = KnowMem_r(u) / KnowMem_r(t)
@@ -28,6 +35,8 @@ from enum import Enum
 
 KNOWLEDGE = ("verbmem_f", "knowmem_f")  # what "knowing the forget set" means on MUSE
 MIN_POINTS = 1.0  # the target must know at least this much more than the baseline for a share to exist
+MIN_RECOVERABLE = 5.0  # points the attacked target must know beyond the unlearned model for a recovery to
+# be measured: below it the ratio divides by a question or two (1.7 KnowMem points each in the demo)
 
 FORGOT_ENOUGH = 0.6  # retained at full precision at most this: forgetting as deep as the paper's
 FORGOT_SOMETHING = 0.95  # retained above this: too little was forgotten to say whether it returns
@@ -66,11 +75,24 @@ def knowledge_share(u: dict, t: dict, c: dict | None = None, how: str = "worst")
     return combined((share(u[k], t[k], (c or {}).get(k, 0.0)) for k in KNOWLEDGE if k in u and k in t), how)
 
 
-def recovery(full: float | None, attacked: float | None) -> float | None:
-    """Share of what full precision forgot (1 - retained) that the attacked model knows again."""
-    if full is None or attacked is None or full >= 1:
+def recovery(u_full: float | None, u_attacked: float | None, t_attacked: float | None) -> float | None:
+    """(u_a - u) / (t_a - u): the share of the way from the unlearned model's full-precision score to the
+    attacked target's that the attack moves it (None where the attacked target knows less than
+    MIN_RECOVERABLE points more: nothing measurable to return to)."""
+    if u_full is None or u_attacked is None or t_attacked is None or t_attacked - u_full < MIN_RECOVERABLE:
         return None
-    return (attacked - full) / (1 - full)
+    return (u_attacked - u_full) / (t_attacked - u_full)
+
+
+def knowledge_recovery(u_full: dict, u_attacked: dict, t_attacked: dict, how: str = "pooled") -> float | None:
+    """`recovery` over the knowledge metrics where it is defined: 'pooled' = sum(u_a - u) / sum(t_a - u)
+    (points that return over points there were to return, the report's), 'worst' = the larger (`audit`)."""
+    keys = [k for k in KNOWLEDGE if recovery(u_full.get(k), u_attacked.get(k), t_attacked.get(k)) is not None]
+    if not keys:
+        return None
+    if how == "worst":
+        return max(recovery(u_full[k], u_attacked[k], t_attacked[k]) for k in keys)
+    return sum(u_attacked[k] - u_full[k] for k in keys) / sum(t_attacked[k] - u_full[k] for k in keys)
 
 
 def control_gain(c_attacked: dict | None, c_full: dict | None, t_full: dict | None, how: str) -> float | None:

@@ -43,28 +43,37 @@ def test_reduced_real_demo_reports_every_cell(reduced_demo):
 
 
 def test_reduced_real_demo_verdicts_follow_their_formulas(reduced_demo):
-    """retained = unlearned / target per seed, averaged; recovery = (retained_q - retained_full) / (1 - retained_full)."""
-    from unlearn_audit.experiment.report import retained_mean
-    from unlearn_audit.scoring import FORGOT_SOMETHING
+    """retained = unlearned / target per seed, averaged; recovery = (u_q - u) / (t_q - u) per seed,
+    pooled over the metrics with at least MIN_RECOVERABLE points to return to, averaged."""
+    from unlearn_audit.scoring import FORGOT_SOMETHING, MIN_RECOVERABLE
 
     _, run = reduced_demo
     rows = json.loads((run / "results.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     target = {r["scheme"]: r for r in rows if r["model"] == "target"}
 
+    def runs(dtype, scheme):
+        return {r["seed"]: r for r in rows if r["model"] == "ga_gdr" and r["dtype"] == dtype and r["scheme"] == scheme}
+
     def retained(dtype, scheme, key):
-        xs = [r[key] / target[scheme][key] for r in rows
-              if r["model"] == "ga_gdr" and r["dtype"] == dtype and r["scheme"] == scheme and target[scheme][key]]
+        xs = [r[key] / target[scheme][key] for r in runs(dtype, scheme).values() if target[scheme][key]]
         return sum(xs) / len(xs) if xs else None
+
+    def pooled(dtype, scheme):
+        out = []
+        for seed, q in runs(dtype, scheme).items():
+            u, t = runs(dtype, "full")[seed], target[scheme]
+            keys = [k for k in ("verbmem_f", "knowmem_f") if t[k] - u[k] >= MIN_RECOVERABLE]
+            if keys:
+                out.append(sum(q[k] - u[k] for k in keys) / sum(t[k] - u[k] for k in keys))
+        return sum(out) / len(out) if out else None
 
     for v in summary["verdicts"]:
         for key in ("verbmem_f", "knowmem_f"):
             expected = retained(v["dtype"], "full", key)
             assert v["retained"][key] == (None if expected is None else pytest.approx(expected))
         full = v["retained"]["mean"]
-        agg = next(a for a in summary["aggregated"] if a["label"] == v["label"] and a["scheme"] == "rtn-int4-g128")
-        quantized = retained_mean(agg)
-        expected = None if None in (full, quantized) or full >= 1 else (quantized - full) / (1 - full)
-        assert v["recovery"]["rtn-int4-g128"]["mean"] == (None if expected is None else pytest.approx(expected))
+        expected = pooled(v["dtype"], "rtn-int4-g128")
+        assert v["recovery"]["rtn-int4-g128"]["pooled"] == (None if expected is None else pytest.approx(expected))
         if full is None or full > FORGOT_SOMETHING:
             assert v["verdict"] == "forgot too little to judge"

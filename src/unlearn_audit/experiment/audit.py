@@ -17,8 +17,9 @@
        relearning, the target at full precision: relearning at a harmful learning rate degrades every
        model, and dividing by a degraded target would call that damage "recovery". Without --retrained,
        c = 0 and relearning attacks are refused.
-     recovery_a = (retained_a - retained_full) / (1 - retained_full): the share of what unlearning had
-       removed that the attack brings back
+     recovery_a = max over the same metrics of (u_a - u_full) / (t_a - u_full): how far the attack moves the
+       unlearned model towards what the attacked target knows (1: it scores as the attacked target; only
+       where t_a - u_full >= scoring.MIN_RECOVERABLE points)
      control gain_a = max over the same metrics of (c_a - c_full) / (t_full - c_full)
    Forgetting holds under a when retained_a <= max_retained. Utility kept = KnowMem_r(unlearned) /
    KnowMem_r(target) at full precision, stated beside every verdict. Exit code (scoring.Gate) 0 = forgetting
@@ -55,10 +56,10 @@ from ..scoring import (
     UTILITY_KEPT,
     Gate,
     fmt,
+    knowledge_recovery,
     knowledge_share,
     over_unlearned,
     ratio,
-    recovery,
     utility_words,
 )
 from ..scoring import control_gain as scored_gain
@@ -212,7 +213,7 @@ class Auditor:
                 "evaluated_on": "forget set" if corpus is self.corpus else f"held-out part ({corpus.root})",
                 "unlearned": unlearned, "target": target, "control": control,
                 "unlearned_full": base["unlearned"], "control_full": base.get("retrained"),
-                "retained": kept, "retained_full": kept_full, "recovery": recovery(kept_full, kept),
+                "retained": kept, "retained_full": kept_full, "recovery": knowledge_recovery(base["unlearned"], unlearned, target, "worst"),
                 "control_gain": control_gain(control, base.get("retrained"), base["target"]),
                 "holds": None if kept is None else kept <= self.cfg.max_retained,
                 "forecast_recovery": None if forecast is None else 1 - forecast.get("projected_survival", 0.0)}

@@ -18,6 +18,7 @@ from ..scoring import (
     FORGOT_SOMETHING,
     HOLDS,
     KNOWLEDGE,
+    MIN_RECOVERABLE,
     PREDICTION_TOLERANCE,
     RETURNS,
     SURVIVES,
@@ -27,6 +28,7 @@ from ..scoring import (
     control_gain,
     fmt,
     forgot_too_little,
+    knowledge_recovery,
     markdown_table,
     mean,
     over_unlearned,
@@ -78,6 +80,7 @@ def rows_from_ledger(ledger) -> list[dict]:
         })
     label_rows(rows)
     add_retention(rows)
+    add_recovery(rows)
     return rows
 
 
@@ -121,8 +124,24 @@ def add_retention(rows: list[dict]) -> None:
         r["utility_kept"] = ratio(r["knowmem_r"], t["knowmem_r"]) if t else None
 
 
+def add_recovery(rows: list[dict]) -> None:
+    """recovery = (u_a - u) / (t_a - u) per knowledge metric and pooled (`scoring.knowledge_recovery`), per
+    seed: u the same run and seed at full precision, t_a the target under the attack (at full precision
+    for relearning)."""
+    ref = {(r["model"], r["seed"], r["scheme"]): r for r in rows if r["model"] == "target"}
+    full = {(r["label"], r["seed"]): r for r in rows if r["dtype"] and r["scheme"] == "full"}
+    for r in rows:
+        u, t = full.get((r["label"], r["seed"])), ref.get(("target", r["model_seed"], target_reference(r["scheme"])))
+        if not r["dtype"] or r["scheme"] == "full" or not u or not t:
+            continue
+        for key in KNOWLEDGE:
+            r[f"recovery_{key}"] = recovery(u[key], r[key], t[key])
+        r["recovery_pooled"] = knowledge_recovery(u, r, t)
+
+
+RECOVERY_KEYS = [*(f"recovery_{k}" for k in KNOWLEDGE), "recovery_pooled"]
 AVERAGED = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "retained_verbmem_f", "retained_knowmem_f",
-            "relative_verbmem_f", "relative_knowmem_f", "utility_kept"]
+            "relative_verbmem_f", "relative_knowmem_f", "utility_kept", *RECOVERY_KEYS]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -217,13 +236,13 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
             continue
         entry = {"label": label, "method": full["model"], "dtype": full["dtype"], "n": full["n"],
                  "retained": {**{k: full[f"retained_{k}"] for k in KNOWLEDGE}, "mean": retained_mean(full)},
-                 "utility_kept": full["utility_kept"], "recovery": {}}
+                 "utility_kept": full["utility_kept"], "recovery": {}, "retained_under": {}, "recovery_sd": {}}
         for s in [x for x in schemes if x != "full"]:
             q = runs.get(s)
             if q:
-                rec = {k: recovery(full[f"retained_{k}"], q[f"retained_{k}"]) for k in KNOWLEDGE}
-                rec["mean"] = recovery(entry["retained"]["mean"], retained_mean(q))
-                entry["recovery"][s] = rec
+                entry["recovery"][s] = {k: q[f"recovery_{k}"] for k in (*KNOWLEDGE, "pooled")}
+                entry["recovery_sd"][s] = q["sd"].get("recovery_pooled")
+                entry["retained_under"][s] = retained_mean(q)
         entry["verdict"] = verdict_of(entry, four_bit(schemes))
         entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"], entry["utility_kept"])
         if label in bins:
@@ -235,21 +254,23 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
 def verdict_of(entry: dict, four: list[str]) -> Verdict:
     """From the mean retained share: does what full precision forgot come back under every 4-bit scheme?"""
     return quantization_verdict(entry["retained"]["mean"],
-                                [entry["recovery"][s]["mean"] for s in four if s in entry["recovery"]])
+                                [entry["recovery"][s]["pooled"] for s in four if s in entry["recovery"]])
 
 
 def judged_recovery(v: dict, attack: str, key: str) -> float | None:
-    """The recovery under `attack`, or None where full precision forgot less than 5% of that metric:
-    a share of almost nothing is noise (one question more or less reads as +-1000%)."""
-    if forgot_too_little(v["retained"][key]):
+    """The recovery under `attack` (a knowledge metric or 'pooled'), or None where full precision forgot
+    less than 5% of it: a share of almost nothing is noise (one question more or less reads as +-1000%)."""
+    if forgot_too_little(v["retained"]["mean" if key == "pooled" else key]):
         return None
     return v["recovery"].get(attack, {}).get(key)
 
 
 def recovery_cell(v: dict, attack: str) -> str:
-    """'VerbMem / KnowMem (mean)' recovery under one attack, '-' where too little was forgotten to judge."""
-    verb, know, both = (fmt(judged_recovery(v, attack, k), True) for k in (*KNOWLEDGE, "mean"))
-    return f"{verb} / {know} ({both})"
+    """'VerbMem / KnowMem (pooled)' recovery under one attack (the pooled one with its spread over seeds),
+    '-' where there was too little to return to."""
+    verb, know, both = (fmt(judged_recovery(v, attack, k), True) for k in (*KNOWLEDGE, "pooled"))
+    sd = v.get("recovery_sd", {}).get(attack)
+    return f"{verb} / {know} ({both}{'' if sd is None or both == '-' else ' ± ' + fmt(sd, True)})"
 
 
 def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
@@ -257,7 +278,7 @@ def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     and what `bins` predicted from the weights alone."""
     quantized = [s for s in schemes if s != "full"]
     head = ["Unlearned model", "retained at full: VerbMem / KnowMem (mean)"]
-    head += [f"{s}: recovery VerbMem / KnowMem (mean)" for s in quantized]
+    head += [f"{s}: recovery VerbMem / KnowMem (pooled)" for s in quantized]
     head += ["KnowMem_r kept", "measured verdict", "bins prediction of the recovery (from the weights)",
              f"prediction within {PREDICTION_TOLERANCE:.0%}?"]
     rows = []
@@ -287,7 +308,7 @@ def retrained_gain(agg: list[dict], attack: str) -> float | None:
 
 def attack_table(verdicts: list[dict], agg: list[dict], attacks: list[str]) -> str:
     """Per method: recovery under each attack beyond quantization; the last row is the control."""
-    head = ["Unlearned model", "retained at full (mean)", *(f"{a}: recovery VerbMem / KnowMem (mean)" for a in attacks),
+    head = ["Unlearned model", "retained at full (mean)", *(f"{a}: recovery VerbMem / KnowMem (pooled)" for a in attacks),
             "measured verdict (4-bit)"]
     rows = [[v["label"], fmt(v["retained"]["mean"], True), *(recovery_cell(v, a) for a in attacks), v["verdict_text"]]
             for v in verdicts]
@@ -300,11 +321,11 @@ def robustness_table(verdicts: list[dict], columns: list[str]) -> str:
     """Per method: how deep it forgets, what utility it keeps and the worst of every attack and
     quantizer evaluated (the question 'which method survives everything?')."""
     attacks = [c for c in columns if c != "full"]
-    head = ["Unlearned model", "retained at full (mean)", "KnowMem_r kept", "worst attack: recovery (mean)",
+    head = ["Unlearned model", "retained at full (mean)", "KnowMem_r kept", "worst attack: recovery (pooled)",
             f"attacks bringing back > {SURVIVES:.0%}"]
     rows = []
     for v in verdicts:
-        recs = {a: judged_recovery(v, a, "mean") for a in attacks}
+        recs = {a: judged_recovery(v, a, "pooled") for a in attacks}
         recs = {a: r for a, r in recs.items() if r is not None}
         worst = max(recs, key=recs.get) if recs else None
         failing = [a for a, r in recs.items() if r > SURVIVES]
@@ -326,7 +347,7 @@ def prediction_agrees(v: dict) -> bool | None:
     """Is the bins forecast (1 - survival) within PREDICTION_TOLERANCE of the measured mean recovery
     under the analysed scheme?"""
     b = v.get("bins")
-    rec = v["recovery"].get(b["scheme"], {}).get("mean") if b else None
+    rec = v["recovery"].get(b["scheme"], {}).get("pooled") if b else None
     if rec is None or b.get("projected_survival") is None or v["verdict"] is Verdict.TOO_LITTLE:
         return None
     return abs((1 - b["projected_survival"]) - rec) <= PREDICTION_TOLERANCE
@@ -491,12 +512,8 @@ def plot_retained_bars(verdicts: list[dict], schemes: list[str], path: Path) -> 
 
 
 def retained_after(v: dict, scheme: str) -> float | None:
-    """Retained share under a scheme from a verdict entry: full precision, or full + its recovery."""
-    full = v["retained"]["mean"]
-    if scheme == "full" or full is None:
-        return full
-    rec = v["recovery"].get(scheme, {}).get("mean")
-    return None if rec is None else full + rec * (1 - full)
+    """The paper's retained share (unlearned / target, VerbMem and KnowMem averaged) under a scheme."""
+    return v["retained"]["mean"] if scheme == "full" else v["retained_under"].get(scheme)
 
 
 def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
@@ -575,7 +592,10 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           "", f"## Retained share of the target's forget-set knowledge{over}", "",
           "Unlearned / target at the same precision, per scheme.", "", pieces["retention"], "",
           "## Per method: does quantization bring the knowledge back?", "",
-          f"Recovery = share of what full precision forgot that the quantized model knows again; "
+          f"Recovery = (u_q - u) / (t_q - u): how far the quantizer moves the unlearned model's score u "
+          f"towards the quantized target's t_q (100% = it scores as the quantized target: the paper's "
+          f"fallback; 0% = unchanged), per metric where t_q - u >= {MIN_RECOVERABLE:g} points, and pooled "
+          f"(sum of the gains over sum of the gaps; ± its spread over seeds); "
           f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
           f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered; 'over-unlearned' = "
           f"KnowMem_r below {UTILITY_KEPT:.0%} of the target's (forgetting then holds trivially); '-' where full "
