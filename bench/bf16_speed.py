@@ -4,7 +4,7 @@
 
 Runs the whole `unlearn()` (HF Trainer, checkpoints, saving) on the demo's target for GA_GDR and
 NPO_KLR (which also runs a bf16 reference model), once per arithmetic and thread count, and prints the
-wall time and the ratio native / emulated. The update itself is compared in tests/unlearn/test_bf16.py.
+wall time and the ratio native / emulated. The update itself is compared in tests/training/test_bf16.py.
 """
 
 from __future__ import annotations

@@ -20,15 +20,10 @@ from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.training.core import PairedChunks, PartsCollator, chunk_ids, training_dtype
 from unlearn_audit.unlearn.losses import mean_nll
 from unlearn_audit.unlearn.methods import Batch, method_names, resolve_method
-from unlearn_audit.unlearn.trainer import (
-    ForgetRetainDataset,
-    PairCollator,
-    UnlearnConfig,
-    chunk_ids,
-    training_dtype,
-)
+from unlearn_audit.unlearn.trainer import UnlearnConfig
 from unlearn_audit.utils.quiet import quiet_libraries
 
 METHODS = ["finetune"] + [m for m in method_names() if m.split("_")[0] in ("ga", "npo")]
@@ -37,8 +32,8 @@ METHODS = ["finetune"] + [m for m in method_names() if m.split("_")[0] in ("ga",
 def batches(tokenizer, corpus: Corpus, batch_size: int, steps: int) -> list[dict]:
     forget = chunk_ids(tokenizer, corpus.raw("forget"), 512)
     retain = chunk_ids(tokenizer, corpus.raw("retain"), 512)
-    data = ForgetRetainDataset(forget, retain, seed=0)
-    collate = PairCollator(tokenizer.pad_token_id)
+    data = PairedChunks(forget, retain, seed=0)
+    collate = PartsCollator(tokenizer.pad_token_id)
     out = []
     while len(out) < steps:
         for i in range(0, len(data), batch_size):

@@ -26,7 +26,7 @@ def parser_flags() -> set[str]:
 
 def script_flags() -> set[str]:
     """Flags of the bench/ and examples/ scripts, which the docs also quote."""
-    files = [*ROOT.glob("bench/*.py"), *ROOT.glob("examples/*.py")]
+    files = [*ROOT.glob("bench/*.py"), *ROOT.glob("examples/**/*.py")]
     return {m.group(1) for f in files for m in re.finditer(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", f.read_text())}
 
 

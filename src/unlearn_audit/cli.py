@@ -40,14 +40,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
-    print(line(header))
-    for r in rows:
-        print(line(r))
-
-
 # ------------------------------------------------------------------------------------------- world
 def cmd_world(args) -> int:
     from .data.synthetic import WorldConfig, write_world
@@ -88,52 +80,21 @@ def cmd_train_tiny(args) -> int:
 # ------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from .data.corpus import Corpus
-    from .evaluate.runner import EvalConfig, check_corpus, evaluate_model, parse_metrics, retrained_auc
-    from .models.loading import load_model, load_tokenizer, model_fingerprint
-    from .utils.io import atomic_write_json
+    from .evaluate.runner import EvalConfig, evaluate_to_folder, parse_metrics
+    from .scoring import fmt, markdown_table
 
-    corpus = Corpus.open(args.corpus)
     cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size,
                      prompt_space=args.prompt_space, privleak_scope=args.privleak_scope,
                      verbmem_length=args.verbmem_length)
-    cfg.validate()
-    check_corpus(corpus, cfg.metrics)  # before any model is loaded
-    opts = load_options(args)
-    device = args.device or default_device()
-    out = Path(args.out)
     started = time.time()
-    auc_ret = None
-    if args.retrained and "privleak" in cfg.metrics:
-        ret = load_model(args.retrained, args.dtype, opts, device)
-        auc_ret = retrained_auc(ret, load_tokenizer(args.retrained, opts), corpus, cfg)
-        del ret
-    from .quantize import model_at
-
-    tok = load_tokenizer(args.model, opts)
-    scheme = args.quantize or "full"
-    model = model_at(args.model, scheme, opts, quantize_options(args), args.dtype, device, tok, corpus)
-    identity = {"model": model_fingerprint(args.model), "scheme": scheme, "dtype": args.dtype}
-    res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=not args.quiet)
-    metrics = {
-        "model": str(args.model),
-        "scheme": scheme,
-        "corpus": corpus.name,
-        **res["metrics"],
-        "details": res["details"],
-        "model_hash": identity["model"],
-        "corpus_hash": corpus.content_hash,
-        "retrained": str(args.retrained) if args.retrained else None,
-        "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
-        "unlearn_audit_version": __version__,
-    }
-    atomic_write_json(out / "metrics.json", metrics)
-    from .scoring import fmt
-
-    print_table([[m, fmt(res["metrics"][m], digits=2)] for m in cfg.metrics], ["metric", "value (x100)"])
+    res = evaluate_to_folder(args.model, Corpus.open(args.corpus), cfg, args.out, args.quantize or "full", args.dtype,
+                             args.device or default_device(), load_options(args), quantize_options(args),
+                             args.retrained, show=not args.quiet)
+    print(markdown_table(["metric", "value (x100)"], [[m, fmt(res[m], digits=2)] for m in cfg.metrics]))
     if "privleak" in res["details"]:
         d = res["details"]["privleak"]
         print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")
-    print(f"wrote {out / 'metrics.json'} in {time.time() - started:.1f}s")
+    print(f"wrote {Path(args.out) / 'metrics.json'} in {time.time() - started:.1f}s")
     return 0
 
 
@@ -148,28 +109,22 @@ def quantize_options(args):
 
 def cmd_quantize(args) -> int:
     from .data.corpus import Corpus
-    from .models.loading import load_tokenizer, model_fingerprint
-    from .quantize import calibration_for, parse_scheme, quantized_model, save_quantized
-    from .quantize.backends import quantization_record
+    from .models.loading import load_tokenizer
+    from .quantize import calibration_for, parse_scheme, quantize_to_folder
 
     scheme = parse_scheme(args.scheme)
-    opts, qopts = load_options(args), quantize_options(args)
+    opts = load_options(args)
     corpus = Corpus.open(args.calibration) if args.calibration else None
-    tok = load_tokenizer(args.model, opts)
-    started = time.time()
-    model = quantized_model(args.model, scheme, opts, qopts, args.dtype, args.device, tok,
-                            calibration_for(scheme, corpus))
-    record = {**quantization_record(model, scheme, qopts), "source_model": str(args.model),
-              "source_hash": model_fingerprint(args.model), "calibration": str(args.calibration) if corpus else None,
-              "seconds": round(time.time() - started, 2), "unlearn_audit_version": __version__}
-    out = save_quantized(model, tok, scheme, args.out, record)
+    out, record = quantize_to_folder(args.model, scheme, args.out, opts, quantize_options(args), args.dtype, args.device,
+                                     load_tokenizer(args.model, opts), calibration_for(scheme, corpus),
+                                     str(args.calibration) if corpus else None)
     print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")
     return 0
 
 
 def cmd_finetune(args) -> int:
     from .data.corpus import Corpus
-    from .models.finetune import FinetuneConfig, finetune
+    from .training.finetune import FinetuneConfig, finetune
 
     cfg = config_from_args(FinetuneConfig, args, args.config)
     out = finetune(args.model, Corpus.open(args.corpus), cfg, args.out, load_options(args), show=not args.quiet)
@@ -239,51 +194,28 @@ def cmd_unlearn(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------- grid, demo, report
-def print_report(pieces: dict, run_dir: Path) -> None:
-    print()
-    print(pieces["table"])
-    print()
-    print("Retained share of the target's forget-set knowledge (VerbMem / KnowMem, unlearned / target):")
-    print(pieces["retention"])
-    print()
-    print("Per method: recovery under quantization, and the bins prediction from the weights alone:")
-    print(pieces["verdicts"])
-    print()
-    if pieces["attacks"]:  # the grid has attack columns
-        print("Per method: recovery under the other attacks; last row, what they give the retrained control:")
-        print(pieces["attacks"])
-        print()
-    for line in pieces["agreement"]:
-        print("* " + line)
-    for line in pieces.get("target_quantized", []):
-        print("  " + line)
-    if pieces["failures"]:
-        print("\nFailed cells (re-run the same command to retry):")
-        print("\n".join(pieces["failures"]))
-    print(f"\nreport: {run_dir / 'report.md'} (also the weight-bin table)  results: {run_dir / 'results.json'}  "
-          f"plot: {run_dir / 'knowledge_vs_precision.png'}")
-
-
-def run_and_report(cfg, out: Path, quiet: bool) -> int:
-    from .experiment.grid import plan, run_grid
-    from .experiment.report import render
+def run_and_report(cfg, out: Path, quiet: bool, shard: tuple[int, int] | None = None) -> int:
+    from .experiment.grid import planned_ids, run_grid
+    from .experiment.report import render, terminal_summary
 
     started = time.time()
-    counts = run_grid(cfg, out, show=not quiet)
-    pieces = render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids={c.id for c in plan(cfg)},
+    counts = run_grid(cfg, out, show=not quiet, shard=shard)
+    pieces = render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids=planned_ids(cfg, shard),
                     bins_schemes=cfg.bins_schemes, tiny=cfg.tiny_models)
-    print_report(pieces, out)
+    print(terminal_summary(pieces, out))
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
 
 
 def cmd_grid(args) -> int:
     from .experiment.config import load_grid
+    from .experiment.grid import parse_shard
 
+    shard = parse_shard(args.shard)
     cfg = load_grid(args.config)
     if args.workers:
         cfg.workers = args.workers
-    return run_and_report(cfg, Path(args.out), args.quiet)
+    return run_and_report(cfg, Path(args.out), args.quiet, shard)
 
 
 def demo_variant(args) -> str:
@@ -319,25 +251,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    import yaml
+    from .experiment.report import merge_run_folders, render_folder, terminal_summary
 
-    from .experiment.report import render
-
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "ledger.sqlite").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no ledger.sqlite); run `demo` or `grid` first")
-    from .config import build_config
-    from .experiment.config import GridConfig
-    from .experiment.grid import plan
-
-    ids, schemes, name, bins, tiny = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None, False
-    if (run_dir / "config.yaml").is_file():
-        cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
-                           source=str(run_dir / "config.yaml"))
-        ids, schemes, name, bins = {c.id for c in plan(cfg)}, cfg.evaluated, cfg.name, cfg.bins_schemes
-        tiny = cfg.tiny_models
-    pieces = render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins, tiny=tiny)
-    print_report(pieces, run_dir)
+    if len(args.run_dir) > 1 and not args.out:
+        raise UserError("several run folders (the shards of one grid) are merged into a new folder: give --out")
+    run_dir = merge_run_folders(args.out, args.run_dir) if args.out else Path(args.run_dir[0])
+    print(terminal_summary(render_folder(run_dir), run_dir))
     return 0
 
 
@@ -368,9 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
     from .evaluate.privleak import PRIVLEAK_SCOPES
     from .evaluate.runner import METRICS, PROMPT_SPACE, VERBMEM_LENGTHS
-    from .models.finetune import ROLES, FinetuneConfig
     from .models.loading import LOAD_DTYPES
     from .models.tiny import TinyRecipe
+    from .training.finetune import ROLES, FinetuneConfig
     from .unlearn.trainer import UnlearnConfig
 
     parser = argparse.ArgumentParser(
@@ -493,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="run a YAML grid of methods x learning rates x dtypes x schemes x seeds")
     p.add_argument("--config", required=True, help="grid YAML (see src/unlearn_audit/experiment/demo.yaml)")
     p.add_argument("--out", required=True, help="run folder (re-run with the same folder to resume)")
+    p.add_argument("--shard", help="I/N: run only shard I of N (0-based; one task of a SLURM array, submitit or Ray) "
+                                   "into its own --out; `report --out MERGED RUN...` merges the shards")
     add_run_flags(p)
     p.set_defaults(func=cmd_grid)
 
@@ -525,8 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_load_flags(p)
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("report", help="re-render tables and plots of a run folder from its ledger")
-    p.add_argument("run_dir", help="a folder made by demo or grid")
+    p = sub.add_parser("report", help="re-render tables and plots of a run folder from its ledger, or merge shards")
+    p.add_argument("run_dir", nargs="+", help="a folder made by demo or grid (several: the shards of one grid)")
+    p.add_argument("--out", help="merge the run folders into this new folder and report there")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -47,7 +47,7 @@ def test_relearning_trains_both_the_unlearned_model_and_the_control(data, ga_mod
     a = parse_attack(f"relearn:{data}:share=0.5,{RELEARN}")
     for model in (ga_model, micro_retrained):
         out = a.impl.train(str(model), a, Context(corpus=corpus, show=False), tmp_path / "work")
-        assert json.loads((out / "unlearn.json").read_text())["epochs"][-1]["step"] == 8  # steps=8, exactly
+        assert json.loads((out / "train.json").read_text())["epochs"][-1]["step"] == 8  # steps=8, exactly
         if data == "forget-part":  # it learned the relearning texts
             texts = split_forget(corpus, 0.5, 0)[0]
             assert forget_nll(out, texts) < forget_nll(model, texts) - 0.05

@@ -53,7 +53,7 @@ def test_document_prefix_only_where_the_tokenizer_adds_no_special_token(byte_lev
     """SmolLM2-like tokenizers (no BOS added) get their BOS in front of every text, in training and in
     evaluation alike; tokenizers that add their own BOS (Llama's, the tiny models') are left as they are."""
     from unlearn_audit.models.generation import document_prefix, encode_documents
-    from unlearn_audit.unlearn.trainer import chunk_ids
+    from unlearn_audit.training.core import chunk_ids
 
     tiny = load_tokenizer(micro_target)
     assert document_prefix(tiny) == [] and encode_documents(tiny, ["a b"])[0] == tiny("a b").input_ids

@@ -17,6 +17,7 @@ def test_eval_cli_on_world_model(run_cli, micro_target, micro_retrained, micro_w
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("verbmem_f", "knowmem_f", "knowmem_r"):
         assert isinstance(metrics[key], float)
+        assert f"| {key} | {metrics[key]:.2f} |" in stdout  # the printed table is metrics.json's
     assert metrics["verbmem_f"] > 50 and metrics["knowmem_f"] > 50  # the target remembers
     assert metrics["details"]["privleak"]["auc_retrain_source"] == "measured on the retrained model"
     # the target is far more familiar with forget texts than with holdout texts

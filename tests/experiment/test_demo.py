@@ -51,13 +51,14 @@ def test_quick_demo_shows_forgotten_knowledge_returning_after_int4(quick_demo):
     _, _, folder = quick_demo
     summary = json.loads((folder / "summary.json").read_text())
     bf16 = [v for v in summary["verdicts"] if v["dtype"] == "bf16"]
-    assert bf16 and all(v["retained"]["pooled"] < 0.95 for v in bf16)  # something was forgotten
-    back = [v for v in bf16 if v["recovery"]["rtn-int4-g128"]["pooled"] >= 0.5]
+    assert bf16 and all(v["retained"]["mean"] < 0.95 for v in bf16)  # something was forgotten
+    back = [v for v in bf16 if (v["recovery"]["rtn-int4-g128"]["pooled"] or 0) >= 0.5]
     assert back, [(v["label"], v["recovery"]) for v in bf16]
     for v in bf16:  # predicted from the weights alone: what does not survive along the update comes back
         predicted = 1 - v["bins"]["projected_survival"]
-        assert abs(predicted - v["recovery"]["rtn-int4-g128"]["pooled"]) <= 0.25, (v["label"], predicted, v["recovery"])
-    assert all(abs(v["recovery"]["rtn-int8-channel"]["pooled"]) < 0.5 for v in bf16)  # int8 brings back little
+        assert abs(predicted - (v["recovery"]["rtn-int4-g128"]["pooled"] or 0)) <= 0.25, (v["label"], predicted,
+                                                                                         v["recovery"])
+    assert all(abs(v["recovery"]["rtn-int8-channel"]["pooled"] or 0) < 0.5 for v in bf16)  # int8 brings back little
 
 
 def test_quick_demo_shows_pruning_bring_the_knowledge_back_and_the_control_untouched(quick_demo):
@@ -67,7 +68,8 @@ def test_quick_demo_shows_pruning_bring_the_knowledge_back_and_the_control_untou
     _, out, folder = quick_demo
     summary = json.loads((folder / "summary.json").read_text())
     bf16 = [v for v in summary["verdicts"] if v["dtype"] == "bf16"]
-    assert any(v["recovery"]["prune:magnitude:0.3"]["pooled"] >= 0.5 for v in bf16), [v["recovery"] for v in bf16]
+    # None: the pruned target knows < 5 points more than the unlearned model (nothing measurable to return to)
+    assert any((v["recovery"]["prune:magnitude:0.3"]["pooled"] or 0) >= 0.5 for v in bf16), [v["recovery"] for v in bf16]
     report = (folder / "report.md").read_text()
     control = next(line for line in report.splitlines() if line.startswith("| Retrained (control)"))
     gain = float(control.split("|")[3].strip().rstrip("%")) / 100

@@ -361,3 +361,27 @@ def test_time_left_reads_as_minutes_and_hours():
     from unlearn_audit.experiment.grid import clock
 
     assert clock(59.6) == "1m00s" and clock(125) == "2m05s" and clock(3 * 3600 + 7 * 60) == "3h07m"
+
+
+def test_a_grid_run_as_shards_merges_into_the_single_process_report(run_cli, micro_world, micro_target,
+                                                                    micro_retrained, tmp_path):
+    """Each shard runs a deterministic share into its own folder (no shared database); `report --out`
+    merges them into the report one process gives, and names what a missing shard leaves out."""
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga_gdr", "npo", "ga"])))
+    grid = ["grid", "--config", tmp_path / "g.yaml", "--quiet"]
+    assert run_cli(*grid, "--out", tmp_path / "whole")[0] == 0
+    for i in range(3):
+        assert run_cli(*grid, "--shard", f"{i}/3", "--out", tmp_path / f"shard{i}")[0] == 0
+    cfg = load_grid(tmp_path / "g.yaml")
+    runs = [{c.id for c in grid_mod.shard_cells(grid_mod.plan(cfg), i, 3) if c.kind == "unlearn"} for i in range(3)]
+    assert [len(r) for r in runs] == [1, 1, 1] and len(set.union(*runs)) == 3  # each run in exactly one shard
+
+    code, out, _ = run_cli("report", tmp_path / "shard0", tmp_path / "shard2", "--out", tmp_path / "partial")
+    assert code == 0 and "not run yet" in out  # the missing shard's cells are listed, not dropped
+    shards = [tmp_path / f"shard{i}" for i in range(3)]
+    code, out, _ = run_cli("report", *shards, "--out", tmp_path / "merged")
+    assert code == 0 and "not run yet" not in out
+    for name in ("results.json", "summary.json", "report.md"):
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+    with pytest.raises(UserError, match="holds shard 0/3"):  # a folder keeps the shard it was made for
+        grid_mod.run_grid(cfg, tmp_path / "shard0", show=False, shard=(1, 3))

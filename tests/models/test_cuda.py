@@ -6,7 +6,7 @@ import torch
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.unlearn.bf16 import resolve_arithmetic
+from unlearn_audit.training.bf16 import resolve_arithmetic
 
 pytestmark = pytest.mark.cuda
 

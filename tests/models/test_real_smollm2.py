@@ -49,8 +49,8 @@ def test_eval_unlearn_and_bins_on_the_real_model(smollm2, shared_dir, tmp_path):
 
 def test_finetune_and_quantized_eval_on_the_real_model(smollm2, shared_dir, tmp_path):
     from unlearn_audit.data.corpus import write_corpus
-    from unlearn_audit.models.finetune import FinetuneConfig, finetune
     from unlearn_audit.quantize import model_at
+    from unlearn_audit.training.finetune import FinetuneConfig, finetune
 
     muse = Corpus(shared_dir / "muse" / "news")
     qa = lambda split: [f"Question: {q.question}\nAnswer: {q.answer}" for q in muse.knowmem(split)[:8]]  # noqa: E731

@@ -103,6 +103,8 @@ CASES = {
         "unlearn --model {target} --corpus {world} --method qat --through gptq-int4-g128 --out {out}",
         "only rtn-* and bnb-fp4/bnb-nf4"),
     "report: not a run folder": ("report {empty}", "not a run folder"),
+    "grid: shard spec out of range": ("grid --config {grid} --shard 4/3 --out {out}", "--shard must be I/N"),
+    "report: shards merged without --out": ("report {empty} {empty}", "give --out"),
     "train-tiny: corpus missing": ("train-tiny --corpus {missing} --role target", "not found"),
     "world: no people": ("world --out {out} --people 0", "people"),
     "eval: weights holding NaN": ("eval --model {nonfinite} --corpus {world} --out {out}", "NaN/inf"),

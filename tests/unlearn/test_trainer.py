@@ -219,3 +219,16 @@ def test_mixed_precision_keeps_fp32_masters(micro_target, corpus, tmp_path):
     info = json.loads((out / "unlearn.json").read_text())
     assert set(info["precision"]["parameter_dtypes"]) == {"float32"}
     assert all(v.dtype == torch.float32 for v in weights(out).values())
+
+
+def test_every_methods_options_are_part_of_the_unlearning_config():
+    """Each method declares its options beside its loss; the config (CLI flags, YAML keys) is made of them."""
+    import dataclasses
+
+    from unlearn_audit.unlearn.methods import registered_options
+
+    names = {f.name for f in dataclasses.fields(UnlearnConfig)}
+    for options in registered_options():
+        assert issubclass(UnlearnConfig, options), options
+        assert {f.name for f in dataclasses.fields(options)} <= names
+    assert [f.name for f in dataclasses.fields(UnlearnConfig)][:2] == ["method", "base"]  # the run's options lead

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..data.corpus import Corpus, write_corpus
 from ..errors import UserError
 from ..models.loading import model_fingerprint
+from ..training.core import TRAIN_RECORD, TrainSettings, train_on_texts
 from ..utils.io import read_json, sha256_json
 from .registry import Attack, AttackFamily, Context, Param, register_attack
 
@@ -58,18 +59,14 @@ class Relearn(AttackFamily):
     @classmethod
     def train(cls, spec: str, attack: Attack, ctx: Context, work: Path) -> Path:
         """Fine-tune the model at `spec`; the result is cached under `work` by source model and data."""
-        from ..unlearn.trainer import UnlearnConfig, unlearn
-
         texts = relearn_texts(ctx.corpus, attack)
-        data = write_corpus(work / "data" / sha256_json(texts)[:12], {"raw/forget.json": texts},
-                            f"relearning texts of {attack.name}")
-        out = work / f"model-{model_fingerprint(spec)[:12]}-{data.content_hash[:8]}"
-        if (out / "unlearn.json").is_file():
+        out = work / f"model-{model_fingerprint(spec)[:12]}-{sha256_json(texts)[:8]}"
+        if (out / TRAIN_RECORD).is_file():
             return out
         p = attack.params
-        cfg = UnlearnConfig(method="relearn", learning_rate=p["lr"], max_steps=p["steps"], batch_size=p["batch"],
-                            dtype=p["dtype"], seed=p["seed"], epochs=1)
-        return unlearn(spec, data, cfg, out, opts=ctx.load, show=ctx.show)
+        settings = TrainSettings(learning_rate=p["lr"], max_steps=p["steps"], batch_size=p["batch"],
+                                 dtype=p["dtype"], seed=p["seed"], epochs=1)
+        return train_on_texts(spec, texts, settings, out, opts=ctx.load, show=ctx.show, about={"attack": attack.name})
 
 
 def relearn_texts(corpus: Corpus, attack: Attack) -> list[str]:

@@ -287,3 +287,33 @@ def utility_floor_from(retrained: str, corpus, opts, device: str, limit: int | N
 
     model = load_model(retrained, "fp32", opts, device)
     return knowmem_evaluator(corpus, load_tokenizer(retrained, opts), limit)(model)["knowmem_r"]
+
+
+def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | Path, scheme: str, dtype: str,
+                       device: str, opts, qopts, retrained: str | None = None, show: bool = True) -> dict:
+    """`eval`: the model at `model_path` (quantized with `scheme`) on `corpus`, per-item logs under `out`
+    and metrics.json beside them (PrivLeak against the retrained model's AUC when one is given)."""
+    from .. import __version__
+    from ..models.loading import load_model, load_tokenizer, model_fingerprint
+    from ..quantize import model_at
+
+    cfg.validate()
+    check_corpus(corpus, cfg.metrics)  # before any model is loaded
+    out = Path(out)
+    started = time.time()
+    auc_ret = None
+    if retrained and "privleak" in cfg.metrics:
+        ret = load_model(retrained, dtype, opts, device)
+        auc_ret = retrained_auc(ret, load_tokenizer(retrained, opts), corpus, cfg)
+        del ret
+    tok = load_tokenizer(model_path, opts)
+    model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
+    identity = {"model": model_fingerprint(model_path), "scheme": scheme, "dtype": dtype}
+    res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=show)
+    record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, **res["metrics"],
+              "details": res["details"], "model_hash": identity["model"], "corpus_hash": corpus.content_hash,
+              "retrained": str(retrained) if retrained else None,
+              "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
+              "unlearn_audit_version": __version__}
+    atomic_write_json(out / "metrics.json", record)
+    return record

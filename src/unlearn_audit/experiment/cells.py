@@ -57,7 +57,7 @@ def model_cell(runner, cell) -> dict:
 def finetuned_model(runner, cell, corpus: Corpus) -> dict:
     """A target or retrained model fine-tuned from the grid's `base` (resumes from its checkpoints)."""
     from ..config import build_config
-    from ..models.finetune import FinetuneConfig, finetune
+    from ..training.finetune import FinetuneConfig, finetune
 
     cfg = cell.config
     ft = build_config(FinetuneConfig, {**cfg["finetune"], "role": cfg["role"]}, source="grid finetune options")

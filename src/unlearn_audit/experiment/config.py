@@ -63,8 +63,8 @@ class GridConfig:
     def validate(self) -> None:
         from ..quantize import parse_scheme
         from ..quantize.backends import check_installed
+        from ..training.core import PRECISIONS
         from ..unlearn.methods import is_wrapper, resolve_method
-        from ..unlearn.trainer import PRECISIONS
 
         self.axes_from_runs()
         if not self.methods or not self.learning_rates or not self.dtypes or not self.seeds:
@@ -145,7 +145,7 @@ class GridConfig:
         if self.recipe:
             raise UserError("`recipe` configures tiny models; with `base` use `finetune` options")
         from ..config import build_config
-        from ..models.finetune import FinetuneConfig
+        from ..training.finetune import FinetuneConfig
 
         opts = dict(self.finetune)
         if "role" in opts:

@@ -4,6 +4,11 @@ The grid is planned as a list of cells with dependencies; each cell's id is a ha
 includes the ids of the cells it depends on), so re-running the same grid finds the same cells in the
 ledger and skips the finished ones. Several worker processes may run one grid together: they claim
 cells through the ledger and wait for dependencies another worker is computing.
+
+Across machines a grid runs as shards (`grid --shard I/N`), one per task of the scheduler you have (a
+SLURM array, submitit, Ray; examples/cluster/): each shard runs a deterministic share of the unlearning
+runs into its own run folder, with everything they depend on, and `report --out MERGED RUN...` merges the
+folders. No database is shared between machines.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..scoring import fmt
-from ..utils.io import atomic_write_text, sha256_json
+from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
 from .ledger import Ledger
@@ -159,17 +164,66 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     return cells
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N) with 0 <= I < N (None stays None); anything else is a one-line user error."""
+    if text is None:
+        return None
+    index, _, count = str(text).partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise UserError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4 for the first of four), not {text!r}")
+    return int(index), int(count)
+
+
+def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]:
+    """The share of a grid shard `index` of `count` runs: every count-th unlearning run (ordered by cell
+    id, so every machine draws the same split), the cells that evaluate or analyse them, and all they
+    depend on (each shard trains or loads the target and retrained models itself); shard 0 also evaluates
+    the target and retrained models under every scheme and attack."""
+    by_id = {c.id: c for c in cells}
+    runs = sorted(c.id for c in cells if c.kind == "unlearn")
+    mine = {r for k, r in enumerate(runs) if k % count == index}
+
+    def of_runs(c: CellSpec) -> set[str]:
+        return {d for d in c.deps if by_id[d].kind == "unlearn"}
+
+    keep = set(mine) | {c.id for c in cells if c.kind in ("eval", "bins") and (of_runs(c) & mine
+                                                                                 or (index == 0 and not of_runs(c)))}
+    stack = list(keep)
+    while stack:
+        for d in by_id[stack.pop()].deps:
+            if d not in keep:
+                keep.add(d)
+                stack.append(d)
+    return [c for c in cells if c.id in keep]
+
+
+def planned_ids(cfg: GridConfig, shard: tuple[int, int] | None = None) -> set[str]:
+    """The cells a run folder of this grid (or of one shard of it) should hold."""
+    cells = plan(cfg)
+    return {c.id for c in (shard_cells(cells, *shard) if shard else cells)}
+
+
+def folder_shard(run_dir: Path) -> tuple[int, int] | None:
+    """The shard a run folder holds (None: the whole grid)."""
+    path = run_dir / SHARD_FILE
+    if not path.is_file():
+        return None
+    had = read_json(path, "shard record")
+    return had["index"], had["count"]
+
+
 # ------------------------------------------------------------------------------------------- execution
 class GridRunner:
     """Executes the cells of one grid in one run folder (one process; run several for parallelism)."""
 
-    def __init__(self, cfg: GridConfig, run_dir: str | Path, show: bool = True, worker: int = 0):
+    def __init__(self, cfg: GridConfig, run_dir: str | Path, show: bool = True, worker: int = 0,
+                 shard: tuple[int, int] | None = None):
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run_dir / "ledger.sqlite")
-        self.cells = plan(cfg)
+        self.cells = shard_cells(plan(cfg), *shard) if shard else plan(cfg)
         self.by_id = {c.id: c for c in self.cells}
         self.show = show
         self.worker = worker
@@ -298,7 +352,7 @@ def clock(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{sec:02d}s"
 
 
-def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int) -> None:
+def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int, shard: tuple[int, int] | None) -> None:
     """Entry point of an extra worker process (spawned)."""
     from ..utils.quiet import quiet_libraries
 
@@ -308,7 +362,7 @@ def worker_main(cfg_dict: dict, run_dir: str, worker: int, threads: int) -> None
     cfg = GridConfig(**cfg_dict)
     try:
         with torch_threads(threads):
-            GridRunner(cfg, run_dir, show=True, worker=worker).run()
+            GridRunner(cfg, run_dir, show=True, worker=worker, shard=shard).run()
     except KeyboardInterrupt:  # the cell it held was given back; the main process reports
         pass
 
@@ -317,22 +371,29 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True) -> dict[str, int]:
-    """Run a grid with `cfg.workers` processes sharing the ledger; returns status counts."""
+SHARD_FILE = "shard.json"
+
+
+def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True,
+             shard: tuple[int, int] | None = None) -> dict[str, int]:
+    """Run a grid (or one shard of it) with `cfg.workers` processes sharing the ledger; returns status counts."""
     import yaml
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_shard_folder(run_dir, shard)
+    runner = GridRunner(cfg, run_dir, show, shard=shard)  # validates the grid before anything is written
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    if shard:
+        atomic_write_json(run_dir / SHARD_FILE, {"index": shard[0], "count": shard[1]})
     workers = max(1, cfg.workers)
     threads = max(1, default_threads() // workers)
-    runner = GridRunner(cfg, run_dir, show)
     procs = []
     ctx = multiprocessing.get_context("spawn")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches only the main process, which
     try:                                                      # then stops the workers (stop_workers)
         for w in range(1, workers):
-            p = ctx.Process(target=worker_main, args=(dataclasses.asdict(cfg), str(run_dir), w, threads), daemon=True)
+            p = ctx.Process(target=worker_main, args=(dataclasses.asdict(cfg), str(run_dir), w, threads, shard),
+                            daemon=True)
             p.start()
             procs.append(p)
     finally:
@@ -349,6 +410,15 @@ def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True) -> dict[st
     for p in procs:
         p.join()
     return runner.counts()
+
+
+def check_shard_folder(run_dir: Path, shard: tuple[int, int] | None) -> None:
+    """A run folder holds one shard (or the whole grid): refuse to mix them."""
+    was = folder_shard(run_dir)
+    if (run_dir / "ledger.sqlite").is_file() and was != shard:
+        def name(s):
+            return "the whole grid" if s is None else f"shard {s[0]}/{s[1]}"
+        raise UserError(f"{run_dir} holds {name(was)}, not {name(shard)}; give each shard its own --out")
 
 
 def stop_workers(procs: list, grace: float = 10.0) -> None:

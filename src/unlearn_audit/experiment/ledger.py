@@ -133,6 +133,15 @@ class Ledger:
         with self.transaction() as c:
             c.execute("UPDATE cells SET status='pending', owner=NULL, result=NULL WHERE id=?", (cell_id,))
 
+    def copy_in(self, cell: Cell, position: int) -> None:
+        """Take over a finished or failed cell from another run folder's ledger (merging shards); a cell
+        already finished here is kept."""
+        self.add(cell.id, cell.kind, cell.config, cell.deps, position)
+        with self.transaction() as c:
+            c.execute("UPDATE cells SET status=?, result=?, error=?, seconds=?, owner=NULL WHERE id=? AND status!='done'",
+                      (cell.status, json.dumps(cell.result) if cell.result is not None else None, cell.error,
+                       cell.seconds, cell.id))
+
     def get(self, cell_id: str) -> Cell:
         row = self.conn.execute(
             "SELECT id, kind, config, deps, status, result, error, seconds FROM cells WHERE id = ?", (cell_id,)

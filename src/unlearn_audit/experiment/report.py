@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..attacks import as_attack, target_reference
+from ..errors import UserError
 from ..quantize.schemes import precision_label
 from ..scoring import (
     FORGOT_ENOUGH,
@@ -545,8 +546,13 @@ def model_quality(ledger) -> list[str]:
 
 
 def failures(ledger) -> list[str]:
-    return [f"- {c.kind} {c.id}: {(c.error or '').splitlines()[0] if c.error else ''}"
-            for c in ledger.cells() if c.status == "failed"]
+    """Failed cells with their error, and planned cells no run has finished (a shard not merged, a run
+    stopped early): listed, never silently dropped."""
+    failed = [f"- {c.kind} {c.id}: {(c.error or '').splitlines()[0] if c.error else ''}"
+              for c in ledger.cells() if c.status == "failed"]
+    seen = {c.id: c.status for c in ledger.cells()}
+    missing = sorted(i for i in (ledger.ids or ()) if seen.get(i) not in ("done", "failed"))
+    return failed + [f"- {i}: not run yet" for i in missing]
 
 
 def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",
@@ -627,6 +633,80 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         md += [f"![knowledge vs precision]({plot.name})"]
         md += [f"- bins histogram: `bins/{Path(p).parent.name}/{Path(p).name}`" for p in bins_plots]
     if pieces["failures"]:
-        md += ["", "## Failed cells (re-run the same command to retry)", ""] + pieces["failures"]
+        md += ["", "## Failed or missing cells (re-run the same command, or merge the missing shard)", ""]
+        md += pieces["failures"]
     atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
     return pieces
+
+
+def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
+    """`report --out OUT RUN...`: one run folder holding the cells of several (the shards of one grid):
+    every finished or failed cell, the grid's config and the bins plots; refuses folders of other grids."""
+    import shutil
+
+    import yaml
+
+    out, runs = Path(out), [Path(r) for r in runs]
+    configs = []
+    for r in runs:
+        if not (r / "ledger.sqlite").is_file() or not (r / "config.yaml").is_file():
+            raise UserError(f"{r} is not a run folder of a grid (no ledger.sqlite or config.yaml)")
+        if out.resolve() == r.resolve():
+            raise UserError(f"--out {out} is one of the folders to merge; choose a new folder")
+        configs.append(yaml.safe_load((r / "config.yaml").read_text()))
+    if any(c != configs[0] for c in configs[1:]):
+        raise UserError("the folders hold different grids (their config.yaml differ); merge shards of one grid only")
+    from ..config import build_config
+    from .config import GridConfig
+    from .grid import plan
+
+    order = {c.id: i for i, c in enumerate(plan(build_config(GridConfig, configs[0] or {}, source="config.yaml")))}
+    merged = Ledger(out / "ledger.sqlite")
+    for r in runs:
+        for cell in Ledger(r / "ledger.sqlite").cells():
+            if cell.status in ("done", "failed"):  # in the grid's own order, as one process would list them
+                merged.copy_in(cell, order.get(cell.id, len(order)))
+        if (r / "bins").is_dir():
+            shutil.copytree(r / "bins", out / "bins", dirs_exist_ok=True)
+    atomic_write_text(out / "config.yaml", (runs[0] / "config.yaml").read_text())
+    return out
+
+
+def render_folder(run_dir: str | Path) -> dict:
+    """`report`: render a run folder as its config.yaml planned it (every cell of the ledger without one)."""
+    import yaml
+
+    from ..config import build_config
+    from .config import GridConfig
+    from .grid import folder_shard, planned_ids
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "ledger.sqlite").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no ledger.sqlite); run `demo` or `grid` first")
+    ids, schemes, name, bins, tiny = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None, False
+    if (run_dir / "config.yaml").is_file():
+        cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
+                           source=str(run_dir / "config.yaml"))
+        ids, schemes, name = planned_ids(cfg, folder_shard(run_dir)), cfg.evaluated, cfg.name
+        bins = cfg.bins_schemes
+        tiny = cfg.tiny_models
+    return render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins, tiny=tiny)
+
+
+def terminal_summary(pieces: dict, run_dir: Path) -> str:
+    """What `demo`, `grid` and `report` print: the tables, the verdict lines and where the files are."""
+    lines = ["", pieces["table"], "",
+             "Retained share of the target's forget-set knowledge (VerbMem / KnowMem, unlearned / target):",
+             pieces["retention"], "",
+             "Per method: recovery under quantization, and the bins prediction from the weights alone:",
+             pieces["verdicts"], ""]
+    if pieces["attacks"]:  # the grid has attack columns
+        lines += ["Per method: recovery under the other attacks; last row, what they give the retrained control:",
+                  pieces["attacks"], ""]
+    lines += ["* " + line for line in pieces["agreement"]]
+    lines += ["  " + line for line in pieces.get("target_quantized", [])]
+    if pieces["failures"]:
+        lines += ["", "Failed or missing cells (re-run the same command, or merge the missing shard):", *pieces["failures"]]
+    lines += ["", f"report: {run_dir / 'report.md'} (also the weight-bin table)  results: {run_dir / 'results.json'}  "
+                  f"plot: {run_dir / 'knowledge_vs_precision.png'}"]
+    return "\n".join(lines)

@@ -234,7 +234,7 @@ def model_fingerprint(spec: str | Path) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"})
     total = sum(p.stat().st_size for p in files)
     for p in files:
-        if p.name in {"training.json", "unlearn.json", "quality.json", "quantization.json"}:
+        if p.name in {"training.json", "train.json", "unlearn.json", "quality.json", "quantization.json"}:
             continue  # provenance files do not change the model
         h.update(p.name.encode() + b"\0")
         if total <= FULL_HASH_LIMIT or p.suffix == ".json":
@@ -262,7 +262,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def read_model_json(folder: str | Path, name: str) -> dict | None:
-    """Read a provenance JSON (training.json, unlearn.json...) from a local model folder, if present."""
+    """Read a provenance JSON (training.json, train.json, unlearn.json...) from a local model folder, if present."""
     p = Path(folder) / name
     if not p.is_file():
         return None

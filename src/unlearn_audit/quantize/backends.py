@@ -377,3 +377,20 @@ def save_quantized(model, tokenizer, scheme: Scheme, out: str | Path, record: di
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "quantization.json", record)
     return out
+
+
+def quantize_to_folder(model_path, scheme: Scheme, out: str | Path, opts, qopts: QuantizeOptions, dtype: str,
+                       device: str | None, tokenizer, calibration=None, calibration_source: str | None = None) -> tuple[Path, dict]:
+    """`quantize`: the model at `model_path` quantized with `scheme`, written with its quantization.json
+    (the scheme's layers, the source model's hash, the calibration set); returns (folder, record)."""
+    import time
+
+    from .. import __version__
+    from ..models.loading import model_fingerprint
+
+    started = time.time()
+    model = quantized_model(model_path, scheme, opts, qopts, dtype, device, tokenizer, calibration)
+    record = {**quantization_record(model, scheme, qopts), "source_model": str(model_path),
+              "source_hash": model_fingerprint(model_path), "calibration": calibration_source,
+              "seconds": round(time.time() - started, 2), "unlearn_audit_version": __version__}
+    return save_quantized(model, tokenizer, scheme, out, record), record

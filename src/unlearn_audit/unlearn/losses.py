@@ -9,27 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
-
-
-def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align logits at position t with the label at t+1 (causal LM), as HF's loss does."""
-    return logits[:, :-1, :].float(), labels[:, 1:]
-
-
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(y_t | y_<t) per position, mask of real positions); padded positions hold 0."""
-    logits, labels = shifted(logits, labels)
-    mask = labels != IGNORE
-    safe = labels.clamp(min=0)
-    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return picked * mask, mask
-
-
-def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """NLL averaged over all real tokens of the batch (HF's causal-LM loss)."""
-    lp, mask = token_logprobs(logits, labels)
-    return -lp.sum() / mask.sum().clamp(min=1)
+from ..training.nll import IGNORE, mean_nll, shifted, token_logprobs  # noqa: F401  (the losses build on them)
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,26 @@ scheme (default rtn-int4-g128) applied to the target: the log-prob shift the qua
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from ..errors import UserError
 from .losses import token_logprobs
 from .methods import Batch
 from .qat import FakeQuantized
+
+
+@dataclass
+class MarginOptions:
+    margin_weight: float = field(default=0.0, metadata={
+        "help": "weight of the margin term keeping forget-token log-probs a margin below the target's (0 = off)"})
+    margin: float | None = field(default=None, metadata={
+        "help": "that margin in nats (default: twice the log-prob shift the quantizer causes on the target)"})
+
+    def check_margin(self) -> None:
+        if self.margin_weight < 0 or (self.margin is not None and self.margin <= 0):
+            raise UserError("--margin-weight must be >= 0 and --margin positive")
 
 
 def margin_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:

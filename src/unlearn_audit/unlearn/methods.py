@@ -10,14 +10,17 @@ then `_` and the regularizer). Adding a method takes one small file that registe
         ...
 
 and every combination with the registered regularizers (`simnpo`, `simnpo_gdr`, `simnpo_klr`) exists.
-Each loss receives a `Batch` whose forward passes are computed lazily and at most once.
+Each loss receives a `Batch` whose forward passes are computed lazily and at most once. A loss with
+options declares them as a small dataclass beside it and registers it (`options=SimNPOOptions`); the
+unlearning config is made of those dataclasses, so each option is a CLI flag and a YAML key, read as
+`cfg.simnpo_beta` (a test checks that every registered dataclass is part of it).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -87,30 +90,44 @@ class Component:
     needs_ref: bool
     needs_retain: bool = False
     prepare: Callable | None = None
+    options: type | None = None  # the dataclass of its options (fields of `UnlearnConfig`, CLI flags, YAML keys)
 
 
 FORGET_LOSSES: dict[str, Component] = {}
 REGULARIZERS: dict[str, Component] = {}
-INTERNAL: set[str] = set()  # losses the attacks use (relearning), not offered as unlearning methods
 
 
-def register_forget_loss(name: str, needs_ref: bool, internal: bool = False, needs_retain: bool = False,
-                         prepare: Callable | None = None) -> Callable[[LossFn], LossFn]:
+def register_forget_loss(name: str, needs_ref: bool, needs_retain: bool = False, prepare: Callable | None = None,
+                         options: type | None = None) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        FORGET_LOSSES[name] = Component(name, fn, needs_ref, needs_retain, prepare)
-        if internal:
-            INTERNAL.add(name)
+        FORGET_LOSSES[name] = Component(name, fn, needs_ref, needs_retain, prepare, options)
         return fn
 
     return deco
 
 
-def register_regularizer(name: str, needs_ref: bool) -> Callable[[LossFn], LossFn]:
+def register_regularizer(name: str, needs_ref: bool, options: type | None = None) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        REGULARIZERS[name] = Component(name, fn, needs_ref)
+        REGULARIZERS[name] = Component(name, fn, needs_ref, options=options)
         return fn
 
     return deco
+
+
+def registered_options() -> list[type]:
+    """The option dataclasses of every registered loss (each once); `UnlearnConfig` is made of them."""
+    _load_method_files()
+    return list(dict.fromkeys(c.options for c in (*FORGET_LOSSES.values(), *REGULARIZERS.values()) if c.options))
+
+
+@dataclass
+class NPOOptions:
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature"})
+
+
+@dataclass
+class RegularizerOptions:
+    alpha: float = field(default=1.0, metadata={"help": "weight of the utility regularizer (GDR/KLR)"})
 
 
 @register_forget_loss("ga", needs_ref=False)
@@ -118,23 +135,17 @@ def _ga(batch: Batch, cfg) -> torch.Tensor:
     return losses.ga_loss(batch.forget_logits, batch.labels("forget"))
 
 
-@register_forget_loss("npo", needs_ref=True)
+@register_forget_loss("npo", needs_ref=True, options=NPOOptions)
 def _npo(batch: Batch, cfg) -> torch.Tensor:
     return losses.npo_loss(batch.forget_logits, batch.forget_ref_logits, batch.labels("forget"), cfg.beta)
 
 
-@register_forget_loss("relearn", needs_ref=False, internal=True)
-def _relearn(batch: Batch, cfg) -> torch.Tensor:
-    """Plain fine-tuning (descent on the NLL): the relearning attacks train with the unlearning trainer."""
-    return losses.mean_nll(batch.forget_logits, batch.labels("forget"))
-
-
-@register_regularizer("gdr", needs_ref=False)
+@register_regularizer("gdr", needs_ref=False, options=RegularizerOptions)
 def _gdr(batch: Batch, cfg) -> torch.Tensor:
     return losses.gdr_loss(batch.retain_logits, batch.labels("retain"))
 
 
-@register_regularizer("klr", needs_ref=True)
+@register_regularizer("klr", needs_ref=True, options=RegularizerOptions)
 def _klr(batch: Batch, cfg) -> torch.Tensor:
     return losses.klr_loss(batch.retain_logits, batch.retain_ref_logits, batch.labels("retain"))
 
@@ -186,7 +197,7 @@ def _load_method_files() -> None:
 def method_names() -> list[str]:
     """Every registered combination, e.g. ga, ga_gdr, ga_klr, npo, ..."""
     _load_method_files()
-    return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES if f not in INTERNAL for r in ("", *REGULARIZERS)]
+    return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES for r in ("", *REGULARIZERS)]
 
 
 def resolve_method(name: str) -> Method:

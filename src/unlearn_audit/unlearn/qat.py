@@ -18,6 +18,8 @@ alone determine can be trained through; GPTQ/AWQ depend on calibration and are r
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from ..errors import UserError
@@ -29,6 +31,20 @@ from ..quantize.schemes import Scheme
 from .methods import WRAPPERS
 
 DEFAULT_THROUGH = WRAPPERS["qat"].through  # what --method qat trains through unless --through says
+
+
+@dataclass
+class ThroughOptions:
+    through: str | None = field(default=None, metadata={
+        "help": "quantization-aware unlearning: also evaluate the loss on the model fake-quantized with these "
+                "schemes (comma-separated rtn-*/bnb-fp4/bnb-nf4; straight-through gradients); --method qat "
+                "defaults it to rtn-int4-g128"})
+    through_mix: float = field(default=0.5, metadata={
+        "help": "weight of the full-precision loss next to the fake-quantized ones (1 = full precision only)"})
+
+    def check_through(self) -> None:
+        if not 0 <= self.through_mix <= 1:
+            raise UserError("--through-mix must lie between 0 and 1")
 
 
 def parse_through(text: str) -> list[Scheme]:

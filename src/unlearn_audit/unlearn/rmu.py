@@ -14,11 +14,21 @@ the middle). `--rmu-params REGEX` overrides which parameters train.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UserError
 from .methods import Batch, register_forget_loss
+
+
+@dataclass
+class RMUOptions:
+    rmu_layer: int | None = field(default=None, metadata={"help": "RMU: decoder block steered (default: middle)"})
+    rmu_steering: float = field(default=20.0, metadata={"help": "RMU: length of the random target direction"})
+    rmu_alpha: float = field(default=1000.0, metadata={"help": "RMU: weight of the retain activation term"})
+    rmu_params: str | None = field(default=None, metadata={
+        "help": "RMU: regex of the trained parameters (default: MLP down_proj of blocks layer-2..layer)"})
 
 
 def rmu_layer(model_config, cfg) -> int:
@@ -60,7 +70,8 @@ def activation_distance(h: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-@register_forget_loss("rmu", needs_ref=True, needs_retain=True, prepare=freeze_all_but_rmu_params)
+@register_forget_loss("rmu", needs_ref=True, needs_retain=True, prepare=freeze_all_but_rmu_params,
+                      options=RMUOptions)
 def _rmu(batch: Batch, cfg) -> torch.Tensor:
     layer = rmu_layer(batch.model.config, cfg)
     h_forget = batch.hidden(batch.model, "forget", layer)

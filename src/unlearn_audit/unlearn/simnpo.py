@@ -9,11 +9,19 @@ the margin). Registered as a forget loss, so `simnpo`, `simnpo_gdr` and `simnpo_
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from .losses import token_logprobs
 from .methods import Batch, register_forget_loss
+
+
+@dataclass
+class SimNPOOptions:
+    simnpo_beta: float = field(default=2.5, metadata={"help": "SimNPO inverse temperature"})
+    simnpo_gamma: float = field(default=0.0, metadata={"help": "SimNPO reward margin"})
 
 
 def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
@@ -22,6 +30,6 @@ def simnpo_loss(logits: torch.Tensor, labels: torch.Tensor, beta: float, gamma: 
     return -(2.0 / beta) * F.logsigmoid(-beta * mean_lp - gamma).mean()
 
 
-@register_forget_loss("simnpo", needs_ref=False)
+@register_forget_loss("simnpo", needs_ref=False, options=SimNPOOptions)
 def _simnpo(batch: Batch, cfg) -> torch.Tensor:
     return simnpo_loss(batch.forget_logits, batch.labels("forget"), cfg.simnpo_beta, cfg.simnpo_gamma)

@@ -14,6 +14,7 @@ calls (so nothing is masked) and back-propagates the forget loss twice; here the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,12 @@ import torch
 from ..errors import UserError
 
 LEVELS = ("row", "module")
+
+
+@dataclass
+class SaliencyOptions:
+    saliency: str | None = field(default=None, metadata={"help": "row or module: SURE-style masking on any method"})
+    saliency_percentile: float = field(default=90.0, metadata={"help": "keep rows at or above this percentile"})
 
 
 def gradient_norms(model, level: str) -> dict[str, torch.Tensor]:

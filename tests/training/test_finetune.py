@@ -5,8 +5,8 @@ import json
 import pytest
 
 from unlearn_audit.data.corpus import Corpus
-from unlearn_audit.models.finetune import FinetuneConfig, finetune, training_texts
 from unlearn_audit.models.loading import load_model, load_tokenizer
+from unlearn_audit.training.finetune import FinetuneConfig, finetune, training_texts
 
 
 def nll(folder, texts) -> float:

@@ -16,9 +16,9 @@ the update computed in fp32 inside one kernel, the bf16 weight and moments writt
 update below half a bf16 step of its weight is rounded away, the property the paper's failure rests on,
 but they are not the same optimizer: on the tiny models at lr 3e-5 the fused one forgets less (the quick
 demo's bf16 runs keep 95-96% instead of 93-94%). The fused step is several times faster on CPUs
-(bench/optimizer_step.py); the SmolLM2 demo uses it.
+(bench/optimizer_step.py); it is an option, off by default (the SmolLM2 demo sets it).
 The only difference from `native` is the precision of activations inside the forward/backward pass;
-tests/unlearn/test_bf16.py measures its effect on the update (changed weights, update direction, mass
+tests/training/test_bf16.py measures its effect on the update (changed weights, update direction, mass
 erased by int4) against native bf16.
 """
 

@@ -2,10 +2,10 @@
 any Hugging Face causal LM on any MUSE-layout corpus, as MUSE and TOFU do, so a real model that knows
 nothing of the corpus becomes something to unlearn and its control.
 
-Training is the unlearning trainer with its plain NLL loss (`relearn`, descent): HF Trainer, the same
+Training is the training core's plain NLL training (`training.train_on_texts`): HF Trainer, the
 precision modes (`--dtype bf16|fp32|mixed`), per-epoch checkpoints and resume, `accelerate launch`.
 `train-tiny` stays the tiny sibling that also builds the model from scratch. The output folder gets a
-`finetune.json` saying what it was trained on.
+`finetune.json` saying what it was trained on (and the core's `train.json`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.corpus import Corpus, write_corpus
+from ..data.corpus import Corpus
 from ..errors import UserError
-from ..utils.io import atomic_write_json, sha256_json
-from .loading import LoadOptions, load_tokenizer, model_fingerprint
+from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
+from ..utils.io import atomic_write_json
+from .core import PRECISIONS, TrainSettings, train_on_texts
 
 ROLES = ("target", "retrained")
 
@@ -33,7 +34,7 @@ class FinetuneConfig:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     max_length: int = field(default=512, metadata={"help": "tokens per training chunk (texts are split)"})
     dtype: str = field(default="fp32", metadata={
-        "help": "training precision (on a GPU, bf16 or mixed)", "choices": ["bf16", "fp32", "mixed"]})
+        "help": "training precision (on a GPU, bf16 or mixed)", "choices": list(PRECISIONS)})
     seed: int = field(default=0, metadata={"help": "seed of the data order"})
     fused_adamw: bool = field(default=False, metadata={"help": "AdamW as one fused kernel (see `unlearn --help`)"})
 
@@ -51,18 +52,14 @@ def training_texts(corpus: Corpus, role: str) -> list[str]:
 def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | Path,
              opts: LoadOptions | None = None, show: bool = True) -> Path:
     """Fine-tune `model` into the target or retrained model of `corpus`; writes an HF folder to `out`."""
-    from ..unlearn.trainer import UnlearnConfig, unlearn
-
     cfg.validate()
     out = Path(out)
     load_tokenizer(model, opts)  # a bad model folder is refused before any scratch data is written
     texts = training_texts(corpus, cfg.role)
-    data = write_corpus(out.parent / f".{out.name}.data" / sha256_json(texts)[:12], {"raw/forget.json": texts},
-                        f"{corpus.name} {cfg.role} texts")
-    train = UnlearnConfig(method="relearn", learning_rate=cfg.learning_rate, epochs=cfg.epochs,
-                          batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, max_length=cfg.max_length,
-                          dtype=cfg.dtype, seed=cfg.seed, fused_adamw=cfg.fused_adamw)
-    unlearn(model, data, train, out, opts=opts, show=show)
+    settings = TrainSettings(learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             grad_accum=cfg.grad_accum, max_length=cfg.max_length, dtype=cfg.dtype, seed=cfg.seed,
+                             fused_adamw=cfg.fused_adamw)
+    train_on_texts(model, texts, settings, out, opts=opts, show=show, about={"role": cfg.role})
     atomic_write_json(out / "finetune.json", {"role": cfg.role, "base_model": str(model),
                                               "base_hash": model_fingerprint(model), "corpus": corpus.name,
                                               "corpus_hash": corpus.content_hash, "texts": len(texts),

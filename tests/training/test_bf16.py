@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.quantize.bins import analyse
+from unlearn_audit.training.bf16 import Bf16StateAdamW
 from unlearn_audit.unlearn import UnlearnConfig, unlearn
-from unlearn_audit.unlearn.bf16 import Bf16StateAdamW
 
 LR = 3e-5
 
