@@ -197,10 +197,14 @@ def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]
     return [c for c in cells if c.id in keep]
 
 
-def planned_ids(cfg: GridConfig, shard: tuple[int, int] | None = None) -> set[str]:
-    """The cells a run folder of this grid (or of one shard of it) should hold."""
+def planned_cells(cfg: GridConfig, shard: tuple[int, int] | None = None) -> list[CellSpec]:
+    """The cells a run folder of this grid (or of one shard of it) holds, in runnable order."""
     cells = plan(cfg)
-    return {c.id for c in (shard_cells(cells, *shard) if shard else cells)}
+    return shard_cells(cells, *shard) if shard else cells
+
+
+def planned_ids(cfg: GridConfig, shard: tuple[int, int] | None = None) -> set[str]:
+    return {c.id for c in planned_cells(cfg, shard)}
 
 
 def folder_shard(run_dir: Path) -> tuple[int, int] | None:
@@ -223,7 +227,7 @@ class GridRunner:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run_dir / "ledger.sqlite")
-        self.cells = shard_cells(plan(cfg), *shard) if shard else plan(cfg)
+        self.cells = planned_cells(cfg, shard)
         self.by_id = {c.id: c for c in self.cells}
         self.show = show
         self.worker = worker

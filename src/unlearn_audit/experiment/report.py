@@ -644,7 +644,8 @@ def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
     every finished or failed cell, the grid's config and the bins plots; refuses folders of other grids."""
     import shutil
 
-    import yaml
+    from .config import load_grid
+    from .grid import plan
 
     out, runs = Path(out), [Path(r) for r in runs]
     configs = []
@@ -653,14 +654,10 @@ def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
             raise UserError(f"{r} is not a run folder of a grid (no ledger.sqlite or config.yaml)")
         if out.resolve() == r.resolve():
             raise UserError(f"--out {out} is one of the folders to merge; choose a new folder")
-        configs.append(yaml.safe_load((r / "config.yaml").read_text()))
+        configs.append(load_grid(r / "config.yaml"))
     if any(c != configs[0] for c in configs[1:]):
         raise UserError("the folders hold different grids (their config.yaml differ); merge shards of one grid only")
-    from ..config import build_config
-    from .config import GridConfig
-    from .grid import plan
-
-    order = {c.id: i for i, c in enumerate(plan(build_config(GridConfig, configs[0] or {}, source="config.yaml")))}
+    order = {c.id: i for i, c in enumerate(plan(configs[0]))}
     merged = Ledger(out / "ledger.sqlite")
     for r in runs:
         for cell in Ledger(r / "ledger.sqlite").cells():
@@ -674,10 +671,7 @@ def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
 
 def render_folder(run_dir: str | Path) -> dict:
     """`report`: render a run folder as its config.yaml planned it (every cell of the ledger without one)."""
-    import yaml
-
-    from ..config import build_config
-    from .config import GridConfig
+    from .config import load_grid
     from .grid import folder_shard, planned_ids
 
     run_dir = Path(run_dir)
@@ -685,8 +679,7 @@ def render_folder(run_dir: str | Path) -> dict:
         raise UserError(f"{run_dir} is not a run folder (no ledger.sqlite); run `demo` or `grid` first")
     ids, schemes, name, bins, tiny = None, ["full", "rtn-int8-channel", "rtn-int4-g128"], "report", None, False
     if (run_dir / "config.yaml").is_file():
-        cfg = build_config(GridConfig, yaml.safe_load((run_dir / "config.yaml").read_text()) or {},
-                           source=str(run_dir / "config.yaml"))
+        cfg = load_grid(run_dir / "config.yaml")
         ids, schemes, name = planned_ids(cfg, folder_shard(run_dir)), cfg.evaluated, cfg.name
         bins = cfg.bins_schemes
         tiny = cfg.tiny_models
