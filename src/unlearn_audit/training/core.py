@@ -206,6 +206,11 @@ def load_for_training(model_path: str | Path, s: TrainSettings, opts: LoadOption
     return model, arithmetic
 
 
+def chunk_length(model, s: TrainSettings) -> int:
+    """Tokens per training chunk: `max_length`, at most the model's context."""
+    return min(s.max_length, getattr(model.config, "max_position_embeddings", s.max_length) or s.max_length)
+
+
 def training_arguments(s: TrainSettings, work: Path, show: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(work / "checkpoints"),
@@ -396,8 +401,7 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
     started = time.time()
     model, arithmetic = load_for_training(model_path, s, opts)
     tokenizer = load_tokenizer(model_path, opts)
-    max_len = min(s.max_length, getattr(model.config, "max_position_embeddings", s.max_length) or s.max_length)
-    dataset = PairedChunks(chunk_ids(tokenizer, texts, max_len), None, s.seed, names=("text", ""))
+    dataset = PairedChunks(chunk_ids(tokenizer, texts, chunk_length(model, s)), None, s.seed, names=("text", ""))
     start_work_dir(work, identity)  # only now: bad inputs above leave no scratch folder behind
     args = training_arguments(s, work, show)
     recorder = EpochRecorder(work / "epochs.json", evaluator, None, show)

@@ -27,6 +27,7 @@ from ..training.core import (
     PartsCollator,
     TrainSettings,
     chunk_ids,
+    chunk_length,
     emulated_optimizer,
     finish_work,
     load_for_training,
@@ -222,7 +223,7 @@ def unlearn(
         for m in (model, ref):
             if m is not None:
                 bf16.round_to_bf16_(m)
-    max_len = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length) or cfg.max_length)
+    max_len = chunk_length(model, settings)
     forget = chunk_ids(tokenizer, corpus.raw("forget"), max_len)
     retain = chunk_ids(tokenizer, corpus.raw("retain"), max_len) if method.needs_retain else None
     dataset = PairedChunks(forget, retain, cfg.seed)
