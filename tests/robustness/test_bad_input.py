@@ -53,6 +53,23 @@ def inputs(micro_world, micro_target, micro_retrained, tmp_path_factory) -> dict
     state[name] = state[name].clone()
     state[name][0, 0] = float("nan")
     save_file(state, str(nonfinite / "model.safetensors"))
+    no_perturbed = root / "tofu without perturbed answers"
+    shutil.copytree(micro_world, no_perturbed)
+    items = json.loads((no_perturbed / "tofu" / "forget.json").read_text())
+    (no_perturbed / "tofu" / "forget.json").write_text(json.dumps([{"question": i["question"], "answer": i["answer"]}
+                                                                    for i in items]))
+    three_options = root / "wmdp with three options"
+    shutil.copytree(micro_world, three_options)
+    items = json.loads((three_options / "wmdp" / "forget" / "world.json").read_text())
+    items[2]["choices"] = items[2]["choices"][:3]
+    (three_options / "wmdp" / "forget" / "world.json").write_text(json.dumps(items))
+    muse_only = root / "muse only"
+    shutil.copytree(micro_world, muse_only)
+    shutil.rmtree(muse_only / "tofu")
+    no_tokenizer = root / "model without tokenizer"
+    shutil.copytree(micro_target, no_tokenizer)
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
     own = root / "own model"
     shutil.copytree(micro_target, own)
     a_file = root / "a file"
@@ -62,7 +79,8 @@ def inputs(micro_world, micro_target, micro_retrained, tmp_path_factory) -> dict
     return {"world": micro_world, "target": micro_target, "retrained": micro_retrained, "truncated": truncated,
             "garbage": not_safetensors, "bad_qa": bad_qa, "bad_raw": bad_raw, "empty": empty_dir, "grid": grid,
             "other": other, "a_file": a_file, "nonfinite": nonfinite, "own": own,
-            "wrong_tokenizer": wrong_tokenizer}
+            "wrong_tokenizer": wrong_tokenizer, "no_perturbed": no_perturbed, "three_options": three_options,
+            "muse_only": muse_only, "no_tokenizer": no_tokenizer}
 
 
 # (sub-command with placeholders, what the error must mention). {out} is a fresh output path.
@@ -75,6 +93,21 @@ CASES = {
     "eval: tokenizer of another model": ("eval --model {wrong_tokenizer} --corpus {world} --out {out}",
                                          "belongs to another model"),
     "eval: empty folder as model": ("eval --model {empty} --corpus {world} --out {out}", "config.json"),
+    "eval: TOFU set without perturbed answers": (
+        "eval --model {target} --corpus {no_perturbed} --benchmark tofu --out {out}", "lacks the field 'paraphrased_answer'"),
+    "eval: WMDP item with three options": (
+        "eval --model {target} --corpus {three_options} --benchmark wmdp --out {out}", "has 3 choices"),
+    "eval: a benchmark the corpus lacks": (
+        "eval --model {target} --corpus {muse_only} --benchmark tofu --out {out}", "holds no TOFU files"),
+    "eval: no benchmark in the folder": ("eval --model {target} --corpus {empty} --out {out}", "holds no benchmark"),
+    "eval: --tokenizer of another vocabulary": (
+        "eval --model {wrong_tokenizer} --tokenizer {target} --corpus {world} --out {out}", "is another model's tokenizer"),
+    "eval: checkpoint without a tokenizer": ("eval --model {no_tokenizer} --corpus {world} --out {out}", "--tokenizer"),
+    "eval: reference log on MUSE": (
+        "eval --model {target} --corpus {world} --reference-log {a_file} --out {out}", "TOFU retain-model log"),
+    "audit: TOFU reference log that is not one": (
+        "audit --target {target} --unlearned {target} --corpus {world} --benchmark tofu --reference-log {a_file} "
+        "--out {out}", "malformed JSON"),
     "quantize: truncated weights": ("quantize --model {truncated} --scheme rtn-int4-g128 --out {out}", "truncated"),
     "quantize: 9-bit scheme": ("quantize --model {target} --scheme rtn-int9-g128 --out {out}", "2 to 8 bits"),
     "quantize: group size does not divide the layers": (

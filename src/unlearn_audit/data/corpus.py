@@ -8,6 +8,15 @@ On-disk layout (the MUSE layout, used for real MUSE data and for the built-in wo
     privleak/{forget,retain,holdout}.json     lists of texts
     corpus.json                               name, seed, counts, content hash (optional for MUSE)
 
+and, for the other benchmarks (docs/benchmarks.md)::
+
+    tofu/{forget,retain,real_authors,world_facts}.json   TOFU items: {question, answer,
+                                              paraphrased_answer, perturbed_answer: [...]} (forget and
+                                              retain needed; real_authors and world_facts, TOFU's other
+                                              utility sets, have no paraphrased answer)
+    wmdp/forget/<subject>.json                4-choice items {question, choices: [4], answer: index}
+    wmdp/utility/<subject>.json               the same, for utility (MMLU on WMDP)
+
 Parts are only read when asked for, so a folder that lacks some raw files (the MUSE copies in
 ../shared) works for evaluation and fails, with a one-line error naming the file, only when a
 missing part is needed.
@@ -24,7 +33,14 @@ from ..utils.io import atomic_dir, atomic_write_json, read_json, sha256_files, s
 
 RAW_SPLITS = ("forget", "retain", "holdout")
 QA_SPLITS = ("forget", "retain")
-HUB_ALIASES = {"muse-news": "muse-bench/MUSE-News", "muse-books": "muse-bench/MUSE-Books"}
+TOFU_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+TOFU_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+TOFU_UNPARAPHRASED = ("real_authors", "world_facts")  # their truth ratio compares the answer itself
+MC_GROUPS = ("forget", "utility")
+MC_CHOICES = 4
+HUB_ALIASES = {"muse-news": "muse-bench/MUSE-News", "muse-books": "muse-bench/MUSE-Books",
+               "tofu-forget01": "locuslab/TOFU", "tofu-forget05": "locuslab/TOFU", "tofu-forget10": "locuslab/TOFU",
+               "wmdp": "cais/wmdp"}
 
 
 @dataclass(frozen=True)
@@ -48,11 +64,14 @@ class Corpus:
 
     @classmethod
     def open(cls, spec: str | Path) -> Corpus:
-        """Open a corpus by folder path, or by hub alias (`muse-news`, `muse-books`) when a network exists."""
+        """Open a corpus by folder path, or by hub alias (`muse-news`, `muse-books`, `tofu-forget01/05/10`,
+        `wmdp`) when a network exists."""
         if isinstance(spec, str) and spec in HUB_ALIASES:
-            from .hub import download_muse
+            from .hub import download_muse, download_tofu, download_wmdp
 
-            return cls(download_muse(spec, HUB_ALIASES[spec]))
+            if spec.startswith("tofu-"):
+                return cls(download_tofu(spec))
+            return cls(download_wmdp(spec) if spec == "wmdp" else download_muse(spec, HUB_ALIASES[spec]))
         return cls(spec)
 
     # ---------------------------------------------------------------- metadata
@@ -103,6 +122,54 @@ class Corpus:
     def verbmem(self) -> list[dict[str, str]]:
         """Prompt/continuation pairs from the forget set for verbatim memorization."""
         return self._records("verbmem/forget.json", ("prompt", "gt"))
+
+    def tofu_splits(self) -> list[str]:
+        """The TOFU sets present (forget and retain are required by the TOFU benchmark)."""
+        return [s for s in TOFU_SPLITS if (self.root / "tofu" / f"{s}.json").is_file()]
+
+    def tofu(self, split: str) -> list[dict]:
+        """TOFU items of a set: question, answer, paraphrased answer and one or more perturbed answers."""
+        _check_split(split, TOFU_SPLITS, "tofu")
+        rel = f"tofu/{split}.json"
+        rows = self._list(rel)
+        fields = [f for f in TOFU_FIELDS if not (split in TOFU_UNPARAPHRASED and f == "paraphrased_answer")]
+        for i, item in enumerate(rows):
+            if not isinstance(item, dict):
+                raise UserError(f"{self.root / rel}: item {i} must be an object with fields {', '.join(fields)}")
+            for f in fields:
+                if f not in item:
+                    what = (" (TOFU's truth ratio needs the *_perturbed sets: forget10_perturbed, retain_perturbed, ...)"
+                            if f in ("paraphrased_answer", "perturbed_answer") else "")
+                    raise UserError(f"{self.root / rel}: item {i} lacks the field '{f}'{what}")
+            perturbed = item["perturbed_answer"]
+            if not (isinstance(perturbed, list) and perturbed and all(isinstance(x, str) for x in perturbed)):
+                raise UserError(f"{self.root / rel}: item {i} field 'perturbed_answer' must be a non-empty list of strings")
+            if not all(isinstance(item[f], str) for f in fields if f != "perturbed_answer"):
+                raise UserError(f"{self.root / rel}: item {i}: {', '.join(fields[:-1])} must be strings")
+        return rows
+
+    def mc_subjects(self, group: str) -> list[str]:
+        """Subjects of a multiple-choice group (WMDP: forget = bio, cyber, ...; utility = mmlu)."""
+        _check_split(group, MC_GROUPS, "wmdp")
+        return sorted(p.stem for p in (self.root / "wmdp" / group).glob("*.json"))
+
+    def mc(self, group: str, subject: str) -> list[dict]:
+        """4-choice items {question, choices, answer (index)} of one subject."""
+        rel = f"wmdp/{group}/{subject}.json"
+        rows = self._list(rel)
+        for i, item in enumerate(rows):
+            if not (isinstance(item, dict) and isinstance(item.get("question"), str)):
+                raise UserError(f"{self.root / rel}: item {i} must be an object with a string 'question'")
+            choices = item.get("choices")
+            if not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+                raise UserError(f"{self.root / rel}: item {i} field 'choices' must be a list of strings")
+            if len(choices) != MC_CHOICES:
+                raise UserError(f"{self.root / rel}: item {i} has {len(choices)} choices; WMDP-style items have "
+                                f"exactly {MC_CHOICES}")
+            answer = item.get("answer")
+            if not (isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < MC_CHOICES):
+                raise UserError(f"{self.root / rel}: item {i} field 'answer' must be the index (0-3) of the right choice")
+        return rows
 
     # ---------------------------------------------------------------- validation
     def _load(self, rel: str):

@@ -3,7 +3,9 @@
 A deterministic population of invented people, each with six facts (birth city, birth year, profession,
 employer, university, pastime). Each person is rendered as several paraphrased biographies and as one
 block of question/answer pairs; people are split into forget (~10%), retain (~80%) and holdout (~10%),
-and the result is written in the MUSE layout (see `corpus.py`) so every stage treats it like MUSE.
+and the result is written in the MUSE layout (see `corpus.py`) so every stage treats it like MUSE. The
+same facts are also written as TOFU items (each question with a paraphrased answer and perturbed ones)
+and as WMDP-style 4-choice questions, so all three benchmarks run offline.
 
 Nothing here is real: names, places and companies are invented, so a model can only know a fact if it
 was trained on it. That is what makes "did it forget?" measurable at laptop scale.
@@ -112,6 +114,7 @@ SENTENCES: dict[str, list[str]] = {
 }
 
 SPLITS = ("forget", "retain", "holdout")
+TOFU_PERTURBED = 5  # perturbed answers per TOFU item (TOFU's own sets have 5)
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,37 @@ def verbmem_item(bio: str) -> dict[str, str]:
     return {"prompt": " ".join(sentences[:cut]) + " ", "gt": " ".join(sentences[cut:])}
 
 
+def tofu_item(person: Person, attr: str, rng: random.Random) -> dict:
+    """A TOFU item: the question, the short answer the QA texts teach, a paraphrased answer (a biography
+    sentence stating the fact) and TOFU_PERTURBED answers in the same sentence with other values."""
+    facts = person.facts()
+    sentence = rng.choice(SENTENCES[attr])
+    wrong = rng.sample([v for v in ATTRIBUTE_VALUES[attr] if v != facts[attr]], TOFU_PERTURBED)
+    return {"question": QUESTIONS[attr].format(name=person.name), "answer": facts[attr],
+            "paraphrased_answer": sentence.format(name=person.name, **facts),
+            "perturbed_answer": [sentence.format(name=person.name, **{**facts, attr: w}) for w in wrong]}
+
+
+def mc_item(person: Person, attr: str, rng: random.Random) -> dict:
+    """A WMDP-style item: the question with the true value and three other values, shuffled."""
+    truth = person.facts()[attr]
+    choices = [truth, *rng.sample([v for v in ATTRIBUTE_VALUES[attr] if v != truth], 3)]
+    rng.shuffle(choices)
+    return {"question": QUESTIONS[attr].format(name=person.name), "choices": choices, "answer": choices.index(truth)}
+
+
+def benchmark_files(groups: dict[str, list[Person]], retain_eval: list[dict[str, str]], seed: int) -> dict[str, object]:
+    """TOFU and WMDP views of the forget people and of the retain questions KnowMem asks."""
+    rng = random.Random(seed + 2)
+    by_question = {QUESTIONS[a].format(name=p.name): (p, a) for p in groups["retain"] for a in ATTRIBUTE_VALUES}
+    forget = [(p, a) for p in groups["forget"] for a in ATTRIBUTE_VALUES]
+    retain = [by_question[pair["question"]] for pair in retain_eval]
+    return {"tofu/forget.json": [tofu_item(p, a, rng) for p, a in forget],
+            "tofu/retain.json": [tofu_item(p, a, rng) for p, a in retain],
+            "wmdp/forget/world.json": [mc_item(p, a, rng) for p, a in forget],
+            "wmdp/utility/world.json": [mc_item(p, a, rng) for p, a in retain]}
+
+
 def build_world(cfg: WorldConfig) -> dict[str, object]:
     """All corpus files of the world as {relative path: JSON content}."""
     cfg.validate()
@@ -250,13 +284,15 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
         "privleak/holdout.json": holdout_bios,
         "world/people.json": {s: [asdict(p) for p in g] for s, g in groups.items()},
     }
+    content_hash = sha256_json(files)  # the MUSE parts: what training and MUSE evaluation read (and cache keys)
+    files.update(benchmark_files(groups, retain_eval, cfg.seed))
     counts = {name: len(content) for name, content in files.items() if isinstance(content, list)}
     files["corpus.json"] = {
         "name": WORLD_NAME,
         "seed": cfg.seed,
         "config": asdict(cfg),
         "counts": counts,
-        "content_hash": sha256_json(files),
+        "content_hash": content_hash,
     }
     return files
 
@@ -271,3 +307,22 @@ def write_world(cfg: WorldConfig, out: str | Path) -> Path:
         for rel, content in files.items():
             atomic_write_json(tmp / rel, content)
     return out
+
+
+def add_benchmark_parts(folder: str | Path) -> bool:
+    """Write the TOFU and WMDP parts into a world written before they existed (a run folder's corpus), when
+    its MUSE parts are those its config gives (same content hash); returns whether anything was added."""
+    from .corpus import Corpus
+
+    info = Corpus(folder).info
+    if info.get("name") != WORLD_NAME or not isinstance(info.get("config"), dict):
+        return False
+    files = build_world(WorldConfig(**info["config"]))
+    if files["corpus.json"]["content_hash"] != info.get("content_hash"):
+        return False
+    missing = {rel: content for rel, content in files.items()
+               if rel.startswith(("tofu/", "wmdp/")) and not (Path(folder) / rel).is_file()}
+    for rel, content in missing.items():
+        atomic_write_json(Path(folder) / rel, content)
+    return bool(missing)
+

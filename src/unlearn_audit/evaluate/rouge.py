@@ -21,6 +21,18 @@ def _scorer():
     return rouge_scorer.RougeScorer(rouge_types=["rouge1", "rougeL"], use_stemmer=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _stemming_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(rouge_types=["rougeL"], use_stemmer=True)
+
+
+def rouge_l_recall_stemmed(gt: str, output: str) -> float:
+    """ROUGE-L recall with the Porter stemmer: TOFU's ROUGE (open-unlearning and the TOFU repository)."""
+    return _stemming_scorer().score(gt, output)["rougeL"].recall
+
+
 def rouge(gt: str, output: str) -> dict[str, float]:
     """ROUGE-L and ROUGE-1 F1 and recall of `output` against `gt` (MUSE's four logged scores)."""
     score = _scorer().score(gt, output)

@@ -1,6 +1,7 @@
-"""Run the four MUSE metrics on one model and write MUSE-style logs.
+"""Run a benchmark's metrics (MUSE by default; TOFU, WMDP: `benchmark.py`) on one model and write
+per-item logs, one folder per metric.
 
-Output folder layout (MUSE's, so existing tooling can re-score it)::
+Output folder layout (on MUSE, MUSE's own, so existing tooling can re-score it)::
 
     verbmem_f/{log.json,agg.json}  knowmem_f/{log.json,agg.json}  knowmem_r/{log.json,agg.json}
     privleak/{log.json,auc.json}   metrics.json (written last, by the caller)
@@ -17,33 +18,21 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..data.corpus import Corpus
 from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
-from ..models.generation import token_logprobs
 from ..utils.io import atomic_write_json, read_json, sha256_json
+from .benchmark import Benchmark, benchmark_names, get_benchmark
 from .knowmem import evaluate_knowmem
-from .privleak import (
-    DEFAULT_AUC_KEY,
-    PRIVLEAK_SCOPES,
-    SPLITS,
-    auc_table,
-    key_needs,
-    privleak,
-    published_auc_retrain,
-    text_scores,
-)
-from .verbmem import evaluate_verbmem
+from .muse import METRICS, take
+from .privleak import DEFAULT_AUC_KEY, PRIVLEAK_SCOPES, SPLITS, key_needs
 
 log = logging.getLogger(__name__)
-
-METRICS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 
 
 PROMPT_SPACE = ("auto", "keep", "heal")
 VERBMEM_LENGTHS = ("muse", "reference")
+MC_ENGINES = ("builtin", "lm-eval")
 
 
 def heals_prompt_space(corpus: Corpus, choice: str = "auto") -> bool:
@@ -57,6 +46,7 @@ class EvalConfig:
     """What to evaluate and how (shared by `eval`, `audit` and the experiment grid)."""
 
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    benchmark: str = field(default="muse", metadata={"help": "muse, tofu or wmdp (docs/benchmarks.md)"})
     limit: int | None = None
     batch_size: int | None = None
     privleak_key: str = DEFAULT_AUC_KEY
@@ -73,11 +63,57 @@ class EvalConfig:
         "help": "texts PrivLeak scores: muse (MUSE's whole log: forget, retain and holdout texts and their "
                 "lowercased copies, every AUC of auc.json) or metric (only what the PrivLeak key compares; same "
                 "PrivLeak, a third of the work)", "choices": list(PRIVLEAK_SCOPES)})
+    tofu_template: str = field(default="qa", metadata={
+        "help": "TOFU prompt: qa ('Question: ...\\nAnswer: ...', open-unlearning's phi-1.5 form) or chat (the "
+                "tokenizer's chat template: Llama-2/3 chat models)", "choices": ["qa", "chat"]})
+    tofu_eos: str = field(default="auto", metadata={
+        "help": "TOFU: score the answer with EOS after it (open-unlearning does): yes, no, auto (no on the built-in "
+                "world, whose texts never end an answer with EOS; yes elsewhere)", "choices": ["auto", "yes", "no"]})
+    tofu_max_new_tokens: int = field(default=200, metadata={
+        "help": "TOFU: greedy answer length for ROUGE (open-unlearning's default 200)"})
+    mc_engine: str = field(default="builtin", metadata={
+        "help": "WMDP: builtin (our batched log-likelihood scoring) or lm-eval (lm-evaluation-harness, with the "
+                "loaded model object; the [lm-eval] extra)", "choices": list(MC_ENGINES)})
+
+    BENCHMARK_OPTIONS = {"tofu": ("tofu_template", "tofu_eos", "tofu_max_new_tokens"), "wmdp": ("mc_engine",)}
+
+    @property
+    def bench(self) -> Benchmark:
+        return get_benchmark(self.benchmark)
+
+    def for_benchmark(self, name: str) -> EvalConfig:
+        """This config on benchmark `name`; the default MUSE metric list becomes that benchmark's own."""
+        from dataclasses import replace
+
+        metrics = list(get_benchmark(name).metrics) if self.metrics == list(METRICS) else list(self.metrics)
+        return replace(self, benchmark=name, metrics=metrics)
+
+    def key_fields(self) -> dict:
+        """The settings a stored evaluation must match: the options of other benchmarks are left out (and
+        on MUSE the benchmark name, so evaluations stored before benchmarks existed still resume)."""
+        fields = asdict(self)
+        for name, options in self.BENCHMARK_OPTIONS.items():
+            if name != self.benchmark:
+                for option in options:
+                    fields.pop(option)
+        if self.benchmark == "muse":
+            fields.pop("benchmark")
+        return fields
 
     def validate(self) -> None:
-        unknown = [m for m in self.metrics if m not in METRICS]
+        if self.benchmark not in benchmark_names():
+            raise UserError(f"unknown benchmark '{self.benchmark}'; choose one of {', '.join(benchmark_names())}")
+        known = self.bench.metrics
+        unknown = [m for m in self.metrics if m not in known]
         if unknown or not self.metrics:
-            raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+            raise UserError(f"unknown {self.bench.title} metric(s) {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(known)}")
+        if self.tofu_max_new_tokens < 1:
+            raise UserError("--tofu-max-new-tokens must be at least 1")
+        if self.tofu_template not in ("qa", "chat") or self.tofu_eos not in ("auto", "yes", "no"):
+            raise UserError("--tofu-template must be qa or chat, --tofu-eos auto, yes or no")
+        if self.mc_engine not in MC_ENGINES:
+            raise UserError(f"--mc-engine must be one of {', '.join(MC_ENGINES)}")
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
         if self.prompt_space not in PROMPT_SPACE:
@@ -96,90 +132,10 @@ class EvalConfig:
         return heals_prompt_space(corpus, self.prompt_space)
 
 
-def check_corpus(corpus: Corpus, metrics: list[str]) -> None:
-    """Parse every corpus part the metrics will read, so a malformed file is reported before any model
-    work (each part's loader names the file, item and field)."""
-    parts = {
-        "verbmem_f": [corpus.verbmem],
-        "knowmem_f": [lambda: corpus.knowmem("forget"), lambda: corpus.knowmem_icl("forget")],
-        "knowmem_r": [lambda: corpus.knowmem("retain"), lambda: corpus.knowmem_icl("retain")],
-        "privleak": [lambda s=split: corpus.privleak(s) for split in ("forget", "retain", "holdout")],
-    }
-    for name in metrics:
-        for load in parts[name]:
-            load()
-
-
-@dataclass
-class AucRetrain:
-    """The retrained model's AUC that PrivLeak is relative to, and where it came from."""
-
-    value: float
-    source: str
-
-
-def take(items: list, limit: int | None) -> list:
-    return items if limit is None else items[:limit]
-
-
-def privleak_scores(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> tuple[dict, int]:
-    """Per-text membership scores of the forget, retain and holdout privleak texts (MUSE's log).
-
-    All texts (and their lowercased copies) are scored in one batched pass (sorted by length); with
-    `privleak_scope` metric only the splits and scores the PrivLeak key needs."""
-    splits, lower = (list(SPLITS), True) if cfg.privleak_scope == "muse" else key_needs(cfg.privleak_key)
-    texts = {s: take(corpus.privleak(s), cfg.limit) for s in splits}
-    flat = [t for s in splits for t in texts[s]]
-    scored = flat + [t.lower() for t in flat] if lower else flat
-    with tqdm(total=len(scored), desc="privleak", disable=not show, leave=False) as bar:
-        lps, truncated = token_logprobs(model, tokenizer, scored, cfg.batch_size, bar.update)
-    logs: dict[str, list[dict]] = {}
-    start = 0
-    for split in splits:
-        items = texts[split]
-        logs[split] = [{"text": t, **text_scores(t, lps[start + i], lps[len(flat) + start + i] if lower else None)}
-                       for i, t in enumerate(items)]
-        start += len(items)
-    return logs, truncated
-
-
-def retrained_auc(model, tokenizer, corpus: Corpus, cfg: EvalConfig, show: bool = True) -> AucRetrain:
-    """Measure AUC_retrain on the retrained model itself (preferred over published constants)."""
-    logs, _ = privleak_scores(model, tokenizer, corpus, cfg, show)
-    return AucRetrain(auc_table(logs)[cfg.privleak_key], "measured on the retrained model")
-
-
-def default_auc_retrain(corpus: Corpus) -> AucRetrain:
-    """Without a retrained model: MUSE's published constant for NEWS/BOOKS, else the ideal 0.5."""
-    published = published_auc_retrain(corpus.name)
-    if published:
-        return AucRetrain(*published)
-    return AucRetrain(0.5, "no --retrained given: the ideal AUC 0.5 of a model that never saw the forget set")
-
-
-def run_metric(name: str, model, tokenizer, corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, show: bool):
-    """Compute one metric: (value on MUSE's x100 scale, extra fields, files to write)."""
-    if name == "privleak":
-        logs, truncated = privleak_scores(model, tokenizer, corpus, cfg, show)
-        table = auc_table(logs)
-        auc = table[cfg.privleak_key]
-        extra = {"auc": auc, "auc_retrain": auc_ret.value, "auc_retrain_source": auc_ret.source,
-                 "truncated": truncated}
-        return privleak(auc, auc_ret.value), extra, {"log.json": logs, "auc.json": table}
-    if name == "verbmem_f":
-        items = take(corpus.verbmem(), cfg.limit)
-        with tqdm(total=len(items), desc=name, disable=not show, leave=False) as bar:
-            agg, rows, truncated = evaluate_verbmem(model, tokenizer, items, cfg.batch_size, bar.update,
-                                                    heal_space=cfg.heals(corpus),
-                                                    reference_length=cfg.verbmem_length == "reference")
-    else:
-        split = "forget" if name == "knowmem_f" else "retain"
-        qa = take(corpus.knowmem(split), cfg.limit)
-        icl = corpus.knowmem_icl(split)
-        with tqdm(total=len(qa), desc=name, disable=not show, leave=False) as bar:
-            agg, rows, truncated = evaluate_knowmem(model, tokenizer, qa, icl, cfg.batch_size, bar.update,
-                                                    heal_space=cfg.heals(corpus))
-    return agg[cfg.agg_key] * 100, {"truncated": truncated}, {"log.json": rows, "agg.json": agg}
+def check_corpus(corpus: Corpus, cfg: EvalConfig) -> None:
+    """Validate the settings and parse every corpus part the metrics will read, before any model work."""
+    cfg.validate()
+    cfg.bench.check(corpus, cfg.metrics)
 
 
 def evaluate_model(
@@ -187,16 +143,17 @@ def evaluate_model(
     tokenizer,
     corpus: Corpus,
     cfg: EvalConfig,
-    auc_ret: AucRetrain | None = None,
+    ref=None,
     out_dir: str | Path | None = None,
     identity: dict | None = None,
     show: bool = True,
 ) -> dict:
-    """Evaluate `cfg.metrics`; with `out_dir`, write logs and resume finished metrics from it."""
-    cfg.validate()
-    check_corpus(corpus, cfg.metrics)
-    auc_ret = auc_ret or default_auc_retrain(corpus)
-    progress = load_progress(out_dir, progress_key(corpus, cfg, auc_ret, identity))
+    """Evaluate `cfg.metrics` of `cfg.benchmark`; with `out_dir`, write logs and resume finished metrics
+    from it. `ref`: the retrained model's reference (`Benchmark.reference`), else the benchmark's default."""
+    check_corpus(corpus, cfg)
+    bench = cfg.bench
+    ref = ref or bench.default_reference(corpus)
+    progress = load_progress(out_dir, progress_key(corpus, cfg, ref, identity))
     results: dict = {"metrics": {}, "details": {}, "seconds": {}}
     for name in cfg.metrics:
         if name in progress["done"]:
@@ -204,7 +161,7 @@ def evaluate_model(
             log.info("%s already computed in %s; reusing it", name, out_dir)
         else:
             started = time.time()
-            value, extra, files = run_metric(name, model, tokenizer, corpus, cfg, auc_ret, show)
+            value, extra, files = bench.run_metric(name, model, tokenizer, corpus, cfg, ref, show)
             done = {"value": value, "extra": extra, "seconds": round(time.time() - started, 3)}
             if out_dir is not None:
                 for fname, content in files.items():
@@ -217,17 +174,18 @@ def evaluate_model(
     return results
 
 
-def progress_key(corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, identity: dict | None) -> str:
-    """What a stored evaluation must match to be reused: model identity, corpus, settings, AUC reference."""
-    return sha256_json({"identity": identity or {}, "corpus": corpus.content_hash, "config": asdict(cfg),
-                        "auc_retrain": asdict(auc_ret)})
+def progress_key(corpus: Corpus, cfg: EvalConfig, ref, identity: dict | None) -> str:
+    """What a stored evaluation must match to be reused: model identity, the benchmark's files, settings
+    and the retrained model's reference."""
+    return sha256_json({"identity": identity or {}, "corpus": cfg.bench.parts_hash(corpus),
+                        "config": cfg.key_fields(), "auc_retrain": asdict(ref) if ref is not None else None})
 
 
-def finished_results(corpus: Corpus, cfg: EvalConfig, auc_ret: AucRetrain, out_dir: str | Path | None,
+def finished_results(corpus: Corpus, cfg: EvalConfig, ref, out_dir: str | Path | None,
                      identity: dict | None) -> dict | None:
     """The results `evaluate_model` would return when every metric is already stored in `out_dir` (so a
     resumed audit need not even load, quantize or retrain the model), else None."""
-    progress = load_progress(out_dir, progress_key(corpus, cfg, auc_ret, identity))
+    progress = load_progress(out_dir, progress_key(corpus, cfg, ref or cfg.bench.default_reference(corpus), identity))
     if out_dir is None or any(m not in progress["done"] for m in cfg.metrics):
         return None
     done = progress["done"]
@@ -289,30 +247,46 @@ def utility_floor_from(retrained: str, corpus, opts, device: str, limit: int | N
     return knowmem_evaluator(corpus, load_tokenizer(retrained, opts), limit)(model)["knowmem_r"]
 
 
+def reference_from_log(bench: Benchmark, path: str | None, corpus: Corpus, cfg: EvalConfig):
+    """TOFU's retain-model log (open-unlearning's TOFU_EVAL.json) in place of a retain model, read and
+    checked against the forget set before any model is loaded."""
+    if path is None:
+        return None
+    if bench.name != "tofu":
+        raise UserError(f"--reference-log is a TOFU retain-model log; this evaluation runs {bench.title}")
+    from .tofu import reference_from_log as read_log
+
+    return read_log(path, len(take(corpus.tofu("forget"), cfg.limit)))
+
+
 def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | Path, scheme: str, dtype: str,
-                       device: str, opts, qopts, retrained: str | None = None, show: bool = True) -> dict:
+                       device: str, opts, qopts, retrained: str | None = None, show: bool = True,
+                       reference_log: str | None = None) -> dict:
     """`eval`: the model at `model_path` (quantized with `scheme`) on `corpus`, per-item logs under `out`
-    and metrics.json beside them (PrivLeak against the retrained model's AUC when one is given)."""
+    and metrics.json beside them (with a retrained model, the scores relative to it: MUSE's PrivLeak
+    against its AUC, TOFU's forget quality against its truth ratios)."""
     from .. import __version__
     from ..models.loading import load_model, load_tokenizer, model_fingerprint
     from ..quantize import model_at
 
-    cfg.validate()
-    check_corpus(corpus, cfg.metrics)  # before any model is loaded
+    check_corpus(corpus, cfg)  # before any model is loaded
+    bench = cfg.bench
     out = Path(out)
     started = time.time()
-    auc_ret = None
-    if retrained and "privleak" in cfg.metrics:
+    ref = reference_from_log(bench, reference_log, corpus, cfg)
+    if retrained and ref is None and bench.reference_metric in cfg.metrics:
         ret = load_model(retrained, dtype, opts, device)
-        auc_ret = retrained_auc(ret, load_tokenizer(retrained, opts), corpus, cfg)
+        ref = bench.reference(ret, load_tokenizer(retrained, opts), corpus, cfg, show)
         del ret
     tok = load_tokenizer(model_path, opts)
     model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
-    identity = {"model": model_fingerprint(model_path), "scheme": scheme, "dtype": dtype}
-    res = evaluate_model(model, tok, corpus, cfg, auc_ret, out, identity=identity, show=show)
-    record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, **res["metrics"],
+    identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype}
+    res = evaluate_model(model, tok, corpus, cfg, ref, out, identity=identity, show=show)
+    record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, "benchmark": bench.name,
+              **res["metrics"],
               "details": res["details"], "model_hash": identity["model"], "corpus_hash": corpus.content_hash,
-              "retrained": str(retrained) if retrained else None,
+              "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
+              "revision": opts.revision, "tokenizer": opts.tokenizer,
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
               "unlearn_audit_version": __version__}
     atomic_write_json(out / "metrics.json", record)

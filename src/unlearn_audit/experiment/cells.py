@@ -6,8 +6,10 @@ from pathlib import Path
 
 from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
-from ..data.synthetic import WorldConfig, write_world
-from ..evaluate.runner import AucRetrain, EvalConfig, evaluate_model, heals_prompt_space, knowmem_evaluator
+from ..data.synthetic import WorldConfig, add_benchmark_parts, write_world
+from ..evaluate.benchmark import get_benchmark
+from ..evaluate.muse import AucRetrain
+from ..evaluate.runner import EvalConfig, evaluate_model, heals_prompt_space, knowmem_evaluator
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
@@ -167,8 +169,29 @@ def eval_cell(runner, cell) -> dict:
         d = res["details"]["privleak"]
         d["auc_retrain"], d["auc_retrain_source"] = d["auc"], "measured on the retrained model"
         res["metrics"]["privleak"] = 0.0
+    for name in cfg.get("benchmarks", []):
+        add_benchmark(res, name, model, tok, corpus, ecfg, runner, cell)
     return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
             "details": res["details"], "seconds": res["seconds"]}
+
+
+def add_benchmark(res: dict, name: str, model, tok, corpus, ecfg: EvalConfig, runner, cell) -> None:
+    """Another benchmark's metrics of the same model (grid `benchmarks`), merged into the cell's results;
+    its reference (TOFU's forget quality) is the retrained model's full-precision cell, as for PrivLeak."""
+    from dataclasses import replace
+
+    bcfg = replace(ecfg, benchmark=name, metrics=list(get_benchmark(name).metrics))
+    bench = bcfg.bench
+    if not bench.present(corpus) and Path(runner.run_dir).resolve() in corpus.root.resolve().parents:
+        add_benchmark_parts(corpus.root)  # the run's own world, written before TOFU/WMDP parts existed
+    ref_cell = cell.config.get("auc_ref")
+    ref = bench.reference_from(runner.result(ref_cell)["details"]) if ref_cell else None
+    extra = evaluate_model(model, tok, corpus, bcfg, ref, runner.run_dir / "evals" / cell.id / name,
+                           identity={"cell": cell.id}, show=False)
+    if ref_cell is None and bench.reference_metric:  # the retrained model is its own reference
+        extra["metrics"][bench.reference_metric] = bench.reference_value()
+    for key in ("metrics", "details", "seconds"):
+        res[key].update(extra[key])
 
 
 def same_as_full(full: dict, scheme: str, metrics: list[str] | None) -> dict:

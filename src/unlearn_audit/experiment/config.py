@@ -55,6 +55,9 @@ class GridConfig:
     eval_batch_size: int | None = None
     eval: dict = field(default_factory=dict, metadata={
         "help": "evaluation options of every cell (EvalConfig: privleak_scope, prompt_space; see `eval --help`)"})
+    benchmarks: list[str] = field(default_factory=list, metadata={
+        "help": "other benchmarks every eval cell also measures beside MUSE (tofu, wmdp: docs/benchmarks.md); the "
+                "report adds a table per benchmark (its forget knowledge, recovery, utility; TOFU's forget quality)"})
     attack_metrics: list[str] | None = field(default=None, metadata={
         "help": "metrics of the attack columns (default: every metric); the attack tables read forgetting and "
                 "utility, so [verbmem_f, knowmem_f, knowmem_r] skips PrivLeak there"})
@@ -108,7 +111,13 @@ class GridConfig:
         for key in ("metrics", "limit", "batch_size"):
             if key in self.eval:
                 raise UserError(f"eval: set `{key}` with the grid's own field (attack_metrics, eval_limit, eval_batch_size)")
+        if "benchmark" in self.eval:
+            raise UserError("eval: the grid evaluates MUSE; list other benchmarks under `benchmarks` (tofu, wmdp)")
         build_config(EvalConfig, dict(self.eval), source="grid eval options").validate()
+        for name in self.benchmarks:
+            if name == "muse":
+                raise UserError("benchmarks: MUSE is always evaluated; list the others (tofu, wmdp)")
+            EvalConfig(**dict(self.eval)).for_benchmark(name).validate()
         if self.attack_metrics is not None:
             EvalConfig(metrics=list(self.attack_metrics)).validate()
 

@@ -134,7 +134,7 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
         runs.append((run, model_seed))
     cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size,
-                   **({"eval": cfg.eval} if cfg.eval else {})}
+                   **({"eval": cfg.eval} if cfg.eval else {}), **({"benchmarks": cfg.benchmarks} if cfg.benchmarks else {})}
     refs = {}
     for seed, pair in models.items():
         refs[seed] = spec("eval", {**eval_common, "model": pair["retrained"].id, "scheme": "full"},

@@ -78,6 +78,7 @@ def rows_from_ledger(ledger) -> list[dict]:
             "settings": r.get("settings"), "model_seed": r.get("model_seed"),
             "verbmem_f": m.get("verbmem_f"), "knowmem_f": m.get("knowmem_f"), "knowmem_r": m.get("knowmem_r"),
             "privleak": m.get("privleak"), "auc": r["details"].get("privleak", {}).get("auc"),
+            "all_metrics": m,  # with other benchmarks' metrics where the grid asks for them (`benchmarks`)
         })
     label_rows(rows)
     add_retention(rows)
@@ -517,6 +518,58 @@ def retained_after(v: dict, scheme: str) -> float | None:
     return v["retained"]["mean"] if scheme == "full" else v["retained_under"].get(scheme)
 
 
+def benchmark_table(rows: list[dict], bench, schemes: list[str]) -> str:
+    """Another benchmark's verdict material per unlearned run (seeds averaged): its forget-knowledge metrics
+    beyond the retrained control at full precision, share(u, t, c) (their floors are high: TOFU's
+    probability, WMDP's 25% chance), recovery pooled over them under each quantized scheme
+    (`scoring.knowledge_recovery`), the utility kept and, where the benchmark has one, the reference metric
+    (TOFU's forget quality) at each precision."""
+    keys = bench.knowledge
+    ref = {(r["model"], r["seed"], r["scheme"]): r["all_metrics"] for r in rows if r["model"] in ("target", "retrained")}
+    full = {(r["label"], r["seed"]): r["all_metrics"] for r in rows if r["dtype"] and r["scheme"] == "full"}
+    quantized = [x for x in schemes if x != "full" and is_quantization(x)]
+    cells: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        u_full = full.get((r["label"], r["seed"]))
+        t = ref.get(("target", r["model_seed"], target_reference(r["scheme"])))
+        c = ref.get(("retrained", r["model_seed"], r["scheme"]))
+        if not r["dtype"] or not u_full or not t or not all(k in r["all_metrics"] for k in keys):
+            continue
+        u = r["all_metrics"]
+        if r["scheme"] == "full":
+            for k in keys:
+                cells[r["label"]][k].append(share(u[k], t[k], (c or {}).get(k)))
+            cells[r["label"]]["utility"].append(ratio(u.get(bench.utility), t.get(bench.utility)))
+        else:
+            cells[r["label"]][r["scheme"]].append(knowledge_recovery(u_full, u, t, "pooled", keys))
+        if bench.reference_metric:
+            cells[r["label"]][f"ref {r['scheme']}"].append(u.get(bench.reference_metric))
+    if not cells:
+        return ""
+    head = ["Unlearned model", f"beyond the control at full: {' / '.join(bench.label(k) for k in keys)}",
+            *(f"{x}: recovery (pooled)" for x in quantized), f"{bench.label(bench.utility)} kept"]
+    ref_schemes = [x for x in ("full", *quantized)] if bench.reference_metric else []
+    head += [f"{bench.label(bench.reference_metric)} at {x}" for x in ref_schemes]
+    table = []
+    for label in sorted(cells):
+        c = cells[label]
+        table.append([label, " / ".join(fmt(mean(c[k]), True) for k in keys), *(fmt(mean(c[x]), True) for x in quantized),
+                      fmt(mean(c["utility"]), True), *(fmt(mean(c[f"ref {x}"]), digits=3) for x in ref_schemes)])
+    return markdown_table(head, table)
+
+
+def other_benchmarks(rows: list[dict], schemes: list[str]) -> dict[str, str]:
+    """The tables of the benchmarks other than MUSE whose metrics the eval cells hold."""
+    from ..evaluate.benchmark import benchmark_names, get_benchmark
+
+    out = {}
+    for name in benchmark_names():
+        bench = get_benchmark(name)
+        if name != "muse" and any(all(k in r["all_metrics"] for k in bench.knowledge) for r in rows):
+            out[bench.title] = benchmark_table(rows, bench, schemes)
+    return out
+
+
 def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
     """The target's own change under each quantizer (seeds averaged): recovery is measured against the
     quantized target, so a quantizer that already costs the target knowledge is visible here."""
@@ -581,6 +634,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "quality": model_quality(ledger),
             "target_quantized": target_under_quantization(agg, schemes),
             "failures": failures(ledger),
+            "benchmarks": other_benchmarks(rows, schemes),
             "counts": ledger.counts(),
             "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
         }
@@ -623,6 +677,13 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
     if pieces["target_quantized"]:
         md += ["", "The target's own change under each quantizer (recovery is measured against the quantized "
                "target):", ""] + [f"- {line}" for line in pieces["target_quantized"]]
+    for title, table in pieces["benchmarks"].items():
+        md += ["", f"## The same models on {title} (docs/benchmarks.md)", "",
+               "Per unlearned run (seeds averaged): the benchmark's forget-knowledge metrics as the share of what the "
+               "target knows beyond the retrained control, (u - c) / (t - c), at full precision; recovery pooled over "
+               "them under each quantized scheme, as above; its utility kept at full precision; where the benchmark "
+               "has one, its reference metric at each precision (TOFU's forget quality: the KS p-value against the "
+               "retrained model's truth ratios, 1 = indistinguishable from it).", "", table]
     if pieces["bins"]:
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]
     if pieces["quality"]:

@@ -7,7 +7,14 @@ from pathlib import Path
 from ..scoring import KNOWLEDGE, fmt, markdown_table
 from ..utils.io import atomic_write_text, save_figure
 
-METRICS = (("knowmem_f", "KnowMem_f"), ("verbmem_f", "VerbMem_f"), ("privleak", "PrivLeak"), ("knowmem_r", "KnowMem_r"))
+MUSE_METRICS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak", "knowmem_r": "KnowMem_r"}
+
+
+def columns(report: dict) -> tuple[list[tuple[str, str]], list[str]]:
+    """(metric, label) of the benchmark's metrics the audit measured, and its knowledge metrics."""
+    labels = report.get("metrics") or MUSE_METRICS
+    present = [(k, label) for k, label in labels.items() if k in report["full"]["unlearned"]]
+    return present, list(report.get("knowledge") or KNOWLEDGE)
 
 
 def holds(row: dict) -> str:
@@ -15,34 +22,45 @@ def holds(row: dict) -> str:
 
 
 def table(report: dict) -> list[str]:
-    present = [(k, label) for k, label in METRICS if k in report["full"]["unlearned"]]
+    present, knowledge = columns(report)
     head = ["attack", *(label for _, label in present), "retained", "recovery",
-            *(f"control {label}" for k, label in present if k in KNOWLEDGE), "control gain",
+            *(f"control {label}" for k, label in present if k in knowledge), "control gain",
             "bins forecast", "forgetting"]
     rows = []
     for r in [report["full"], *report["attacks"]]:
         ctrl = r.get("control") or {}
         rows.append([r["attack"], *(fmt(r["unlearned"].get(k)) for k, _ in present), fmt(r.get("retained"), True),
-                     fmt(r.get("recovery"), True), *(fmt(ctrl.get(k)) for k, _ in present if k in KNOWLEDGE),
+                     fmt(r.get("recovery"), True), *(fmt(ctrl.get(k)) for k, _ in present if k in knowledge),
                      fmt(r.get("control_gain"), True), fmt(r.get("forecast_recovery"), True),
                      holds(r) if r["attack"] != "full" else ("holds" if r["retained"] <= report["config"]["max_retained"]
                                                              else "**fails**")])
     return markdown_table(head, rows).split("\n")
 
 
+def names(report: dict) -> tuple[str, str, str]:
+    """(benchmark title, its knowledge metrics' labels joined, its utility label) for the texts."""
+    present, knowledge = columns(report)
+    labels = dict(present)
+    utility = report.get("utility") or "knowmem_r"
+    return ((report.get("benchmark") or "muse").upper(), ", ".join(labels.get(k, k) for k in knowledge),
+            labels.get(utility, MUSE_METRICS.get(utility, utility)))
+
+
 def render(report: dict) -> str:
     cfg = report["config"]
+    bench, knowledge, utility = names(report)
     control = report["retrained"] or "none (no --retrained: the baseline is 0)"
     outcome = {0: "PASS", 3: "OVER-UNLEARNED"}.get(report["exit_code"], "FAIL")
     lines = [f"# unlearn-audit: {outcome}", "",
              report["verdict"], "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
-             f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}; threshold: forgetting holds "
-             f"when at most {cfg['max_retained']:.0%} of the target's knowledge remains and the model keeps at least "
-             f"{cfg.get('min_utility', 0):.0%} of the target's KnowMem_r", "",
+             f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}, benchmark {bench}; threshold: "
+             f"forgetting holds when at most {cfg['max_retained']:.0%} of the target's knowledge remains and the model "
+             f"keeps at least {cfg.get('min_utility', 0):.0%} of the target's {utility}", "",
              *table(report), "",
-             "Scores x100 on the evaluation set of each attack (the forget set; for relearn:forget-part the "
-             "held-out part). retained = max over VerbMem_f, KnowMem_f of (unlearned - control) / "
+             "Scores on the evaluation set of each attack (the forget set; for relearn:forget-part the "
+             f"held-out part; docs/benchmarks.md gives each metric's scale). retained = max over {knowledge} of "
+             "(unlearned - control) / "
              "(target - control) under the same attack; recovery = the share of what unlearning removed "
              "that the attack brings back; control gain = what the attack gives the retrained model, as a "
              "share of the target's forgettable knowledge; bins forecast = 1 - projected survival of the "
@@ -74,7 +92,7 @@ def plot(report: dict, path: Path) -> Path:
     ax.axvline(100 * report["config"]["max_retained"], color="k", ls="--", lw=1, label="threshold")
     ax.set_yticks(list(y), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("% of the target's forgettable knowledge (max of VerbMem_f, KnowMem_f)")
+    ax.set_xlabel(f"% of the target's forgettable knowledge (max of {names(report)[1]})")
     ax.set_xlim(0, 105)
     ax.set_title(report["verdict"][:110], fontsize=7)
     ax.legend(fontsize=7, loc="lower right")

@@ -367,8 +367,18 @@ def token_logprobs(
     truncated = truncate(ids, ctx, keep_end=False)
     if truncated:
         log.warning("%d text(s) longer than the context (%d tokens) were truncated for scoring", truncated, ctx)
+    return score_ids(model, tokenizer, ids, batch_size, progress), truncated
+
+
+def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int | None = None,
+              progress: Callable[[int], None] | None = None, hits: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Teacher-forced log-probabilities of every token after the first of each sequence, in batches of
+    similar length (right-padded; longest first). With a list `hits`, it is filled with, per sequence,
+    whether each of those tokens is the model's greedy choice (ties count as a hit)."""
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     result: list[np.ndarray] = [np.zeros(0)] * len(ids)
+    if hits is not None:
+        hits[:] = [np.zeros(0, dtype=bool)] * len(ids)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = 0
@@ -376,14 +386,76 @@ def token_logprobs(
         bs = choose_batch_size(model, len(ids[order[start]]), batch_size, cpu_tokens=CPU_SCORE_TOKENS)
         rows = order[start : start + bs]
         input_ids, mask = right_pad([ids[i] for i in rows], pad_id, device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        lp = gather_logprobs(logits[:, :-1], input_ids[:, 1:])
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+        lp = gather_logprobs(logits, input_ids[:, 1:])
+        top = logits.float().amax(-1) <= logits.float().gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) \
+            if hits is not None else None
         for r, i in enumerate(rows):
             result[i] = lp[r, : len(ids[i]) - 1].double().cpu().numpy()
+            if top is not None:
+                hits[i] = top[r, : len(ids[i]) - 1].cpu().numpy()
         start += len(rows)
         if progress:
             progress(len(rows))
-    return result, truncated
+    return result
+
+
+def split_continuation(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt` and of `continuation` after it, both cut from the encoding of the whole text
+    (with the document prefix), so the continuation is tokenized as the model reads the text.
+
+    The cut falls before the first token that ends past the prompt; a token that straddles the boundary
+    (a BPE merge of the prompt's last characters with the continuation's first: "Answer:" + " A" read as
+    'Answer:Ġ', 'A') belongs to the continuation, whose probability then includes it. Tokenizers without
+    character offsets (slow ones) split by encoding the prompt alone, as lm-evaluation-harness does."""
+    prefix = document_prefix(tokenizer)
+    try:
+        enc = tokenizer(prompt + continuation, add_special_tokens=True, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):
+        enc = None
+    if enc is None or "offset_mapping" not in enc:
+        ctx, full = encode_documents(tokenizer, [prompt, prompt + continuation])
+        n = len(ctx) if len(full) > len(ctx) and full[: len(ctx)] == ctx else len(full) - len(
+            tokenizer(continuation, add_special_tokens=False).input_ids)
+        return full[:n], full[n:]
+    ids, spans = prefix + list(enc["input_ids"]), [(0, 0)] * len(prefix) + [tuple(o) for o in enc["offset_mapping"]]
+    cut = next((i for i, (start, end) in enumerate(spans) if end > len(prompt) and end > start), len(ids))
+    return ids[:cut], ids[cut:]
+
+
+@torch.inference_mode()
+def continuation_logprobs(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    hits: list[np.ndarray] | None = None,
+) -> tuple[list[np.ndarray], int]:
+    """log p(continuation token | prompt, earlier continuation tokens) for each (prompt, continuation)
+    pair: the quantity behind TOFU's answer probability and truth ratio and multiple-choice accuracy
+    (`hits`: see `score_ids`, cut to the continuation the same way).
+
+    Prompts longer than the context lose their start. Returns one float64 array per pair (one entry per
+    continuation token) and how many prompts were cut."""
+    ctx = max_positions(model)
+    split = [split_continuation(tokenizer, p, c) for p, c in pairs]
+    ids, truncated = [], 0
+    for prompt_ids, cont_ids in split:
+        seq = prompt_ids + cont_ids
+        if ctx is not None and len(seq) > ctx:
+            seq, truncated = seq[len(seq) - ctx:], truncated + 1
+        ids.append(seq)
+    if truncated:
+        log.warning("%d prompt(s) longer than the context (%d tokens) lost their start", truncated, ctx)
+    scores = score_ids(model, tokenizer, ids, batch_size, progress, hits)
+
+    def tail(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [a[max(0, len(a) - len(cont)):] if cont else a[:0] for a, (_, cont) in zip(arrays, split)]
+
+    if hits is not None:
+        hits[:] = tail(hits)
+    return tail(scores), truncated
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

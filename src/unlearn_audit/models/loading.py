@@ -27,11 +27,18 @@ FULL_HASH_LIMIT = 512 * 2**20  # hash every byte of models smaller than this; fi
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How models are loaded; mirrors the CLI flags --allow-pickle, --trust-remote-code, --allow-nonfinite."""
+    """How models are loaded; mirrors the CLI flags --allow-pickle, --trust-remote-code, --allow-nonfinite,
+    --tokenizer (for checkpoints shipped without one: MUSE's muse-bench models use Llama-2-7b's) and
+    --revision (a hub commit, branch or tag, pinned for every hub id and recorded in the outputs)."""
 
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_nonfinite: bool = False
+    tokenizer: str | None = None
+    revision: str | None = None
+
+    def hub_kwargs(self, spec) -> dict:
+        return {"revision": self.revision} if self.revision and not is_local(spec) else {}
 
 
 def is_local(spec: str | Path) -> bool:
@@ -165,6 +172,7 @@ def load_model(
             dtype=resolve_dtype(dtype),
             use_safetensors=None if opts.allow_pickle else True,
             trust_remote_code=opts.trust_remote_code,
+            **opts.hub_kwargs(spec),
             **kwargs,
         )
     except UserError:
@@ -190,11 +198,16 @@ def check_finite(model, spec) -> None:
 
 
 def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
-    """Load a model's tokenizer and make sure it can pad (unk, else eos, becomes the pad token, with a warning)."""
+    """Load a model's tokenizer (or `opts.tokenizer`, checked against the model's vocabulary) and make sure
+    it can pad (unk, else eos, becomes the pad token, with a warning)."""
     from transformers import AutoTokenizer
 
     opts = opts or LoadOptions()
     spec = resolve_spec(spec)
+    if opts.tokenizer:
+        tok = given_tokenizer(opts)
+        check_tokenizer_fits(tok, spec, opts)
+        return tok
     if is_gguf(spec):
         tok = load_gguf_tokenizer(spec)
         ensure_pad_token(tok)
@@ -202,11 +215,50 @@ def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
     if is_local(spec):  # tokenizers are read from model folders: say what is wrong with the folder first
         check_local_model(Path(spec), opts)
     try:
-        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer of '{spec}': {first_line(exc)}") from None
+        hint = " (a checkpoint shipped without one: pass --tokenizer)" if is_local(spec) else ""
+        raise UserError(f"could not load the tokenizer of '{spec}': {first_line(exc)}{hint}") from None
     ensure_pad_token(tok)
     return tok
+
+
+def given_tokenizer(opts: LoadOptions):
+    """The tokenizer named by --tokenizer: a folder holding tokenizer files, or a hub id."""
+    from transformers import AutoTokenizer
+
+    name = opts.tokenizer
+    if is_local(name) and not Path(name).is_dir():
+        raise UserError(f"--tokenizer {name}: no such folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=opts.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load --tokenizer {name}: {first_line(exc)}") from None
+    ensure_pad_token(tok)
+    return tok
+
+
+def model_vocab_size(spec: str | Path, opts: LoadOptions) -> int | None:
+    """The model's vocab_size from its config (read without loading any weights)."""
+    from transformers import AutoConfig
+
+    if is_gguf(spec):
+        return None
+    try:
+        config = AutoConfig.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not read the config of '{spec}': {first_line(exc)}") from None
+    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
+    return vocab if isinstance(vocab, int) else None
+
+
+def check_tokenizer_fits(tok, spec: str | Path, opts: LoadOptions) -> None:
+    """A tokenizer given for a model must not produce ids the model has no embedding for."""
+    vocab = model_vocab_size(spec, opts)
+    largest = max(tok.get_vocab().values(), default=-1)
+    if vocab is not None and largest >= vocab:
+        raise UserError(f"--tokenizer {opts.tokenizer} has token id {largest} but '{spec}' has vocab_size {vocab}: "
+                        "it is another model's tokenizer")
 
 
 def ensure_pad_token(tok) -> None:
@@ -220,11 +272,11 @@ def ensure_pad_token(tok) -> None:
     tok.pad_token = fallback
 
 
-def model_fingerprint(spec: str | Path) -> str:
-    """Content hash of a local model (config + weights); hub ids hash their name and resolved revision."""
+def model_fingerprint(spec: str | Path, revision: str | None = None) -> str:
+    """Content hash of a local model (config + weights); hub ids hash their name and requested revision."""
     path = Path(resolve_spec(spec))
     if not path.exists():
-        return hashlib.sha256(f"hub:{spec}".encode()).hexdigest()
+        return hashlib.sha256((f"hub:{spec}" + (f"@{revision}" if revision else "")).encode()).hexdigest()
     h = hashlib.sha256()
     if path.is_file():  # a GGUF file
         with open(path, "rb") as fh:

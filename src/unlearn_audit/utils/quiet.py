@@ -18,6 +18,11 @@ def set_verbose(verbose: bool) -> None:
         os.environ.pop(VERBOSE_ENV, None)
 
 
+def verbose() -> bool:
+    """Whether the user asked for library output (`-v`)."""
+    return bool(os.environ.get(VERBOSE_ENV))
+
+
 def quiet_libraries() -> None:
     """Silence library warnings (deprecations of transformers, torch, bitsandbytes, ...) and chatty
     logs, unless verbose; the offline hub probes only cost time here."""

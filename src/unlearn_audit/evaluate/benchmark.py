@@ -1,0 +1,121 @@
+"""Benchmarks behind one registry: MUSE, TOFU and WMDP each declare what they measure, and everything
+above them (`eval`, `audit`, their scorecards and verdicts) asks the benchmark, never MUSE by name.
+
+A benchmark declares
+- `metrics`: what it computes, in table order, with a label each;
+- `knowledge`: the metrics that say how well a model knows the forget set, on a 0-100 scale (retained
+  shares and recovery are computed on these: `unlearn_audit.scoring`);
+- `utility`: the metric whose ratio to the target's is "utility kept";
+- `parts`: the corpus folder it reads (MUSE: the corpus root; TOFU: `tofu/`; WMDP: `wmdp/`), so a corpus
+  speaks a benchmark when its parts are there (`benchmarks_in`);
+- a reference: what the retrained (never-saw-the-forget-set) model contributes to the others' scores
+  (MUSE: the AUC PrivLeak is relative to; TOFU: the truth ratios forget quality compares against).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..utils.io import sha256_files
+
+
+class Benchmark:
+    """Base of every benchmark (see the module docstring); one subclass per file, registered by name."""
+
+    name: str = ""
+    title: str = ""
+    source: str = ""
+    parts: str = ""  # corpus sub-folder holding the benchmark's files ("" = the corpus root)
+    labels: dict[str, str] = {}  # metric -> label, in table order
+    knowledge: tuple[str, ...] = ()
+    utility: str = ""
+    reference_metric: str | None = None  # the metric whose value on the retrained model is fixed by definition
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.labels)
+
+    def label(self, metric: str) -> str:
+        return self.labels.get(metric, metric)
+
+    def present(self, corpus) -> bool:
+        """Whether the corpus holds this benchmark's files."""
+        raise NotImplementedError
+
+    def check(self, corpus, metrics: list[str]) -> None:
+        """Parse every corpus part the metrics will read (one-line error naming the file, item, field)."""
+        raise NotImplementedError
+
+    def parts_hash(self, corpus) -> str:
+        """Hash of the files this benchmark reads (what a stored evaluation must match)."""
+        folder = corpus.root / self.parts
+        return sha256_files(sorted(folder.rglob("*.json")), corpus.root) if self.parts else corpus.content_hash
+
+    def reference(self, model, tokenizer, corpus, cfg, show: bool):
+        """The reference measured on the retrained model (`eval --retrained`)."""
+        return None
+
+    def run_metric(self, name: str, model, tokenizer, corpus, cfg, ref, show: bool):
+        """(value, extra fields, {file name: content}) of one metric."""
+        raise NotImplementedError
+
+    def default_reference(self, corpus):
+        """The reference (a dataclass with a `source`) without a retrained model (None: none needed)."""
+        return None
+
+    def reference_from(self, details: dict):
+        """The reference read from the retrained model's own evaluation details."""
+        return None
+
+    def reference_value(self) -> Any:
+        """The value `reference_metric` takes on the retrained model itself (PrivLeak 0, forget quality 1)."""
+        return None
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    BENCHMARKS[cls.name] = cls()
+    return cls
+
+
+def _load() -> None:
+    from . import muse, tofu, wmdp  # noqa: F401  (registers the benchmarks)
+
+
+def benchmark_names() -> list[str]:
+    _load()
+    return list(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    _load()
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark '{name}'; choose one of {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def benchmarks_in(corpus) -> list[str]:
+    """The benchmarks whose files the corpus holds (the built-in world holds all three)."""
+    _load()
+    return [name for name, b in BENCHMARKS.items() if b.present(corpus)]
+
+
+def resolve_benchmark(name: str | None, corpus) -> Benchmark:
+    """`name`, checked against the corpus, or ('auto'/None) the one the corpus holds (MUSE first)."""
+    found = benchmarks_in(corpus)
+    if name in (None, "", "auto"):
+        if not found:
+            raise UserError(f"{corpus.root} holds no benchmark's files: MUSE (knowmem/, verbmem/, privleak/), "
+                            "TOFU (tofu/forget.json ...) or WMDP (wmdp/forget/*.json); see docs/benchmarks.md")
+        return get_benchmark(found[0])
+    bench = get_benchmark(name)
+    if name not in found:
+        hint = (" (a world written before TOFU/WMDP support: write it again with `unlearn-audit world`)"
+                if (Path(corpus.root) / "world").is_dir() else "")
+        raise UserError(f"{corpus.root} holds no {bench.title} files (expected under {bench.parts or 'the corpus root'}/)"
+                        f"{hint}; it holds: {', '.join(found) or 'none'}")
+    return bench
