@@ -1,5 +1,6 @@
 """Library warnings stay quiet unless -v (in every process: the flag travels through the environment)."""
 
+import io
 import warnings
 
 from unlearn_audit.utils.quiet import VERBOSE_ENV, quiet_libraries, set_verbose
@@ -21,3 +22,17 @@ def test_library_warnings_hidden_by_default_and_shown_with_verbose(monkeypatch):
         assert warned_after_quieting() == 1
     finally:
         set_verbose(False)
+
+
+def test_the_gguf_conversion_bar_is_hidden_unless_verbose(monkeypatch):
+    import transformers.modeling_gguf_pytorch_utils as conversion
+
+    from unlearn_audit.models.gguf import quiet_conversion
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with quiet_conversion():
+        assert conversion.tqdm(range(2)).disable
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    with quiet_conversion():
+        bar = conversion.tqdm(range(2), file=io.StringIO())
+        assert not bar.disable

@@ -9,7 +9,10 @@ where the file says eos 2 and pad 2.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
@@ -31,13 +34,36 @@ def check_gguf(spec) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def quiet_conversion() -> Iterator[None]:
+    """transformers draws its GGUF conversion bar with tqdm directly (its progress-bar switch does not
+    reach it): hidden unless the user asked for library output (-v)."""
+    from ..utils.quiet import verbose
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as conversion
+    except ImportError:
+        yield
+        return
+    bar = getattr(conversion, "tqdm", None)
+    if verbose() or bar is None:
+        yield
+        return
+    conversion.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        conversion.tqdm = bar
+
+
 def load_gguf_model(spec, dtype, **kwargs):
     """The model of a GGUF file, dequantized to `dtype`, as a plain (saveable) transformers model."""
     from transformers import AutoModelForCausalLM
 
     path = check_gguf(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **kwargs)
+        with quiet_conversion():
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"could not read GGUF file {path}: {str(exc).strip().splitlines()[0]}") from None
     model.hf_quantizer = None  # the weights are dequantized tensors; nothing GGUF-specific remains
