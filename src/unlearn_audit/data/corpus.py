@@ -4,6 +4,7 @@ On-disk layout (the MUSE layout, used for real MUSE data and for the built-in wo
 
     raw/{forget,retain,holdout}.json          lists of training texts
     knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl}.json   lists of {question, answer}
+    knowmem/forget_qa_paraphrased.json        optional: the forget questions reworded, item for item
     verbmem/forget.json                       list of {prompt, gt}
     privleak/{forget,retain,holdout}.json     lists of texts
     corpus.json                               name, seed, counts, content hash (optional for MUSE)
@@ -118,6 +119,16 @@ class Corpus:
         """Few-shot examples put in front of every KnowMem question of that split."""
         _check_split(split, QA_SPLITS, "knowmem")
         return self._qa(f"knowmem/{split}_qa_icl.json")
+
+    def knowmem_paraphrased(self) -> list[QA] | None:
+        """The forget questions reworded, item for item (the built-in world writes them), or None."""
+        if not (self.root / "knowmem" / "forget_qa_paraphrased.json").is_file():
+            return None
+        items = self._qa("knowmem/forget_qa_paraphrased.json")
+        if len(items) != len(self.knowmem("forget")):
+            raise UserError(f"{self.root}/knowmem/forget_qa_paraphrased.json holds {len(items)} questions; "
+                            f"forget_qa.json {len(self.knowmem('forget'))}: they must match item for item")
+        return items
 
     def verbmem(self) -> list[dict[str, str]]:
         """Prompt/continuation pairs from the forget set for verbatim memorization."""

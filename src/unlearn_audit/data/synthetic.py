@@ -79,6 +79,16 @@ QUESTIONS: dict[str, str] = {
     "hobby": "What is the favorite pastime of {name}?",
 }
 
+# The same questions reworded (TOFU's paraphrased_question; the prompt:paraphrase attack asks these).
+PARAPHRASED_QUESTIONS: dict[str, str] = {
+    "birth_city": "What is the birthplace of {name}?",
+    "birth_year": "When was {name} born?",
+    "profession": "What does {name} do for a living?",
+    "employer": "Who is the employer of {name}?",
+    "university": "Where did {name} study?",
+    "hobby": "How does {name} like to spend spare time?",
+}
+
 # Paraphrases of each fact as a sentence. {name} is the full name or a pronoun-free short form.
 SENTENCES: dict[str, list[str]] = {
     "birth_city": [
@@ -216,6 +226,7 @@ def tofu_item(person: Person, attr: str, rng: random.Random) -> dict:
     sentence = rng.choice(SENTENCES[attr])
     wrong = rng.sample([v for v in ATTRIBUTE_VALUES[attr] if v != facts[attr]], TOFU_PERTURBED)
     return {"question": QUESTIONS[attr].format(name=person.name), "answer": facts[attr],
+            "paraphrased_question": PARAPHRASED_QUESTIONS[attr].format(name=person.name),
             "paraphrased_answer": sentence.format(name=person.name, **facts),
             "perturbed_answer": [sentence.format(name=person.name, **{**facts, attr: w}) for w in wrong]}
 
@@ -229,12 +240,15 @@ def mc_item(person: Person, attr: str, rng: random.Random) -> dict:
 
 
 def benchmark_files(groups: dict[str, list[Person]], retain_eval: list[dict[str, str]], seed: int) -> dict[str, object]:
-    """TOFU and WMDP views of the forget people and of the retain questions KnowMem asks."""
+    """TOFU and WMDP views of the forget people and of the retain questions KnowMem asks, and KnowMem's
+    forget questions reworded."""
     rng = random.Random(seed + 2)
     by_question = {QUESTIONS[a].format(name=p.name): (p, a) for p in groups["retain"] for a in ATTRIBUTE_VALUES}
     forget = [(p, a) for p in groups["forget"] for a in ATTRIBUTE_VALUES]
     retain = [by_question[pair["question"]] for pair in retain_eval]
-    return {"tofu/forget.json": [tofu_item(p, a, rng) for p, a in forget],
+    return {"knowmem/forget_qa_paraphrased.json": [
+                {"question": PARAPHRASED_QUESTIONS[a].format(name=p.name), "answer": p.facts()[a]} for p, a in forget],
+            "tofu/forget.json": [tofu_item(p, a, rng) for p, a in forget],
             "tofu/retain.json": [tofu_item(p, a, rng) for p, a in retain],
             "wmdp/forget/world.json": [mc_item(p, a, rng) for p, a in forget],
             "wmdp/utility/world.json": [mc_item(p, a, rng) for p, a in retain]}
@@ -321,7 +335,7 @@ def add_benchmark_parts(folder: str | Path) -> bool:
     if files["corpus.json"]["content_hash"] != info.get("content_hash"):
         return False
     missing = {rel: content for rel, content in files.items()
-               if rel.startswith(("tofu/", "wmdp/")) and not (Path(folder) / rel).is_file()}
+               if rel.startswith(("tofu/", "wmdp/", "knowmem/forget_qa_paraphrased")) and not (Path(folder) / rel).is_file()}
     for rel, content in missing.items():
         atomic_write_json(Path(folder) / rel, content)
     return bool(missing)
