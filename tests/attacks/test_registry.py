@@ -40,3 +40,4 @@ def test_presets_expand_without_repeats():
     assert names[:2] == ["quant:rtn-int8-channel", "quant:rtn-int4-g128"] and len(names) == len(set(names))
     assert {a.family for a in parse_attacks("all", say=lambda _: None)} == {"quant", "cast", "prune", "noise",
                                                                             "relearn"}
+    assert {a.family for a in parse_attacks("prompts", say=lambda _: None)} == {"prompt"}

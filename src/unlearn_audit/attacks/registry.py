@@ -2,6 +2,7 @@
 
     quant:rtn-int4-g128   cast:bf16   prune:magnitude:0.3   noise:rel=0.05
     relearn:retain:steps=20,lr=1e-5   relearn:forget-part:share=0.1,steps=20
+    prompt:few-shot:k=5   prompt:paraphrase   prompt:prefix:name=role-play
 
 A family registers a class with `@register_attack`; its `params` declare name, type, default and a
 check, so a wrong name, a missing value or an out-of-range one is a one-line user error that says what
@@ -81,6 +82,7 @@ class AttackFamily:
     usage: str = ""
     source: str = ""  # where the attack comes from, for docs and the scorecard
     trains = False
+    changes_prompts = False  # the questions change, not the weights: the baseline stays the standard prompts
 
     @classmethod
     def validate(cls, attack: Attack) -> None:
@@ -95,6 +97,10 @@ class AttackFamily:
     def missing(cls, attack: Attack) -> str | None:
         """Why this attack cannot run here (a library is missing), or None."""
         return None
+
+    @classmethod
+    def check_corpus(cls, attack: Attack, corpus, bench) -> None:
+        """Refuse, before any model is loaded, an attack the corpus cannot support (one-line UserError)."""
 
     @classmethod
     def load(cls, spec: str, attack: Attack, ctx: Context):
@@ -124,7 +130,7 @@ def families() -> list[str]:
 
 
 def _load_families() -> None:
-    from . import cast, noise, prune, quant, relearn  # noqa: F401  (registers the families)
+    from . import cast, noise, prompt, prune, quant, relearn  # noqa: F401  (registers the families)
 
 
 def _convert(fam: str, p: Param, text: str) -> Any:
@@ -144,7 +150,7 @@ def parse_attack(spec: str) -> Attack:
     fam, *parts = name.split(":")
     if fam not in FAMILIES:
         raise UserError(f"unknown attack '{name}'; families: {', '.join(sorted(FAMILIES))} "
-                        f"(e.g. quant:rtn-int4-g128, cast:bf16, prune:magnitude:0.3, relearn:retain:steps=20)")
+                        f"(e.g. quant:rtn-int4-g128, cast:bf16, prune:magnitude:0.3, relearn:retain:steps=20, prompt:few-shot:k=5)")
     params: list[Param] = FAMILIES[fam].params
     by_name = {p.name: p for p in params}
     positional = [p for p in params if p.positional]
@@ -205,6 +211,7 @@ PRESETS: dict[str, list[str]] = {
     "quick": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "cast:bf16", "prune:magnitude:0.3",
               "relearn:retain"],
 }
+PRESETS["prompts"] = ["prompt:few-shot", "prompt:paraphrase", "prompt:prefix:name=role-play"]
 PRESETS["all"] = [*PRESETS["deploy"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
                   "relearn:forget-part"]
 

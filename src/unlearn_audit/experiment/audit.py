@@ -155,7 +155,7 @@ class Auditor:
         return self.out / "attacks" / slug(attack.key)
 
     def eval_corpus(self, attack: Attack | None) -> Corpus:
-        if attack is None or not attack.trains:
+        if attack is None or not (attack.trains or attack.impl.changes_prompts):
             return self.corpus
         return attack.impl.eval_corpus(attack, self.corpus, self.work(attack))
 
@@ -177,7 +177,8 @@ class Auditor:
             res = evaluate_model(model, self.ctx.tokenizer, corpus, self.ecfg, ref, where, identity, self.ctx.show)
             free(model)
         metrics = dict(res["metrics"])
-        own = self.bench.reference_from(res["details"]) if role == "retrained" and attack is None else None
+        asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
+        own = self.bench.reference_from(res["details"]) if role == "retrained" and asked_alike else None
         if own is not None:  # the retrained model is the reference (PrivLeak 0, forget quality 1 by definition)
             self.refs[corpus.content_hash] = own
             metrics[self.bench.reference_metric] = self.bench.reference_value()
@@ -202,7 +203,7 @@ class Auditor:
 
     def row(self, attack: Attack, bins: dict) -> dict:
         corpus = self.eval_corpus(attack)
-        base = self.full(corpus)
+        base = self.full(self.corpus if attack.impl.changes_prompts else corpus)  # prompts: the standard ones
         control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
         target = base["target"] if attack.trains else self.measure("target", attack, corpus)
         unlearned = self.measure("unlearned", attack, corpus)
@@ -210,7 +211,8 @@ class Auditor:
         kept = retained(unlearned, target, control, self.bench)
         forecast = bins.get(attack.name)
         return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
-                "evaluated_on": "forget set" if corpus is self.corpus else f"held-out part ({corpus.root})",
+                "evaluated_on": "forget set" if corpus is self.corpus else (
+                    f"forget set asked as {attack.name}" if attack.impl.changes_prompts else f"held-out part ({corpus.root})"),
                 "unlearned": unlearned, "target": target, "control": control,
                 "unlearned_full": base["unlearned"], "control_full": base.get("retrained"),
                 "retained": kept, "retained_full": kept_full,
@@ -261,6 +263,8 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
     Returns the report with `exit_code`."""
     bench = resolve_benchmark(cfg.benchmark, corpus)
     attacks = cfg.validate(retrained is not None, bench, say)
+    for a in attacks:
+        a.impl.check_corpus(a, corpus, bench)
     ecfg = EvalConfig(limit=cfg.limit, batch_size=cfg.batch_size, **cfg.eval_options).for_benchmark(bench.name)
     if cfg.metrics is not None:
         ecfg.metrics = list(cfg.metrics)
