@@ -83,6 +83,7 @@ class AttackFamily:
     source: str = ""  # where the attack comes from, for docs and the scorecard
     trains = False
     changes_prompts = False  # the questions change, not the weights: the baseline stays the standard prompts
+    reads_states = False  # a probe: `measure` reads the hidden states instead of the benchmark's metrics
 
     @classmethod
     def validate(cls, attack: Attack) -> None:
@@ -101,6 +102,10 @@ class AttackFamily:
     @classmethod
     def check_corpus(cls, attack: Attack, corpus, bench) -> None:
         """Refuse, before any model is loaded, an attack the corpus cannot support (one-line UserError)."""
+
+    @classmethod
+    def check_model(cls, attack: Attack, config) -> None:
+        """Refuse, from the model's config alone, an attack the model cannot support (a layer out of range)."""
 
     @classmethod
     def load(cls, spec: str, attack: Attack, ctx: Context):
@@ -130,7 +135,7 @@ def families() -> list[str]:
 
 
 def _load_families() -> None:
-    from . import cast, noise, prompt, prune, quant, relearn  # noqa: F401  (registers the families)
+    from . import cast, noise, probe, prompt, prune, quant, relearn  # noqa: F401  (registers the families)
 
 
 def _convert(fam: str, p: Param, text: str) -> Any:
@@ -212,6 +217,7 @@ PRESETS: dict[str, list[str]] = {
               "relearn:retain"],
 }
 PRESETS["prompts"] = ["prompt:few-shot", "prompt:paraphrase", "prompt:prefix:name=role-play"]
+PRESETS["hidden"] = ["probe:logit-lens", "probe:linear"]
 PRESETS["all"] = [*PRESETS["deploy"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
                   "relearn:forget-part"]
 

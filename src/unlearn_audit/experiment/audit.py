@@ -40,11 +40,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..attacks import Attack, Context, load_attacked, parse_attacks
+from ..attacks.probe import OUTPUT_KEY, PROBE_KEY
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..evaluate.benchmark import Benchmark, get_benchmark, resolve_benchmark
 from ..evaluate.runner import EvalConfig, check_corpus, evaluate_model, finished_results, reference_from_log
-from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
+from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fingerprint
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..scoring import (
@@ -58,7 +59,7 @@ from ..scoring import (
     utility_words,
 )
 from ..scoring import control_gain as scored_gain
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, read_json
 from .scorecard import write_scorecard
 
 DEFAULT_ATTACKS = ["quant:rtn-int8-channel", "quant:rtn-int4-g128"]
@@ -159,6 +160,41 @@ class Auditor:
             return self.corpus
         return attack.impl.eval_corpus(attack, self.corpus, self.work(attack))
 
+    def probe(self, role: str, attack: Attack) -> dict:
+        """A probe's accuracies on the model in `role` (`attacks/probe.py`), stored in the run folder."""
+        where = self.out / "evals" / role / slug(attack.key) / "probe.json"
+        identity = {"model": self.fingerprints[role], "attack": attack.key, "limit": self.cfg.limit,
+                    "corpus": self.corpus.content_hash}
+        stored = read_json(where) if where.is_file() else None
+        if not (isinstance(stored, dict) and stored.get("identity") == identity):
+            spec = self.models[role]
+            tok = load_tokenizer(spec, self.ctx.load)
+            model = load_attacked(spec, None, self.ctx, self.out)
+            stored = {"identity": identity, "result": attack.impl.measure(model, tok, self.corpus, attack, self.cfg.limit)}
+            free(model)
+            atomic_write_json(where, stored)
+        result = stored["result"]
+        self.say(f"{role} @ {attack.name}: probe {result[PROBE_KEY]:.1f} (layer {result['layer']}), "
+                 f"output {result[OUTPUT_KEY]:.1f}")
+        return result
+
+    def probe_row(self, attack: Attack, base: dict) -> dict:
+        """retained = share of the probe accuracies; recovery from the unlearned model's output-level accuracy
+        towards the target's probed one (`attacks/probe.py`)."""
+        keys = (PROBE_KEY,)
+        u, t = self.probe("unlearned", attack), self.probe("target", attack)
+        c = self.probe("retrained", attack) if "retrained" in self.models else None
+        kept = knowledge_share(u, t, c, "worst", keys)
+        return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
+                "evaluated_on": "hidden states (forget facts among their candidate answers)", "knowledge": list(keys),
+                "unlearned": u, "target": t, "control": c, "unlearned_full": {PROBE_KEY: u[OUTPUT_KEY]},
+                "control_full": {PROBE_KEY: c[OUTPUT_KEY]} if c else None,
+                "retained": kept, "retained_full": retained(base["unlearned"], base["target"], base.get("retrained"), self.bench),
+                "recovery": knowledge_recovery({PROBE_KEY: u[OUTPUT_KEY]}, u, t, "worst", keys),
+                "control_gain": scored_gain(c, {PROBE_KEY: c[OUTPUT_KEY]}, {PROBE_KEY: t[OUTPUT_KEY]}, "worst", keys)
+                if c else None,
+                "holds": None if kept is None else kept <= self.cfg.max_retained, "forecast_recovery": None}
+
     def measure(self, role: str, attack: Attack | None, corpus: Corpus) -> dict:
         """Metrics of the model in `role` under `attack` (None: as it is) on `corpus`."""
         name = attack.key if attack else "full"
@@ -204,6 +240,8 @@ class Auditor:
     def row(self, attack: Attack, bins: dict) -> dict:
         corpus = self.eval_corpus(attack)
         base = self.full(self.corpus if attack.impl.changes_prompts else corpus)  # prompts: the standard ones
+        if attack.impl.reads_states:
+            return self.probe_row(attack, base)
         control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
         target = base["target"] if attack.trains else self.measure("target", attack, corpus)
         unlearned = self.measure("unlearned", attack, corpus)
@@ -246,9 +284,10 @@ def forgetting_verdict(full: dict, rows: list[dict], max_retained: float, knowle
         moves = ", ".join(f"{m} {worst['unlearned_full'][m]:.1f} -> {worst['unlearned'][m]:.1f} "
                           f"(target {worst['target'][m]:.1f}"
                           + (f", control {worst['control'][m]:.1f})" if worst["control"] else ")")
-                          for m in knowledge if m in worst["unlearned"])
-        return Gate.RETURNS, (f"forgetting does not survive {worst['attack']}: {worst['recovery']:.0%} of the "
-                              f"forgotten knowledge returns ({moves})")
+                          for m in worst.get("knowledge", knowledge) if m in worst["unlearned"])
+        back = "" if worst["recovery"] is None else f"{worst['recovery']:.0%} of the forgotten knowledge returns, "
+        return Gate.RETURNS, (f"forgetting does not survive {worst['attack']}: {back}{worst['retained']:.0%} of the "
+                              f"target's knowledge remains ({moves})")
     defined = [r for r in rows if r["retained"] is not None]
     if not defined:
         return Gate.HOLDS, f"forgetting holds at full precision ({kept:.0%} of the target's knowledge remains)"
@@ -263,8 +302,10 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
     Returns the report with `exit_code`."""
     bench = resolve_benchmark(cfg.benchmark, corpus)
     attacks = cfg.validate(retrained is not None, bench, say)
+    config = model_config(target, load) if any(a.impl.reads_states for a in attacks) else None
     for a in attacks:
         a.impl.check_corpus(a, corpus, bench)
+        a.impl.check_model(a, config)
     ecfg = EvalConfig(limit=cfg.limit, batch_size=cfg.batch_size, **cfg.eval_options).for_benchmark(bench.name)
     if cfg.metrics is not None:
         ecfg.metrics = list(cfg.metrics)

@@ -179,9 +179,9 @@ class GridConfig:
         missing = attack.impl.missing(attack)
         if missing:
             raise UserError(f"attacks: {name}: {missing}")
-        if attack.impl.changes_prompts:
-            raise UserError(f"attacks: {name} asks the forget questions another way, which the grid's evaluation "
-                            "cells do not; run it with `audit --attacks` on the models of the run folder")
+        if attack.impl.changes_prompts or attack.impl.reads_states:
+            raise UserError(f"attacks: {name} asks the forget questions another way or reads hidden states, which "
+                            "the grid's evaluation cells do not; run it with `audit --attacks` on the run folder's models")
         if attack.trains and attack.params["data"] == "forget-part":
             raise UserError(f"attacks: {name} is scored on a held-out part of the forget set, which the grid's "
                             "tables do not hold; run it with `audit --attacks` on the models of the run folder")

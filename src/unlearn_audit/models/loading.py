@@ -238,16 +238,23 @@ def given_tokenizer(opts: LoadOptions):
     return tok
 
 
-def model_vocab_size(spec: str | Path, opts: LoadOptions) -> int | None:
-    """The model's vocab_size from its config (read without loading any weights)."""
+def model_config(spec: str | Path, opts: LoadOptions | None = None):
+    """The model's config, read without loading any weights (None for a .gguf file)."""
     from transformers import AutoConfig
 
+    opts = opts or LoadOptions()
+    spec = resolve_spec(spec)
     if is_gguf(spec):
         return None
     try:
-        config = AutoConfig.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
+        return AutoConfig.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
     except (OSError, ValueError) as exc:
         raise UserError(f"could not read the config of '{spec}': {first_line(exc)}") from None
+
+
+def model_vocab_size(spec: str | Path, opts: LoadOptions) -> int | None:
+    """The model's vocab_size from its config."""
+    config = model_config(spec, opts)
     vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
     return vocab if isinstance(vocab, int) else None
 
