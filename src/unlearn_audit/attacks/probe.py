@@ -166,6 +166,8 @@ class Probe(AttackFamily):
         if attack.params["kind"] == "linear" and len(candidate_items(corpus, "retain")) < 4:
             raise UserError(f"{attack.name}: the probe trains on retain facts with candidates; the corpus has fewer than 4")
 
+    needs_config = True
+
     @classmethod
     def check_model(cls, attack: Attack, config) -> None:
         layers = getattr(config, "num_hidden_layers", None)

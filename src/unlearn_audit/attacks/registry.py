@@ -3,6 +3,7 @@
     quant:rtn-int4-g128   cast:bf16   prune:magnitude:0.3   noise:rel=0.05
     relearn:retain:steps=20,lr=1e-5   relearn:forget-part:share=0.1,steps=20
     prompt:few-shot:k=5   prompt:paraphrase   prompt:prefix:name=role-play
+    probe:logit-lens   probe:linear   steer:orthogonalize:layer=4
 
 A family registers a class with `@register_attack`; its `params` declare name, type, default and a
 check, so a wrong name, a missing value or an out-of-range one is a one-line user error that says what
@@ -84,6 +85,7 @@ class AttackFamily:
     trains = False
     changes_prompts = False  # the questions change, not the weights: the baseline stays the standard prompts
     reads_states = False  # a probe: `measure` reads the hidden states instead of the benchmark's metrics
+    needs_config = False  # `check_model` reads the model's config (layer indices)
 
     @classmethod
     def validate(cls, attack: Attack) -> None:
@@ -135,7 +137,7 @@ def families() -> list[str]:
 
 
 def _load_families() -> None:
-    from . import cast, noise, probe, prompt, prune, quant, relearn  # noqa: F401  (registers the families)
+    from . import cast, noise, probe, prompt, prune, quant, relearn, steer  # noqa: F401  (registers the families)
 
 
 def _convert(fam: str, p: Param, text: str) -> Any:
@@ -217,7 +219,7 @@ PRESETS: dict[str, list[str]] = {
               "relearn:retain"],
 }
 PRESETS["prompts"] = ["prompt:few-shot", "prompt:paraphrase", "prompt:prefix:name=role-play"]
-PRESETS["hidden"] = ["probe:logit-lens", "probe:linear"]
+PRESETS["hidden"] = ["probe:logit-lens", "probe:linear", "steer:orthogonalize"]
 PRESETS["all"] = [*PRESETS["deploy"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
                   "relearn:forget-part"]
 
