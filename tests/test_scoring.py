@@ -128,3 +128,13 @@ def test_the_report_names_over_unlearning():
     assert verdict_text(Verdict.HOLDS, 0.2, 0.5) == "forgetting holds (over-unlearned)"
     assert verdict_text(Verdict.HOLDS, 0.7, 0.5) == "forgetting holds (shallow forgetting; over-unlearned)"
     assert verdict_text(Verdict.HOLDS, 0.2, 0.8) == "forgetting holds"
+
+
+def test_hidden_or_gone_names_every_place_the_knowledge_hides():
+    from unlearn_audit.scoring import Hidden, hidden_or_gone
+
+    assert hidden_or_gone(False, ["quant"]) == [Hidden.NOT_REMOVED]
+    assert hidden_or_gone(True, []) == [Hidden.ERASED]
+    assert hidden_or_gone(True, ["prompt", "quant", "probe", "relearn"]) == [
+        Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING]
+    assert hidden_or_gone(True, ["probe"]) == [Hidden.REPRESENTATIONS]

@@ -342,12 +342,13 @@ def cmd_audit(args) -> int:
     corpus = Corpus.open(args.corpus)
     result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
                    show=not args.quiet)
-    from .experiment.scorecard import table
+    from .experiment.scorecard import hidden_line, table
 
     print()
     print("\n".join(table(result)))
     print()
     print({0: "PASS: ", 3: "OVER-UNLEARNED: "}.get(result["exit_code"], "FAIL: ") + result["verdict"])
+    print(f"Hidden or gone? {hidden_line(result)}")
     return result["exit_code"]
 
 

@@ -167,6 +167,30 @@ class Gate(str, Enum):
         return {Gate.HOLDS: 0, Gate.OVER_UNLEARNED: 3}.get(self, 1)
 
 
+class Hidden(str, Enum):
+    """Where the forgotten knowledge is, by which attack families bring it back (`audit`'s "hidden or gone?")."""
+
+    NOT_REMOVED = "not removed"
+    ERASED = "erased (no attack tested brings it back)"
+    WEIGHTS = "hidden in the weights"
+    REPRESENTATIONS = "hidden in the representations"
+    PROMPTING = "recoverable by prompting"
+
+
+FAMILY_PLACE = {"probe": Hidden.REPRESENTATIONS, "prompt": Hidden.PROMPTING}  # every other family: the weights
+
+
+def hidden_or_gone(removed: bool, failing_families: Sequence[str]) -> list[Hidden]:
+    """Every place the knowledge hides in, by the families of the attacks under which forgetting fails (in
+    the order weights, representations, prompting); ERASED where none does, NOT_REMOVED where full
+    precision already knows it."""
+    if not removed:
+        return [Hidden.NOT_REMOVED]
+    places = {FAMILY_PLACE.get(f, Hidden.WEIGHTS) for f in failing_families}
+    order = [Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING]
+    return [h for h in order if h in places] or [Hidden.ERASED]
+
+
 def over_unlearned(utility_kept: float | None, floor: float = UTILITY_KEPT) -> bool:
     """KnowMem_r below `floor` of the target's: the forgetting took the retain knowledge with it."""
     return utility_kept is not None and utility_kept < floor

@@ -46,13 +46,20 @@ def names(report: dict) -> tuple[str, str, str]:
             labels.get(utility, MUSE_METRICS.get(utility, utility)))
 
 
+def hidden_line(report: dict) -> str:
+    """Where the knowledge is, with the attacks that show it (`scoring.hidden_or_gone`)."""
+    places = report.get("hidden_or_gone") or []
+    by = report.get("hidden_by") or {}
+    return "; ".join(place + (f" ({', '.join(by[place])})" if by.get(place) else "") for place in places) or "-"
+
+
 def render(report: dict) -> str:
     cfg = report["config"]
     bench, knowledge, utility = names(report)
     control = report["retrained"] or "none (no --retrained: the baseline is 0)"
     outcome = {0: "PASS", 3: "OVER-UNLEARNED"}.get(report["exit_code"], "FAIL")
     lines = [f"# unlearn-audit: {outcome}", "",
-             report["verdict"], "",
+             report["verdict"], "", f"Hidden or gone? {hidden_line(report)}", "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
              f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}, benchmark {bench}; threshold: "
              f"forgetting holds when at most {cfg['max_retained']:.0%} of the target's knowledge remains and the model "
