@@ -28,7 +28,7 @@ def test_quick_demo_produces_the_paper_table(quick_demo):
     cells = {(r["model"], r["dtype"], r["scheme"]) for r in rows}
     for scheme in ("full", "rtn-int8-channel", "rtn-int4-g128"):
         assert ("target", None, scheme) in cells and ("retrained", None, scheme) in cells
-        assert ("ga_gdr", "bf16", scheme) in cells and ("npo_klr", "bf16", scheme) in cells
+        assert ("ga", "bf16", scheme) in cells and ("npo", "bf16", scheme) in cells
     for r in rows:
         for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"):
             assert r[key] is None or 0 <= r[key] <= 100 or key == "privleak"

@@ -196,7 +196,7 @@ def test_killed_demo_resumes_without_redoing_finished_cells(micro_world, micro_t
 
 def test_demo_configs_are_valid_and_quick_covers_the_required_cells():
     quick = demo_config("quick")
-    assert {"ga_gdr", "npo_klr"} <= set(quick.methods) and "bf16" in quick.dtypes
+    assert {"ga", "npo"} <= set(quick.methods) and "bf16" in quick.dtypes
     assert {"full", "rtn-int8-channel", "rtn-int4-g128"} <= set(quick.schemes)
     tiny = demo_config("tiny")
     assert {"ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "sure"} <= set(tiny.methods)
