@@ -143,8 +143,7 @@ def cmd_eval(args) -> int:
     res = evaluate_to_folder(args.model, corpus, cfg, args.out, args.quantize or "full", args.dtype,
                              args.device or default_device(), load_options(args), quantize_options(args),
                              args.retrained, show=not args.quiet, reference_log=args.reference_log)
-    print(markdown_table(["metric", "value"], [[f"{m} ({bench.label(m)})", fmt(res[m], digits=3 if res[m] is not None
-                                                                                  and abs(res[m]) < 1.5 else 2)]
+    print(markdown_table(["metric", "value"], [[m, fmt(res[m], digits=4 if m in bench.fractions else 2)]
                                                for m in cfg.metrics]))
     if "privleak" in res["details"]:
         d = res["details"]["privleak"]

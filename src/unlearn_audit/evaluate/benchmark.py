@@ -32,6 +32,7 @@ class Benchmark:
     knowledge: tuple[str, ...] = ()
     utility: str = ""
     reference_metric: str | None = None  # the metric whose value on the retrained model is fixed by definition
+    fractions: tuple[str, ...] = ()  # metrics reported on a 0-1 scale (the others: x100)
 
     @property
     def metrics(self) -> tuple[str, ...]:

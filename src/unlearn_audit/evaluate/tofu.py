@@ -249,6 +249,7 @@ class Tofu(Benchmark):
     knowledge = ("forget_rouge", "forget_prob")
     utility = "model_utility"
     reference_metric = "forget_quality"
+    fractions = ("forget_quality", "model_utility", "forget_truth_ratio")
 
     def present(self, corpus) -> bool:
         return {"forget", "retain"} <= set(corpus.tofu_splits())
