@@ -347,7 +347,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
               "bins": bins, "references": {k: asdict(v) for k, v in auditor.refs.items()},
               "benchmark": bench.name, "metrics": {m: bench.label(m) for m in ecfg.metrics},
               "load": {"revision": auditor.ctx.load.revision, "tokenizer": auditor.ctx.load.tokenizer},
-              "knowledge": list(bench.knowledge), "utility": bench.utility,
+              "knowledge": list(bench.knowledge), "utility": bench.utility, "fractions": list(bench.fractions),
               "target": str(target), "unlearned": str(unlearned), "retrained": retrained, "corpus": corpus.name,
               "config": asdict(cfg), "seconds": round(time.time() - started, 2)}
     if out is not None:

@@ -23,13 +23,18 @@ def holds(row: dict) -> str:
 
 def table(report: dict) -> list[str]:
     present, knowledge = columns(report)
+
+    def digits(metric: str) -> int:
+        return 3 if metric in report.get("fractions", ()) else 1
+
     head = ["attack", *(label for _, label in present), "retained", "recovery",
             *(f"control {label}" for k, label in present if k in knowledge), "control gain",
             "bins forecast", "forgetting"]
     rows = []
     for r in [report["full"], *report["attacks"]]:
         ctrl = r.get("control") or {}
-        rows.append([r["attack"], *(fmt(r["unlearned"].get(k)) for k, _ in present), fmt(r.get("retained"), True),
+        rows.append([r["attack"], *(fmt(r["unlearned"].get(k), digits=digits(k)) for k, _ in present),
+                     fmt(r.get("retained"), True),
                      fmt(r.get("recovery"), True), *(fmt(ctrl.get(k)) for k, _ in present if k in knowledge),
                      fmt(r.get("control_gain"), True), fmt(r.get("forecast_recovery"), True),
                      holds(r) if r["attack"] != "full" else ("holds" if r["retained"] <= report["config"]["max_retained"]
