@@ -48,12 +48,12 @@ def test_finished_metrics_are_not_recomputed(micro_target, micro_world, tmp_path
     model, tok = load_model(micro_target), load_tokenizer(micro_target)
     cfg = EvalConfig(metrics=["knowmem_f", "knowmem_r"], limit=4)
     first = evaluate_model(model, tok, corpus, cfg, out_dir=tmp_path, identity={"m": 1}, show=False)
-    import unlearn_audit.evaluate.runner as runner
+    import unlearn_audit.evaluate.muse as muse
 
     def boom(*a, **k):
         raise AssertionError("recomputed a finished metric")
 
-    monkeypatch.setattr(runner, "run_metric", boom)
+    monkeypatch.setattr(muse, "run_metric", boom)
     again = evaluate_model(model, tok, corpus, cfg, out_dir=tmp_path, identity={"m": 1}, show=False)
     assert again["metrics"] == first["metrics"]
     with pytest.raises(AssertionError):  # another model identity does recompute

@@ -106,7 +106,7 @@ class EvalConfig:
         known = self.bench.metrics
         unknown = [m for m in self.metrics if m not in known]
         if unknown or not self.metrics:
-            raise UserError(f"unknown {self.bench.title} metric(s) {', '.join(unknown) or '(none given)'}; "
+            raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} for {self.bench.title}; "
                             f"choose from {', '.join(known)}")
         if self.tofu_max_new_tokens < 1:
             raise UserError("--tofu-max-new-tokens must be at least 1")

@@ -42,7 +42,7 @@ def table(report: dict) -> list[str]:
     return markdown_table(head, rows).split("\n")
 
 
-def names(report: dict) -> tuple[str, str, str]:
+def wording(report: dict) -> tuple[str, str, str]:
     """(benchmark title, its knowledge metrics' labels joined, its utility label) for the texts."""
     present, knowledge = columns(report)
     labels = dict(present)
@@ -60,7 +60,7 @@ def hidden_line(report: dict) -> str:
 
 def render(report: dict) -> str:
     cfg = report["config"]
-    bench, knowledge, utility = names(report)
+    bench, knowledge, utility = wording(report)
     control = report["retrained"] or "none (no --retrained: the baseline is 0)"
     outcome = {0: "PASS", 3: "OVER-UNLEARNED"}.get(report["exit_code"], "FAIL")
     lines = [f"# unlearn-audit: {outcome}", "",
@@ -104,7 +104,7 @@ def plot(report: dict, path: Path) -> Path:
     ax.axvline(100 * report["config"]["max_retained"], color="k", ls="--", lw=1, label="threshold")
     ax.set_yticks(list(y), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"% of the target's forgettable knowledge (max of {names(report)[1]})")
+    ax.set_xlabel(f"% of the target's forgettable knowledge (max of {wording(report)[1]})")
     ax.set_xlim(0, 105)
     ax.set_title(report["verdict"][:110], fontsize=7)
     ax.legend(fontsize=7, loc="lower right")
