@@ -69,9 +69,13 @@ def test_audit_with_probes_scores_them_against_the_control(run_cli, micro_target
                              "--attacks", "hidden", "--out", tmp_path, "--quiet")
     assert code in (0, 1), out + err
     report = json.loads((tmp_path / "audit.json").read_text())
-    for row in report["attacks"]:
+    rows = {r["attack"]: r for r in report["attacks"]}
+    assert list(rows) == ["probe:logit-lens", "probe:linear", "steer:orthogonalize"]
+    for row in (rows["probe:logit-lens"], rows["probe:linear"]):
         assert row["knowledge"] == ["probe_acc"] and row["evaluated_on"].startswith("hidden states")
         for role in ("unlearned", "target", "control"):
             assert 0 <= row[role]["probe_acc"] <= 100 and 0 <= row[role]["output_acc"] <= 100
         assert row["unlearned_full"] == {"probe_acc": row["unlearned"]["output_acc"]}
-    assert "| probe:linear |" in (tmp_path / "audit.md").read_text()
+    steer = rows["steer:orthogonalize"]  # a weight transform: every metric again, the control alike
+    assert steer["evaluated_on"] == "forget set" and steer["control"]["knowmem_f"] is not None
+    assert "| probe:linear |" in (tmp_path / "audit.md").read_text() and "Hidden or gone?" in out
