@@ -88,8 +88,8 @@ class Prompt(AttackFamily):
         files = {str(p.relative_to(corpus.root)): read_json(p) for p in sorted(corpus.root.rglob("*.json"))
                  if p.name != "corpus.json"}
         rewrite(files, attack, corpus)
-        return write_corpus(work / "prompts" / sha256_json(files)[:12], files,
-                            f"{corpus.name}, forget questions asked as {attack.name}")
+        return write_corpus(work / "prompts" / sha256_json(files)[:12], files, corpus.name)  # the same name: the
+        # evaluation treats the copy as its source (the world's prompts keep their healed trailing space)
 
 
 def retain_pool(corpus: Corpus, benchmark: str) -> list[dict]:

@@ -128,5 +128,4 @@ def heldout_corpus(corpus: Corpus, attack: Attack, work: Path) -> Corpus:
     files = {str(p.relative_to(corpus.root)): read_json(p) for p in sorted(corpus.root.rglob("*.json"))
              if p.name != "corpus.json" and str(p.relative_to(corpus.root)) not in FORGET_PARTS}
     files.update(heldout)
-    return write_corpus(work / "heldout" / sha256_json(files)[:12], files,
-                        f"{corpus.name}, forget items held out from {attack.name}")
+    return write_corpus(work / "heldout" / sha256_json(files)[:12], files, corpus.name)  # evaluated as its source

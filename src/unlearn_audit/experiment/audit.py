@@ -223,7 +223,7 @@ class Auditor:
             metrics[self.bench.reference_metric] = self.bench.reference_value()
         self.results[(role, name, corpus.content_hash)] = metrics
         label = "full precision" if attack is None else attack.name
-        on = "" if corpus is self.corpus else f" ({corpus.name})"
+        on = "" if corpus is self.corpus else f" (on {corpus.root.name})"
         self.say(f"{role} @ {label}{on}: " + " ".join(f"{m}={'n/a' if v is None else f'{v:.1f}'}"
                                                       for m, v in metrics.items()))
         return metrics
