@@ -96,9 +96,10 @@ def main() -> None:
         model, tok = load_model(model_dir), load_tokenizer(model_dir)
         t_loop, loop = timed(lambda: loop_metrics(model, tok, corpus))
         t_ours, ours = timed(lambda: batched_metrics(model, tok, corpus))
-    items = sum(len(corpus.tofu(s)) for s in corpus.tofu_splits())
+        splits = corpus.tofu_splits()
+        items = sum(len(corpus.tofu(s)) for s in splits)
     print(f"{torch.get_num_threads()} threads; tiny target, {items} TOFU items "
-          f"({', '.join(corpus.tofu_splits())}), each with its paraphrased and 5 perturbed answers")
+          f"({', '.join(splits)}), each with its paraphrased and 5 perturbed answers")
     print(f"{'metric':<22}{'item loop':>14}{'batched':>14}")
     for key, value in loop.items():
         print(f"{key:<22}{value:>14.6f}{ours[key]:>14.6f}")
