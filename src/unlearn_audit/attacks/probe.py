@@ -166,15 +166,6 @@ class Probe(AttackFamily):
         if attack.params["kind"] == "linear" and len(candidate_items(corpus, "retain")) < 4:
             raise UserError(f"{attack.name}: the probe trains on retain facts with candidates; the corpus has fewer than 4")
 
-    needs_config = True
-
-    @classmethod
-    def check_model(cls, attack: Attack, config) -> None:
-        layers = getattr(config, "num_hidden_layers", None)
-        if isinstance(layers, int) and attack.params["layer"] >= layers:
-            raise UserError(f"{attack.name}: layer {attack.params['layer']} is out of range; the model has layers "
-                            f"0-{layers - 1}")
-
     @classmethod
     def measure(cls, model, tokenizer, corpus: Corpus, attack: Attack, limit: int | None) -> dict:
         """{probe_acc, output_acc, layer} x100 on the forget facts."""

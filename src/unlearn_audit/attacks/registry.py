@@ -85,7 +85,6 @@ class AttackFamily:
     trains = False
     changes_prompts = False  # the questions change, not the weights: the baseline stays the standard prompts
     reads_states = False  # a probe: `measure` reads the hidden states instead of the benchmark's metrics
-    needs_config = False  # `check_model` reads the model's config (layer indices)
 
     @classmethod
     def validate(cls, attack: Attack) -> None:
@@ -107,7 +106,10 @@ class AttackFamily:
 
     @classmethod
     def check_model(cls, attack: Attack, config) -> None:
-        """Refuse, from the model's config alone, an attack the model cannot support (a layer out of range)."""
+        """Refuse, from the model's config alone, a `layer` parameter beyond the model's blocks."""
+        layer, layers = attack.params.get("layer"), getattr(config, "num_hidden_layers", None)
+        if layer is not None and isinstance(layers, int) and layer >= layers:
+            raise UserError(f"{attack.name}: layer {layer} is out of range; the model has blocks 0-{layers - 1}")
 
     @classmethod
     def load(cls, spec: str, attack: Attack, ctx: Context):

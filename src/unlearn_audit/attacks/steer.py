@@ -65,15 +65,6 @@ class Steer(AttackFamily):
     source = ("Łucki et al. 2024, arXiv 2409.18025 (directional ablation against unlearning); Arditi et al. 2024, "
               "arXiv 2406.11717 (weight orthogonalization)")
 
-    needs_config = True
-
-    @classmethod
-    def check_model(cls, attack: Attack, config) -> None:
-        layers = getattr(config, "num_hidden_layers", None)
-        if isinstance(layers, int) and attack.params["layer"] >= layers:
-            raise UserError(f"{attack.name}: layer {attack.params['layer']} is out of range; the model has blocks "
-                            f"0-{layers - 1}")
-
     @classmethod
     def load(cls, spec: str, attack: Attack, ctx: Context):
         from ..models.loading import load_model, load_tokenizer
