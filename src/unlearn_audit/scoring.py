@@ -180,13 +180,18 @@ class Hidden(str, Enum):
 FAMILY_PLACE = {"probe": Hidden.REPRESENTATIONS, "prompt": Hidden.PROMPTING}  # every other family: the weights
 
 
+def place_of(family: str) -> Hidden:
+    """Where an attack family finds knowledge that forgetting only hid (every weight attack: the weights)."""
+    return FAMILY_PLACE.get(family, Hidden.WEIGHTS)
+
+
 def hidden_or_gone(removed: bool, failing_families: Sequence[str]) -> list[Hidden]:
     """Every place the knowledge hides in, by the families of the attacks under which forgetting fails (in
     the order weights, representations, prompting); ERASED where none does, NOT_REMOVED where full
     precision already knows it."""
     if not removed:
         return [Hidden.NOT_REMOVED]
-    places = {FAMILY_PLACE.get(f, Hidden.WEIGHTS) for f in failing_families}
+    places = {place_of(f) for f in failing_families}
     order = [Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING]
     return [h for h in order if h in places] or [Hidden.ERASED]
 

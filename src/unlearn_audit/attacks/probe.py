@@ -155,10 +155,6 @@ class Probe(AttackFamily):
     reads_states = True
 
     @classmethod
-    def transform(cls, model, attack: Attack) -> None:
-        """The weights stay as they are: the probe reads the hidden states (`measure`)."""
-
-    @classmethod
     def check_corpus(cls, attack: Attack, corpus: Corpus, bench) -> None:
         if not candidate_items(corpus, "forget"):
             raise UserError(f"{attack.name}: the corpus has no candidate answers to probe among (WMDP-style "

@@ -61,10 +61,6 @@ class Prompt(AttackFamily):
     changes_prompts = True
 
     @classmethod
-    def transform(cls, model, attack: Attack) -> None:
-        """The weights stay as they are: the prompts change (`eval_corpus`)."""
-
-    @classmethod
     def check_corpus(cls, attack: Attack, corpus: Corpus, bench) -> None:
         """Refuse, before any model is loaded, what this corpus cannot give: paraphrases it does not hold,
         more examples than its retain set has."""

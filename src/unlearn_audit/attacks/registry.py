@@ -117,7 +117,8 @@ class AttackFamily:
         from ..models.loading import load_model
 
         model = load_model(spec, ctx.dtype, ctx.load, ctx.device)
-        cls.transform(model, attack)
+        if not (cls.changes_prompts or cls.reads_states):  # those keep the weights as they are
+            cls.transform(model, attack)
         return model
 
     @classmethod

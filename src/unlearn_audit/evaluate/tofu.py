@@ -262,9 +262,9 @@ class Tofu(Benchmark):
             raise UserError(f"{corpus.root}/tofu lacks {', '.join(f'{s}.json' for s in missing)}")
 
     def run_metric(self, name, model, tokenizer, corpus, cfg, ref, show):
-        forget = SetScores(model, tokenizer, corpus, "forget", cfg, show)
         if name == "model_utility":
             return self.model_utility(model, tokenizer, corpus, cfg, show)
+        forget = SetScores(model, tokenizer, corpus, "forget", cfg, show)
         if name in ("forget_truth_ratio", "forget_quality"):
             tr = forget.truth_ratios()
             rows = forget.log(truth_ratio=tr, paraphrased_loss=forget.forced["correct_loss"],

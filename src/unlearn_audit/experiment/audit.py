@@ -49,15 +49,14 @@ from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fi
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..scoring import (
-    FAMILY_PLACE,
     UTILITY_KEPT,
     Gate,
-    Hidden,
     fmt,
     hidden_or_gone,
     knowledge_recovery,
     knowledge_share,
     over_unlearned,
+    place_of,
     ratio,
     utility_words,
 )
@@ -342,7 +341,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
     report = {"verdict": line, "gate": gate, "exit_code": gate.exit_code, "forgetting_holds": gate is Gate.HOLDS,
               "hidden_or_gone": [h.value for h in places],
               "hidden_by": {h.value: [r["attack"] for r in rows if r["holds"] is False
-                                      and FAMILY_PLACE.get(r["family"], Hidden.WEIGHTS) is h] for h in places},
+                                      and place_of(r["family"]) is h] for h in places},
               "full": full, "attacks": rows,
               "bins": bins, "references": {k: asdict(v) for k, v in auditor.refs.items()},
               "benchmark": bench.name, "metrics": {m: bench.label(m) for m in ecfg.metrics},

@@ -548,7 +548,7 @@ def benchmark_table(rows: list[dict], bench, schemes: list[str]) -> str:
         return ""
     head = ["Unlearned model", f"beyond the control at full: {' / '.join(bench.label(k) for k in keys)}",
             *(f"{x}: recovery (pooled)" for x in quantized), f"{bench.label(bench.utility)} kept"]
-    ref_schemes = [x for x in ("full", *quantized)] if bench.reference_metric else []
+    ref_schemes = ["full", *quantized] if bench.reference_metric else []
     head += [f"{bench.label(bench.reference_metric)} at {x}" for x in ref_schemes]
     table = []
     for label in sorted(cells):
