@@ -28,6 +28,10 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder or hub id for checkpoints shipped without one (MUSE's "
                                        "muse-bench models: meta-llama/Llama-2-7b-hf); checked against the model's vocabulary")
     p.add_argument("--revision", help="hub revision (commit, branch or tag) of every hub id; recorded in the outputs")
+    p.add_argument("--adapter-base", help="base model of LoRA adapter folders given as models (default: the base "
+                                          "named in adapter_config.json)")
+    p.add_argument("--merge-dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="precision LoRA adapters are merged in (auto: the precision they were trained in); recorded")
 
 
 def load_options(args):
@@ -35,7 +39,8 @@ def load_options(args):
 
     return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                        allow_nonfinite=args.allow_nonfinite, tokenizer=getattr(args, "tokenizer", None),
-                       revision=getattr(args, "revision", None))
+                       revision=getattr(args, "revision", None), adapter_base=getattr(args, "adapter_base", None),
+                       merge_dtype=getattr(args, "merge_dtype", "auto"))
 
 
 def add_benchmark_flags(p: argparse.ArgumentParser) -> None:

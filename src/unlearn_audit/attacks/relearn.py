@@ -12,8 +12,10 @@
   teach about held-out items anyway is measured by the control, the retrained model under the same
   attack.
 
-Training is the unlearning trainer with its internal `relearn` loss (plain NLL descent), constant LR,
-AdamW, `steps` optimizer steps of `batch` texts; it checkpoints and resumes as unlearning does.
+Training is the training core's plain NLL descent, constant LR, AdamW, `steps` optimizer steps of
+`batch` texts; it checkpoints and resumes as unlearning does. `lora=R` relearns through a rank-R LoRA
+adapter on every linear layer (alpha 2R), the small-budget relearning attackers do; the attacked model
+is then the adapter merged at the precision it trained in.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Relearn(AttackFamily):
               Param("batch", int, 4, lambda v: v >= 1, "a whole number >= 1"),
               Param("share", float, 0.1, lambda v: 0 < v < 1, "a share in (0, 1)"),
               Param("seed", int, 0),
-              Param("dtype", str, "fp32", lambda v: v in ("fp32", "bf16", "mixed"), "fp32, bf16 or mixed")]
-    usage = ("relearn:retain[:steps=S,lr=L,batch=B,seed=N,dtype=D] or "
+              Param("dtype", str, "fp32", lambda v: v in ("fp32", "bf16", "mixed"), "fp32, bf16 or mixed"),
+              Param("lora", int, 0, lambda v: v >= 0, "a LoRA rank >= 0 (0: every weight trains)")]
+    usage = ("relearn:retain[:steps=S,lr=L,batch=B,seed=N,dtype=D,lora=R] or "
              "relearn:forget-part[:share=P,steps=S,lr=L,...]")
     source = ("Hu et al., ICLR 2025, arXiv 2406.13356 (benign relearning); Deeb & Roger, arXiv 2410.08827; "
               "Lynch et al., arXiv 2402.16835 (relearning on part of the forget set)")
@@ -65,7 +68,8 @@ class Relearn(AttackFamily):
             return out
         p = attack.params
         settings = TrainSettings(learning_rate=p["lr"], max_steps=p["steps"], batch_size=p["batch"],
-                                 dtype=p["dtype"], seed=p["seed"], epochs=1)
+                                 dtype=p["dtype"], seed=p["seed"], epochs=1,
+                                 lora=f"r={p['lora']}" if p["lora"] else None)
         return train_on_texts(spec, texts, settings, out, opts=ctx.load, show=ctx.show, about={"attack": attack.name})
 
 

@@ -266,7 +266,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
     and metrics.json beside them (with a retrained model, the scores relative to it: MUSE's PrivLeak
     against its AUC, TOFU's forget quality against its truth ratios)."""
     from .. import __version__
-    from ..models.loading import load_model, load_tokenizer, model_fingerprint
+    from ..models.loading import load_model, load_tokenizer, merged_adapter, model_fingerprint
     from ..quantize import model_at
 
     check_corpus(corpus, cfg)  # before any model is loaded
@@ -280,13 +280,14 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
         del ret
     tok = load_tokenizer(model_path, opts)
     model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
-    identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype}
+    identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype,
+                **({"adapter": merged_adapter(model)["merged_in"]} if merged_adapter(model) else {})}
     res = evaluate_model(model, tok, corpus, cfg, ref, out, identity=identity, show=show)
     record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, "benchmark": bench.name,
               **res["metrics"],
               "details": res["details"], "model_hash": identity["model"], "corpus_hash": corpus.content_hash,
               "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
-              "revision": opts.revision, "tokenizer": opts.tokenizer,
+              "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": merged_adapter(model),
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
               "unlearn_audit_version": __version__}
     atomic_write_json(out / "metrics.json", record)

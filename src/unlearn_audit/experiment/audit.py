@@ -345,7 +345,8 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
               "full": full, "attacks": rows,
               "bins": bins, "references": {k: asdict(v) for k, v in auditor.refs.items()},
               "benchmark": bench.name, "metrics": {m: bench.label(m) for m in ecfg.metrics},
-              "load": {"revision": auditor.ctx.load.revision, "tokenizer": auditor.ctx.load.tokenizer},
+              "load": {"revision": auditor.ctx.load.revision, "tokenizer": auditor.ctx.load.tokenizer,
+                       "adapter_base": auditor.ctx.load.adapter_base, "merge_dtype": auditor.ctx.load.merge_dtype},
               "knowledge": list(bench.knowledge), "utility": bench.utility, "fractions": list(bench.fractions),
               "target": str(target), "unlearned": str(unlearned), "retrained": retrained, "corpus": corpus.name,
               "config": asdict(cfg), "seconds": round(time.time() - started, 2)}

@@ -206,12 +206,12 @@ def same_as_full(full: dict, scheme: str, metrics: list[str] | None) -> dict:
 def stored_float_dtypes(path: str) -> set[str]:
     """The floating-point formats of a local safetensors model's weights ('bf16', 'fp16', 'fp32'), read
     from the file headers; empty for anything else (a hub id)."""
-    from ..quantize.bins import ShardedWeights
+    from ..quantize.bins import open_weights
 
     if not Path(path).is_dir():
         return set()
     names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
-    weights = ShardedWeights(path)
+    weights = open_weights(path)  # an adapter folder: the merged weights' format
     return {names[d] for d in map(weights.dtype, weights.names()) if d in names}
 
 

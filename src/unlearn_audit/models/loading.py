@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .adapters import is_adapter, merge_into, merge_precision, read_adapter
 from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,16 @@ FULL_HASH_LIMIT = 512 * 2**20  # hash every byte of models smaller than this; fi
 class LoadOptions:
     """How models are loaded; mirrors the CLI flags --allow-pickle, --trust-remote-code, --allow-nonfinite,
     --tokenizer (for checkpoints shipped without one: MUSE's muse-bench models use Llama-2-7b's) and
-    --revision (a hub commit, branch or tag, pinned for every hub id and recorded in the outputs)."""
+    --revision (a hub commit, branch or tag, pinned for every hub id and recorded in the outputs);
+    --adapter-base and --merge-dtype for LoRA adapter folders (models/adapters.py)."""
 
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_nonfinite: bool = False
     tokenizer: str | None = None
     revision: str | None = None
+    adapter_base: str | None = None
+    merge_dtype: str = "auto"
 
     def hub_kwargs(self, spec) -> dict:
         return {"revision": self.revision} if self.revision and not is_local(spec) else {}
@@ -159,6 +163,8 @@ def load_model(
 
     opts = opts or LoadOptions()
     spec = resolve_spec(spec)
+    if is_adapter(spec):
+        return load_merged_adapter(spec, dtype, opts, device, **kwargs)
     if is_gguf(spec):
         model = load_gguf_model(spec, resolve_dtype(dtype), **kwargs)
         if device is not None:
@@ -187,6 +193,26 @@ def load_model(
     return model
 
 
+def load_merged_adapter(spec, dtype, opts: LoadOptions, device, **kwargs):
+    """An adapter folder: its base (loaded as stored), the adapter merged at the merge precision, then run
+    in `dtype` ('auto': the merge precision). The record is `model.merged_adapter`."""
+    adapter = read_adapter(spec, opts.adapter_base)
+    model = load_model(adapter.base, "auto", opts, **kwargs)
+    precision = merge_precision(adapter, opts.merge_dtype, next(model.parameters()).dtype)
+    record = merge_into(model, adapter, precision)
+    if resolve_dtype(dtype) != "auto":
+        model.to(resolve_dtype(dtype))
+    if device is not None:
+        model.to(device)
+    model.merged_adapter = record
+    return model.eval()
+
+
+def merged_adapter(model) -> dict | None:
+    """What adapter was merged into a loaded model, and in which precision (None: a plain model)."""
+    return getattr(model, "merged_adapter", None)
+
+
 def check_finite(model, spec) -> None:
     """Refuse weights holding NaN or inf (a diverged run saved anyway, a corrupt file): every metric of such a
     model is meaningless, however normal its numbers look. One pass over the weights."""
@@ -210,6 +236,13 @@ def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
         return tok
     if is_gguf(spec):
         tok = load_gguf_tokenizer(spec)
+        ensure_pad_token(tok)
+        return tok
+    if is_adapter(spec):  # our adapter folders carry the tokenizer; others use the base's
+        own = any((Path(spec) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        if not own:
+            return load_tokenizer(read_adapter(spec, opts.adapter_base).base, opts)
+        tok = AutoTokenizer.from_pretrained(str(spec))
         ensure_pad_token(tok)
         return tok
     if is_local(spec):  # tokenizers are read from model folders: say what is wrong with the folder first
@@ -246,6 +279,8 @@ def model_config(spec: str | Path, opts: LoadOptions | None = None):
     spec = resolve_spec(spec)
     if is_gguf(spec):
         return None
+    if is_adapter(spec):
+        return model_config(read_adapter(spec, opts.adapter_base).base, opts)
     try:
         return AutoConfig.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
     except (OSError, ValueError) as exc:
@@ -285,6 +320,9 @@ def model_fingerprint(spec: str | Path, revision: str | None = None) -> str:
     if not path.exists():
         return hashlib.sha256((f"hub:{spec}" + (f"@{revision}" if revision else "")).encode()).hexdigest()
     h = hashlib.sha256()
+    if is_adapter(path):  # the adapter's files and its base's fingerprint (as named in its config)
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        h.update(model_fingerprint(base, revision).encode() if base else b"")
     if path.is_file():  # a GGUF file
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(2**24), b""):

@@ -90,6 +90,19 @@ class ShardedWeights:
         return x if keep_bf16 and x.dtype == torch.bfloat16 else x.float()
 
 
+def open_weights(folder: str | Path, merge_dtype: str = "auto"):
+    """A model folder's tensors; a LoRA adapter folder's are its base's with the adapter merged exactly as
+    loading merges it (models/adapters.py), so the forecast reads the weights evaluation runs."""
+    from ..models.adapters import MergedWeights, is_adapter, merge_precision, read_adapter
+
+    if not is_adapter(folder):
+        return ShardedWeights(folder)
+    adapter = read_adapter(folder)
+    base = ShardedWeights(adapter.base)
+    stored = torch.bfloat16 if any(base.dtype(n) == "BF16" for n in base.names()) else torch.float32
+    return MergedWeights(base, adapter, merge_precision(adapter, merge_dtype, stored))
+
+
 def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> list[str]:
     """2-D weights present in both models that the scheme quantizes (Linear layers by default)."""
     common = [n for n in a.names() if n in b.where]
@@ -359,7 +372,7 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         raise UserError("bins streams row chunks; per-tensor RTN needs whole tensors: use -channel or -gN")
     if lr is not None and lr <= 0:
         raise UserError("--lr must be positive")
-    a, b = ShardedWeights(target), ShardedWeights(unlearned)
+    a, b = open_weights(target), open_weights(unlearned)
     names = select_tensors(a, b, opts)
     cap = bf16_cap(lr) if lr and s.family != "cast" else None
     total, layers = Tally(), {}

@@ -8,6 +8,10 @@ Precision modes (recorded with every trained model):
   fp32   everything in float32.
   mixed  fp32 master weights with bf16 autocast for the forward/backward pass.
 
+Memory-lean modes (training/lora.py): `lora` trains a PEFT adapter on the frozen base,
+`gradient_checkpointing` recomputes activations, `optim` adamw-8bit keeps bitsandbytes' 8-bit moments;
+the record's `memory` says what trained and what the optimizer kept.
+
 Per epoch: an HF checkpoint (resume after a kill), the mean of each logged loss part and, when an
 evaluator is given, its metrics and MUSE's stopping rule: keep the first epoch whose KnowMem on retain
 falls below the floor, else the last. A non-finite or exploding loss stops the run and the last good
@@ -35,7 +39,7 @@ from ..models.generation import encode_documents, right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir, sha256_json
 from ..utils.progress import quiet_trainer_output
-from . import bf16
+from . import bf16, lora
 from .nll import mean_nll
 
 PRECISIONS = ("bf16", "fp32", "mixed")
@@ -62,6 +66,9 @@ class TrainSettings:
     fused_adamw: bool = False
     max_abs_loss: float = 1e4
     keep_checkpoints: bool = False
+    lora: str | None = None
+    gradient_checkpointing: bool = False
+    optim: str = "adamw"
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -197,12 +204,25 @@ def training_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def load_for_training(model_path: str | Path, s: TrainSettings, opts: LoadOptions | None) -> tuple[object, str]:
-    """(the model in the dtype its precision mode trains, the resolved bf16 arithmetic)."""
+def check_lean_settings(model_path, s: TrainSettings, opts: LoadOptions | None) -> str:
+    """Refuse impossible memory modes and LoRA targets that match nothing, before any weight is loaded;
+    returns the resolved bf16 arithmetic."""
     arithmetic = bf16.resolve_arithmetic(s.arithmetic, s.dtype)
+    lora.LeanOptions(s.lora, s.gradient_checkpointing, s.optim).check_lean(arithmetic)
+    if s.lora:
+        lora.check_targets(model_path, lora.parse_lora(s.lora), opts)
+    return arithmetic
+
+
+def load_for_training(model_path: str | Path, s: TrainSettings, opts: LoadOptions | None) -> tuple[object, str]:
+    """(the model in the dtype its precision mode trains, wrapped in a LoRA adapter when asked; the
+    resolved bf16 arithmetic)."""
+    arithmetic = check_lean_settings(model_path, s, opts)
     dtype = torch.float32 if arithmetic == "emulated" else training_dtype(s.dtype)
     model = load_model(model_path, dtype, opts)
     model.config.use_cache = False
+    if s.lora:
+        model = lora.attach(model, lora.parse_lora(s.lora), s.seed)
     return model, arithmetic
 
 
@@ -221,7 +241,9 @@ def training_arguments(s: TrainSettings, work: Path, show: bool) -> TrainingArgu
         learning_rate=s.learning_rate,
         lr_scheduler_type="constant",
         weight_decay=s.weight_decay,
-        optim="adamw_torch_fused" if s.fused_adamw else "adamw_torch",
+        optim="adamw_bnb_8bit" if s.optim == "adamw-8bit" else "adamw_torch_fused" if s.fused_adamw else "adamw_torch",
+        gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
         bf16=s.dtype == "mixed",
         save_strategy="epoch",
         logging_strategy="steps",
@@ -262,9 +284,14 @@ def checkpoint_for_step(folder: Path, step: int) -> Path:
 
 
 def load_weights(model, checkpoint: Path) -> None:
-    """Load a checkpoint's weights into `model` in place (safetensors only)."""
+    """Load a checkpoint's weights into `model` in place (safetensors only; a LoRA checkpoint's adapter)."""
     from safetensors.torch import load_file
 
+    if lora.is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+        return
     state = {}
     for f in sorted(checkpoint.glob("*.safetensors")):
         state.update(load_file(str(f)))
@@ -350,15 +377,26 @@ def run_loop(trainer, recorder: EpochRecorder, model, s: TrainSettings, work: Pa
     return Outcome(recorder.state["epochs"], chosen, reason, diverged)
 
 
+def memory_record(trainer, model, s: TrainSettings) -> dict:
+    """What trained and what the optimizer kept (LoRA: the adapter only)."""
+    return {"lora": lora.parse_lora(s.lora).record() if s.lora else None,
+            "gradient_checkpointing": s.gradient_checkpointing, "optim": s.optim,
+            "trainable_parameters": lora.trainable_parameters(model),
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            **lora.optimizer_state(trainer.optimizer)}
+
+
 def precision_record(model, s: TrainSettings, arithmetic: str) -> dict:
     return {"mode": s.dtype, "arithmetic": arithmetic, "description": bf16.describe(arithmetic, s.dtype),
             "parameter_dtypes": describe_dtypes(model),
             "optimizer_state": "bf16 (no fp32 master)" if s.dtype == "bf16" else "fp32"}
 
 
-def save_trained(trainer, tokenizer, out: Path, record_name: str, record: dict, config_yaml: str | None) -> None:
-    """Write the trained model atomically: weights (gathered by the Trainer under DeepSpeed/FSDP),
-    tokenizer, the record JSON and config.yaml; only the main process writes, every process waits for it."""
+def save_trained(trainer, tokenizer, out: Path, record_name: str, record: dict, config_yaml: str | None,
+                 base: str | Path | None = None) -> None:
+    """Write the trained model atomically: weights (gathered by the Trainer under DeepSpeed/FSDP; a LoRA
+    run's adapter, naming `base`), tokenizer, the record JSON and config.yaml; only the main process
+    writes, every process waits for it."""
     trainer.model.config.use_cache = True
     staging = out.parent / f".{out.name}.saving"
     if trainer.is_world_process_zero():
@@ -367,6 +405,8 @@ def save_trained(trainer, tokenizer, out: Path, record_name: str, record: dict, 
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the record holds the config
+        if lora.is_peft(trainer.model):
+            lora.save_base_reference(staging, base)
         tokenizer.save_pretrained(staging)
         atomic_write_json(staging / record_name, record)
         if config_yaml is not None:
@@ -415,7 +455,8 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
               "source_model": str(model_path), "source_hash": identity["model"], "texts": len(texts),
               "chunks": len(dataset), "epochs": outcome.epochs, "chosen_epoch": outcome.chosen,
               "chosen_reason": outcome.reason, "diverged": outcome.diverged,
+              "memory": memory_record(trainer, model, s),
               "seconds": round(time.time() - started, 2), "versions": versions()}
-    save_trained(trainer, tokenizer, out, TRAIN_RECORD, record, None)
+    save_trained(trainer, tokenizer, out, TRAIN_RECORD, record, None, base=model_path)
     finish_work(trainer, work, s)
     return out

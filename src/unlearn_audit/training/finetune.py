@@ -17,13 +17,15 @@ from ..data.corpus import Corpus
 from ..errors import UserError
 from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
 from ..utils.io import atomic_write_json
+from . import bf16
 from .core import PRECISIONS, TrainSettings, train_on_texts
+from .lora import LeanOptions
 
 ROLES = ("target", "retrained")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(LeanOptions):
     """How to fine-tune (CLI flags and YAML keys have these names)."""
 
     role: str = field(default="target", metadata={
@@ -43,6 +45,7 @@ class FinetuneConfig:
             raise UserError(f"--role must be one of {', '.join(ROLES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise UserError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
+        self.check_lean(bf16.resolve_arithmetic("auto", self.dtype))
 
 
 def training_texts(corpus: Corpus, role: str) -> list[str]:
@@ -58,7 +61,8 @@ def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | 
     texts = training_texts(corpus, cfg.role)
     settings = TrainSettings(learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
                              grad_accum=cfg.grad_accum, max_length=cfg.max_length, dtype=cfg.dtype, seed=cfg.seed,
-                             fused_adamw=cfg.fused_adamw)
+                             fused_adamw=cfg.fused_adamw, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
+                             optim=cfg.optim)
     train_on_texts(model, texts, settings, out, opts=opts, show=show, about={"role": cfg.role})
     atomic_write_json(out / "finetune.json", {"role": cfg.role, "base_model": str(model),
                                               "base_hash": model_fingerprint(model), "corpus": corpus.name,

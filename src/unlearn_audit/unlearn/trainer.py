@@ -18,7 +18,7 @@ from ..config import to_yaml
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..models.loading import LoadOptions, load_model, load_tokenizer, model_fingerprint
-from ..training import bf16
+from ..training import bf16, lora
 from ..training.core import (
     PRECISIONS,
     CoreTrainer,
@@ -31,6 +31,7 @@ from ..training.core import (
     emulated_optimizer,
     finish_work,
     load_for_training,
+    memory_record,
     precision_record,
     refuse_unsupported,
     run_loop,
@@ -91,8 +92,8 @@ class RunOptions:
 # last base first: the run's options lead the help, then each method's. tests/unlearn/test_trainer.py
 # checks that every registered method's options are here.
 @dataclass
-class UnlearnConfig(SaliencyOptions, ThroughOptions, MarginOptions, RMUOptions, SimNPOOptions, NPOOptions,
-                    RegularizerOptions, RunOptions):
+class UnlearnConfig(lora.LeanOptions, SaliencyOptions, ThroughOptions, MarginOptions, RMUOptions, SimNPOOptions,
+                    NPOOptions, RegularizerOptions, RunOptions):
     """How to unlearn (CLI flags and YAML keys have these names)."""
 
     def validate(self) -> None:
@@ -109,6 +110,9 @@ class UnlearnConfig(SaliencyOptions, ThroughOptions, MarginOptions, RMUOptions, 
         self.through_schemes()
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError("--learning-rate must be positive")
+        self.check_lean(bf16.resolve_arithmetic(self.arithmetic, self.dtype))
+        if self.lora and (reason := lora.lora_settings_error(self)):
+            raise UserError(f"--lora: {reason}")
         self.resolve()
 
     def through_schemes(self) -> list:
@@ -137,7 +141,8 @@ class UnlearnConfig(SaliencyOptions, ThroughOptions, MarginOptions, RMUOptions, 
                              batch_size=self.batch_size, grad_accum=self.grad_accum, max_length=self.max_length,
                              dtype=self.dtype, arithmetic=self.arithmetic, weight_decay=self.weight_decay,
                              seed=self.seed, fused_adamw=self.fused_adamw, max_abs_loss=self.max_abs_loss,
-                             keep_checkpoints=self.keep_checkpoints)
+                             keep_checkpoints=self.keep_checkpoints, lora=self.lora,
+                             gradient_checkpointing=self.gradient_checkpointing, optim=self.optim)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -154,7 +159,10 @@ class UnlearnTrainer(CoreTrainer):
         self.ref_model = self._prepare_ref(ref_model) if ref_model is not None else None
 
     def _prepare_ref(self, ref):
-        """Put the frozen reference where the model is (DeepSpeed/FSDP wrap it for inference)."""
+        """Put the frozen reference where the model is (DeepSpeed/FSDP wrap it for inference); a LoRA
+        run's reference is its own base with the adapter off."""
+        if isinstance(ref, lora.AdapterOff):
+            return ref
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -216,12 +224,12 @@ def unlearn(
 
     model, arithmetic = load_for_training(model_path, settings, opts)
     tokenizer = load_tokenizer(model_path, opts)
-    ref = load_model(model_path, next(model.parameters()).dtype, opts) if method.needs_ref or cfg.margin_weight else None
+    ref = reference_model(model, model_path, cfg, method, opts)
     if method.forget.prepare is not None:
         method.forget.prepare(model, cfg)
     if arithmetic == "emulated":  # the weights native bf16 would load
         for m in (model, ref):
-            if m is not None:
+            if isinstance(m, torch.nn.Module):
                 bf16.round_to_bf16_(m)
     max_len = chunk_length(model, settings)
     forget = chunk_ids(tokenizer, corpus.raw("forget"), max_len)
@@ -264,12 +272,23 @@ def unlearn(
         "chosen_reason": outcome.reason,
         "diverged": outcome.diverged,
         "saliency_kept_share": sure.kept_share(masks, model) if masks is not None else None,
+        "memory": memory_record(trainer, model, settings),
         "seconds": round(time.time() - started, 2),
         "versions": versions(),
     }
-    save_trained(trainer, tokenizer, out, "unlearn.json", record, to_yaml(cfg))
+    save_trained(trainer, tokenizer, out, "unlearn.json", record, to_yaml(cfg), base=model_path)
     finish_work(trainer, work, settings)
     return out
+
+
+def reference_model(model, model_path, cfg: UnlearnConfig, method: Method, opts):
+    """The frozen reference NPO, the KL regularizer and the margin compare against: a second copy of the
+    target, or under LoRA the same model with its adapter off."""
+    if not (method.needs_ref or cfg.margin_weight):
+        return None
+    if lora.is_peft(model):
+        return lora.AdapterOff(model)
+    return load_model(model_path, next(model.parameters()).dtype, opts)
 
 
 def saliency_masks(model, ref, method: Method, cfg: UnlearnConfig, level: str, dataset, collator, work: Path):

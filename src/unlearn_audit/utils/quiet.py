@@ -30,6 +30,9 @@ def quiet_libraries() -> None:
     if os.environ.get(VERBOSE_ENV):
         return
     warnings.filterwarnings("ignore")  # our own messages go through logging and one-line errors
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns of optional kernels at import
     try:
         from transformers.utils import logging as hf_logging
 
