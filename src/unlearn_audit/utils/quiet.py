@@ -14,6 +14,9 @@ VERBOSE_ENV = "UNLEARN_AUDIT_VERBOSE"
 def set_verbose(verbose: bool) -> None:
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+        import logging
+
+        logging.getLogger("bitsandbytes").setLevel(logging.NOTSET)  # quietened at package import
     else:
         os.environ.pop(VERBOSE_ENV, None)
 
