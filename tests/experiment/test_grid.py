@@ -252,6 +252,15 @@ def test_grid_cli_bad_yaml_exit_2(run_cli, tmp_path):
     assert code == 2 and err.startswith("error: malformed YAML")
 
 
+@pytest.mark.parametrize("axes, message", [({"lora": ["rank=8"]}, "unknown or repeated key 'rank'"),
+                                           ({"lora": ["r=4"]}, "SURE masks rows")])
+def test_grid_refuses_a_run_unlearn_would_refuse_before_any_work(run_cli, tmp_path, axes, message):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga", "sure"], "axes": axes}))
+    code, _, err = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "o")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_report_shows_only_the_current_grid(run_cli, micro_world, micro_target, micro_retrained, tmp_path):
     for methods in (["ga_gdr"], ["npo"]):
         (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, methods=methods)))

@@ -216,6 +216,19 @@ def folder_shard(run_dir: Path) -> tuple[int, int] | None:
     return had["index"], had["count"]
 
 
+def check_runs(cells: list[CellSpec]) -> None:
+    """Every unlearning run's options as `unlearn` would refuse them (a bad --lora spec, SURE with LoRA,
+    ...), before the first cell runs: one line naming the run."""
+    from ..unlearn.trainer import UnlearnConfig
+
+    for c in cells:
+        if c.kind == "unlearn":
+            try:
+                UnlearnConfig(**c.config["settings"]).validate()
+            except UserError as exc:
+                raise UserError(f"{c.label}: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------- execution
 class GridRunner:
     """Executes the cells of one grid in one run folder (one process; run several for parallelism)."""
@@ -224,10 +237,11 @@ class GridRunner:
                  shard: tuple[int, int] | None = None):
         cfg.validate()
         self.cfg = cfg
+        self.cells = planned_cells(cfg, shard)
+        check_runs(self.cells)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run_dir / "ledger.sqlite")
-        self.cells = planned_cells(cfg, shard)
         self.by_id = {c.id: c for c in self.cells}
         self.show = show
         self.worker = worker
