@@ -104,6 +104,22 @@ def micro_retrained(micro_world, micro_recipe) -> Path:
 
 
 @pytest.fixture()
+def kill_switch(monkeypatch):
+    """(arm, disarm): armed, the unlearning trainer raises KeyboardInterrupt right after saving a checkpoint,
+    as a kill would; disarmed, it trains on (to test resume)."""
+    from unlearn_audit.unlearn import trainer as trainer_mod
+
+    original = trainer_mod.UnlearnTrainer._save_checkpoint
+
+    def save_then_die(self, *a, **k):
+        original(self, *a, **k)
+        raise KeyboardInterrupt
+
+    return (lambda: monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", save_then_die),
+            lambda: monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", original))
+
+
+@pytest.fixture()
 def run_cli(capsys):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
     from unlearn_audit.cli import main

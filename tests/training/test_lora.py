@@ -17,7 +17,6 @@ from unlearn_audit.models.loading import LoadOptions, load_model, load_tokenizer
 from unlearn_audit.quantize.bins import open_weights  # noqa: E402
 from unlearn_audit.training.lora import LoraSpec, expected_trainable, parse_lora  # noqa: E402
 from unlearn_audit.unlearn import UnlearnConfig, unlearn  # noqa: E402
-from unlearn_audit.unlearn import trainer as trainer_mod  # noqa: E402
 
 LORA = UnlearnConfig(method="npo_klr", epochs=1, batch_size=4, learning_rate=1e-3, dtype="fp32", lora="r=4,alpha=8")
 
@@ -96,21 +95,16 @@ def test_bf16_merge_rounds_once_and_bins_reads_the_same_weights(adapter, micro_t
             assert torch.equal(view.tensor(n), p), n
 
 
-def test_lora_resume_after_a_kill_gives_the_same_adapter(micro_target, corpus, tmp_path, monkeypatch):
+def test_lora_resume_after_a_kill_gives_the_same_adapter(micro_target, corpus, tmp_path, kill_switch):
     from safetensors.torch import load_file
 
     cfg = replace(LORA, epochs=2, method="ga")
     reference = load_file(str(unlearn(micro_target, corpus, cfg, tmp_path / "ref", show=False) / "adapter_model.safetensors"))
-    original = trainer_mod.UnlearnTrainer._save_checkpoint
-
-    def save_then_die(self, *a, **k):
-        original(self, *a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", save_then_die)
+    arm, disarm = kill_switch
+    arm()
     with pytest.raises(KeyboardInterrupt):
         unlearn(micro_target, corpus, cfg, tmp_path / "killed", show=False)
-    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", original)
+    disarm()
     resumed = load_file(str(unlearn(micro_target, corpus, cfg, tmp_path / "killed", show=False) / "adapter_model.safetensors"))
     assert reference.keys() == resumed.keys() and all(torch.equal(reference[k], resumed[k]) for k in reference)
 
@@ -131,6 +125,11 @@ def test_finetune_with_lora_and_eval_of_the_adapter(run_cli, micro_retrained, mi
                            "--out", tmp_path / "ev", "--quiet")
     assert code == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["adapter"]["merged_in"] == "float32"
+    pytest.importorskip("bitsandbytes")  # it quantizes inside from_pretrained: the merged copy is loaded
+    code, _, err = run_cli("eval", "--model", tmp_path / "ft", "--corpus", micro_world, "--metrics", "knowmem_f",
+                           "--quantize", "bnb-fp4", "--out", tmp_path / "evq", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "evq" / "metrics.json").read_text())["adapter"]["rank"] == 2
 
 
 def test_adapter_and_lora_bad_input(run_cli, adapter, micro_target, micro_world, tmp_path, capsys):

@@ -126,20 +126,15 @@ def test_same_seed_same_weights(micro_target, corpus, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path, monkeypatch, dtype):
+def test_resume_after_a_kill_gives_the_same_model(micro_target, corpus, tmp_path, kill_switch, dtype):
     reference = weights(run(micro_target, corpus, tmp_path, "ref", epochs=2, dtype=dtype))
-    original = trainer_mod.UnlearnTrainer._save_checkpoint
-
-    def save_then_die(self, *a, **k):
-        original(self, *a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", save_then_die)
+    arm, disarm = kill_switch
+    arm()
     with pytest.raises(KeyboardInterrupt):
         run(micro_target, corpus, tmp_path, "killed", epochs=2, dtype=dtype)
     assert not (tmp_path / "killed").exists()  # nothing half-written
     assert (tmp_path / ".killed.work" / "epochs.json").is_file()
-    monkeypatch.setattr(trainer_mod.UnlearnTrainer, "_save_checkpoint", original)
+    disarm()
     resumed = weights(run(micro_target, corpus, tmp_path, "killed", epochs=2, dtype=dtype))
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     assert not (tmp_path / ".killed.work").exists()

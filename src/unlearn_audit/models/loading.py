@@ -163,8 +163,12 @@ def load_model(
 
     opts = opts or LoadOptions()
     spec = resolve_spec(spec)
+    if is_adapter(spec) and kwargs:  # loaders that quantize inside from_pretrained (bitsandbytes) need a folder
+        model = load_model(merged_folder(spec, opts), dtype, opts, device, **kwargs)
+        model.merged_adapter = json.loads((merged_folder(spec, opts) / MERGE_RECORD).read_text())
+        return model
     if is_adapter(spec):
-        return load_merged_adapter(spec, dtype, opts, device, **kwargs)
+        return load_merged_adapter(spec, dtype, opts, device)
     if is_gguf(spec):
         model = load_gguf_model(spec, resolve_dtype(dtype), **kwargs)
         if device is not None:
@@ -206,6 +210,26 @@ def load_merged_adapter(spec, dtype, opts: LoadOptions, device, **kwargs):
         model.to(device)
     model.merged_adapter = record
     return model.eval()
+
+
+MERGE_RECORD = "merged_adapter.json"
+
+
+def merged_folder(spec, opts: LoadOptions) -> Path:
+    """A saved copy of an adapter merged at its merge precision, cached by the adapter's fingerprint (with
+    its base's) and the requested merge precision."""
+    from ..utils.io import atomic_dir, atomic_write_json
+    from ..utils.paths import cache_dir
+
+    key = hashlib.sha256(f"{model_fingerprint(spec)}|{opts.adapter_base}|{opts.merge_dtype}".encode()).hexdigest()[:20]
+    out = cache_dir() / "merged" / key
+    if not (out / MERGE_RECORD).is_file():
+        model = load_merged_adapter(spec, "auto", opts, None)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(spec, opts).save_pretrained(tmp)
+            atomic_write_json(tmp / MERGE_RECORD, model.merged_adapter)
+    return out
 
 
 def merged_adapter(model) -> dict | None:
