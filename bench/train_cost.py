@@ -4,7 +4,8 @@ any model, to size a real run and to see which mode fits a GPU.
     python bench/train_cost.py --model smollm2 --corpus ../shared/muse/news [--methods relearn,npo_klr]
                                [--modes fp32,bf16,mixed,fp32+gc,fp32+8bit,lora,bf16+lora] [--batch-size 4]
 
-Modes: a precision (fp32, bf16 = pure bf16, mixed = fp32 masters + bf16 autocast) joined with `+gc`
+Modes: a precision (fp32, bf16 = pure bf16 with native bf16 arithmetic as on a GPU, mixed = fp32 masters
++ bf16 autocast) joined with `+gc`
 (gradient checkpointing), `+8bit` (bitsandbytes' 8-bit AdamW) and `+lora` (a rank-16 LoRA adapter on every
 linear layer; a bare `lora` is fp32+lora). `relearn` is the loss `finetune` trains with. Each (method,
 mode) runs in its own process, 1 and then 4 steps on the corpus's raw forget texts (the first 40 as forget
@@ -42,7 +43,7 @@ def mode_options(mode: str) -> dict:
         raise SystemExit(f"unknown mode part {unknown[0]!r} in {mode!r}")
     return {"dtype": dtype, "gradient_checkpointing": "gc" in parts, "lora": "r=16" if "lora" in parts else None,
             "optim": "adamw-8bit" if "8bit" in parts else "adamw",
-            "arithmetic": "native" if dtype == "bf16" and "8bit" in parts else "auto"}
+            "arithmetic": "native"}  # pure bf16 as a GPU runs it (emulation keeps fp32 copies: a CPU speed trick)
 
 
 def child(args) -> None:
