@@ -139,8 +139,12 @@ def test_adapter_and_lora_bad_input(run_cli, adapter, micro_target, micro_world,
     shutil.copytree(adapter, orphan)
     config = json.loads((orphan / "adapter_config.json").read_text())
     (orphan / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+    nameless = tmp_path / "nameless"
+    shutil.copytree(adapter, nameless)
+    (nameless / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
     cases = [
         (["eval", "--model", orphan, "--corpus", micro_world, "--out", tmp_path / "e1"], "is not found; pass --adapter-base"),
+        (["eval", "--model", nameless, "--corpus", micro_world, "--out", tmp_path / "e3"], "does not name its base model"),
         (["unlearn", "--model", micro_target, "--corpus", micro_world, "--lora", "r=2,targets=wq", "--out", tmp_path / "u1"],
          "match no linear layer"),
         (["unlearn", "--model", micro_target, "--corpus", micro_world, "--lora", "r=2", "--method", "sure", "--out", tmp_path / "u2"],
@@ -151,7 +155,7 @@ def test_adapter_and_lora_bad_input(run_cli, adapter, micro_target, micro_world,
     for argv, message in cases:
         code, out, err = run_cli(*argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
-    assert not any((tmp_path / n).exists() for n in ("e1", "u1", "u2", "u3", ".u1.work"))
+    assert not any((tmp_path / n).exists() for n in ("e1", "e3", "u1", "u2", "u3", ".u1.work"))
     code, _, err = run_cli("eval", "--model", orphan, "--adapter-base", micro_target, "--corpus", micro_world,
                            "--metrics", "knowmem_f", "--out", tmp_path / "e2", "--quiet")
     assert code == 0, err

@@ -31,6 +31,8 @@ class Param:
     check: Callable[[Any], bool] = lambda v: True
     rule: str = ""  # what `check` demands, for the error message
     positional: bool = False
+    keyed_at_default: bool = True  # False for a parameter added later: at its default it stays out of the key,
+    # so results cached under the family's earlier keys stay valid
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class Attack:
 
     @property
     def key(self) -> str:
-        return ":".join([self.family, *(f"{k}={v}" for k, v in self.params.items())])
+        unkeyed = {p.name: p.default for p in self.impl.params if not p.keyed_at_default}
+        return ":".join([self.family, *(f"{k}={v}" for k, v in self.params.items()
+                                        if not (k in unkeyed and v == unkeyed[k]))])
 
     @property
     def impl(self):

@@ -45,7 +45,8 @@ class Relearn(AttackFamily):
               Param("share", float, 0.1, lambda v: 0 < v < 1, "a share in (0, 1)"),
               Param("seed", int, 0),
               Param("dtype", str, "fp32", lambda v: v in ("fp32", "bf16", "mixed"), "fp32, bf16 or mixed"),
-              Param("lora", int, 0, lambda v: v >= 0, "a LoRA rank >= 0 (0: every weight trains)")]
+              Param("lora", int, 0, lambda v: v >= 0, "a LoRA rank >= 0 (0: every weight trains)",
+                    keyed_at_default=False)]
     usage = ("relearn:retain[:steps=S,lr=L,batch=B,seed=N,dtype=D,lora=R] or "
              "relearn:forget-part[:share=P,steps=S,lr=L,...]")
     source = ("Hu et al., ICLR 2025, arXiv 2406.13356 (benign relearning); Deeb & Roger, arXiv 2410.08827; "
