@@ -63,6 +63,23 @@ def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, mi
         assert v["verdict_text"] in report and f"({fmt(v['retained']['mean'], True)})" in report
 
 
+def test_grid_lora_axis_evaluates_and_forecasts_the_merged_adapters(run_cli, micro_world, micro_target,
+                                                                    micro_retrained, tmp_path):
+    pytest.importorskip("peft")
+    grid = micro_grid(micro_world, methods=["npo"], attacks=["cast:bf16"], axes={"lora": [None, "r=2"]})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())
+    lora = [r for r in rows if (r.get("settings") or {}).get("lora") == "r=2"]
+    assert {r["scheme"] for r in lora} == {"full", "rtn-int4-g128", "cast:bf16"}
+    full, cast = (next(r for r in lora if r["scheme"] == s) for s in ("full", "cast:bf16"))
+    assert cast["knowmem_f"] == full["knowmem_f"]  # merged in bf16 (it trained in bf16): the cast changes nothing
+    report = (tmp_path / "run" / "report.md").read_text()
+    bins = report.split("## Weight bins", 1)[1].split("\n## ", 1)[0]
+    assert "lora r=2" in bins and "lora None" in bins  # the forecast read the merged adapter too
+
+
 def test_grid_also_measures_other_benchmarks_and_reports_them(run_cli, micro_world, micro_target, micro_retrained,
                                                               tmp_path):
     grid = micro_grid(micro_world, methods=["ga_gdr"], benchmarks=["tofu", "wmdp"])
