@@ -280,14 +280,15 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
         del ret
     tok = load_tokenizer(model_path, opts)
     model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
+    adapter = merged_adapter(model)
     identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype,
-                **({"adapter": merged_adapter(model)["merged_in"]} if merged_adapter(model) else {})}
+                **({"adapter": adapter["merged_in"]} if adapter else {})}
     res = evaluate_model(model, tok, corpus, cfg, ref, out, identity=identity, show=show)
     record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, "benchmark": bench.name,
               **res["metrics"],
               "details": res["details"], "model_hash": identity["model"], "corpus_hash": corpus.content_hash,
               "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
-              "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": merged_adapter(model),
+              "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": adapter,
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
               "unlearn_audit_version": __version__}
     atomic_write_json(out / "metrics.json", record)

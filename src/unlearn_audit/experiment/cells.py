@@ -219,8 +219,7 @@ def bins_cell(runner, cell) -> dict:
     cfg = cell.config
     unlearned = runner.result(cfg["unlearned"])
     target = runner.result(cfg["target"])["path"]
-    lora = (unlearned.get("settings") or {}).get("lora")  # an adapter's update is not made of capped bf16 steps
-    lr = unlearned["lr"] if unlearned["dtype"] == "bf16" and not lora else None
+    lr = unlearned["lr"] if unlearned["dtype"] == "bf16" else None
     result = analyse(target, unlearned["path"], cfg["scheme"], lr)
     folder = runner.run_dir / "bins" / cell.id
     atomic_write_json(folder / "bins.json", result)

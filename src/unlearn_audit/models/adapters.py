@@ -14,8 +14,9 @@ trained in (pure bf16 -> bf16, else fp32; an adapter from elsewhere: the base's 
 merged model is then cast to the dtype it is run in. The merge precision is recorded in every output.
 
 Only plain LoRA on linear layers is merged here (no DoRA, no modules_to_save, no fan_in_fan_out); other
-adapters are refused with a sentence. The same function merges for loading and for `bins`, so the
-forecast reads the weights evaluation runs.
+adapters are refused with a sentence. The same function (`merged_weight`) merges for loading and for
+`bins` (quantize/bins.py reads adapter folders through it), so the forecast reads the weights evaluation
+runs.
 """
 
 from __future__ import annotations
@@ -154,42 +155,3 @@ def adapter_record(adapter: Adapter, precision: torch.dtype, layers: int) -> dic
             "layers": layers, "rank": adapter.config.get("r"), "alpha": adapter.config.get("lora_alpha"),
             "scaling": adapter.scaling_rule}
 
-
-class MergedWeights:
-    """The tensors of base + adapter, merged tensor by tensor (the `bins` reader's interface)."""
-
-    def __init__(self, base_weights, adapter: Adapter, precision: torch.dtype):
-        self.base, self.adapter, self.precision = base_weights, adapter, precision
-        self.pairs = lora_pairs(adapter)
-        self._cache: tuple[str, torch.Tensor] | None = None
-
-    @property
-    def where(self) -> dict:
-        return self.base.where
-
-    def names(self) -> list[str]:
-        return self.base.names()
-
-    def shape(self, name: str) -> list[int]:
-        return self.base.shape(name)
-
-    def dtype(self, name: str) -> str:
-        return {torch.bfloat16: "BF16", torch.float32: "F32"}[self.precision]
-
-    def tensor(self, name: str) -> torch.Tensor:
-        if self._cache and self._cache[0] == name:
-            return self._cache[1]
-        w = self.base.tensor(name)
-        if name in self.pairs:  # merged_weight rounds the base to the merge precision first
-            a, b = self.pairs[name]
-            w = merged_weight(w, a, b, self.adapter.scaling(a.shape[0]), self.precision)
-        else:
-            w = w.to(self.precision)
-        self._cache = (name, w)
-        return w
-
-    def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None,
-             keep_bf16: bool = False) -> torch.Tensor:
-        x = self.tensor(name)[start:stop]
-        x = x.to(as_dtype) if as_dtype is not None else x
-        return x if keep_bf16 and x.dtype == torch.bfloat16 else x.float()

@@ -164,8 +164,9 @@ def load_model(
     opts = opts or LoadOptions()
     spec = resolve_spec(spec)
     if is_adapter(spec) and kwargs:  # loaders that quantize inside from_pretrained (bitsandbytes) need a folder
-        model = load_model(merged_folder(spec, opts), dtype, opts, device, **kwargs)
-        model.merged_adapter = json.loads((merged_folder(spec, opts) / MERGE_RECORD).read_text())
+        folder = merged_folder(spec, opts)
+        model = load_model(folder, dtype, opts, device, **kwargs)
+        model.merged_adapter = json.loads((folder / MERGE_RECORD).read_text())
         return model
     if is_adapter(spec):
         return load_merged_adapter(spec, dtype, opts, device)
@@ -197,11 +198,11 @@ def load_model(
     return model
 
 
-def load_merged_adapter(spec, dtype, opts: LoadOptions, device, **kwargs):
+def load_merged_adapter(spec, dtype, opts: LoadOptions, device):
     """An adapter folder: its base (loaded as stored), the adapter merged at the merge precision, then run
     in `dtype` ('auto': the merge precision). The record is `model.merged_adapter`."""
     adapter = read_adapter(spec, opts.adapter_base)
-    model = load_model(adapter.base, "auto", opts, **kwargs)
+    model = load_model(adapter.base, "auto", opts)
     precision = merge_precision(adapter, opts.merge_dtype, next(model.parameters()).dtype)
     record = merge_into(model, adapter, precision)
     if resolve_dtype(dtype) != "auto":

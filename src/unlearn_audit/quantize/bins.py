@@ -82,18 +82,54 @@ class ShardedWeights:
     def tensor(self, name: str) -> torch.Tensor:
         return self.handles[self.where[name]].get_tensor(name)
 
+    def block(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as stored (read from the file alone)."""
+        return self.slice(name)[start:stop]
+
     def rows(self, name: str, start: int, stop: int, as_dtype: torch.dtype | None = None,
              keep_bf16: bool = False) -> torch.Tensor:
         """Rows [start, stop) as float32, first rounded to `as_dtype` when given (bf16 kept as is on request)."""
-        x = self.slice(name)[start:stop]
+        x = self.block(name, start, stop)
         x = x.to(as_dtype) if as_dtype is not None else x
         return x if keep_bf16 and x.dtype == torch.bfloat16 else x.float()
+
+
+class MergedWeights(ShardedWeights):
+    """The tensors of base + LoRA adapter, merged tensor by tensor with the loader's own `merged_weight`
+    (every tensor in the merge precision, as the loaded model holds it)."""
+
+    def __init__(self, base: ShardedWeights, adapter, precision: torch.dtype):
+        from ..models.adapters import lora_pairs
+
+        self.folder, self.handles, self.where = base.folder, base.handles, base.where
+        self.adapter, self.precision, self.pairs = adapter, precision, lora_pairs(adapter)
+        self._cache: tuple[str, torch.Tensor] | None = None
+
+    def dtype(self, name: str) -> str:
+        return {torch.bfloat16: "BF16", torch.float32: "F32"}[self.precision]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        from ..models.adapters import merged_weight
+
+        if self._cache and self._cache[0] == name:
+            return self._cache[1]
+        w = super().tensor(name)
+        if name in self.pairs:  # merged_weight rounds the base to the merge precision first
+            a, b = self.pairs[name]
+            w = merged_weight(w, a, b, self.adapter.scaling(a.shape[0]), self.precision)
+        else:
+            w = w.to(self.precision)
+        self._cache = (name, w)
+        return w
+
+    def block(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.tensor(name)[start:stop]
 
 
 def open_weights(folder: str | Path, merge_dtype: str = "auto"):
     """A model folder's tensors; a LoRA adapter folder's are its base's with the adapter merged exactly as
     loading merges it (models/adapters.py), so the forecast reads the weights evaluation runs."""
-    from ..models.adapters import MergedWeights, is_adapter, merge_precision, read_adapter
+    from ..models.adapters import is_adapter, merge_precision, read_adapter
 
     if not is_adapter(folder):
         return ShardedWeights(folder)
@@ -374,7 +410,8 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         raise UserError("--lr must be positive")
     a, b = open_weights(target), open_weights(unlearned)
     names = select_tensors(a, b, opts)
-    cap = bf16_cap(lr) if lr and s.family != "cast" else None
+    # a merged adapter's update was not made of capped bf16 steps on the weights: no cap applies
+    cap = bf16_cap(lr) if lr and s.family != "cast" and not isinstance(b, MergedWeights) else None
     total, layers = Tally(), {}
     dtypes = {"target": sorted({a.dtype(n) for n in names}), "unlearned": sorted({b.dtype(n) for n in names})}
     for name in names:

@@ -138,8 +138,8 @@ def trainable_parameters(model) -> int:
 def expected_trainable(model, spec: LoraSpec) -> int:
     """r * (in + out) summed over the adapted layers (what the adapter implies)."""
     base = model.get_base_model() if is_peft(model) else model
-    return sum(spec.r * (m.in_features + m.out_features)
-               for n, m in base.named_modules() if n in set(matched_modules(base, spec)))
+    adapted = set(matched_modules(base, spec))
+    return sum(spec.r * (m.in_features + m.out_features) for n, m in base.named_modules() if n in adapted)
 
 
 def optimizer_state(optimizer) -> dict:
