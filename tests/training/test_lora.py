@@ -145,6 +145,8 @@ def test_adapter_and_lora_bad_input(run_cli, adapter, micro_target, micro_world,
     cases = [
         (["eval", "--model", orphan, "--corpus", micro_world, "--out", tmp_path / "e1"], "is not found; pass --adapter-base"),
         (["eval", "--model", nameless, "--corpus", micro_world, "--out", tmp_path / "e3"], "does not name its base model"),
+        (["eval", "--model", orphan, "--adapter-base", tmp_path / "nope", "--corpus", micro_world, "--out", tmp_path / "e4"],
+         "--adapter-base"),
         (["unlearn", "--model", micro_target, "--corpus", micro_world, "--lora", "r=2,targets=wq", "--out", tmp_path / "u1"],
          "match no linear layer"),
         (["unlearn", "--model", micro_target, "--corpus", micro_world, "--lora", "r=2", "--method", "sure", "--out", tmp_path / "u2"],
@@ -155,7 +157,7 @@ def test_adapter_and_lora_bad_input(run_cli, adapter, micro_target, micro_world,
     for argv, message in cases:
         code, out, err = run_cli(*argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
-    assert not any((tmp_path / n).exists() for n in ("e1", "e3", "u1", "u2", "u3", ".u1.work"))
+    assert not any((tmp_path / n).exists() for n in ("e1", "e3", "e4", "u1", "u2", "u3", ".u1.work"))
     code, _, err = run_cli("eval", "--model", orphan, "--adapter-base", micro_target, "--corpus", micro_world,
                            "--metrics", "knowmem_f", "--out", tmp_path / "e2", "--quiet")
     assert code == 0, err

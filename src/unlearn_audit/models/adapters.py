@@ -90,7 +90,8 @@ def read_adapter(folder, base_override: str | None = None) -> Adapter:
     from .loading import is_local
 
     if is_local(base) and not Path(base).exists():
-        raise UserError(f"{folder}: its base model {base} is not found; pass --adapter-base")
+        raise UserError(f"--adapter-base {base} is not found" if base_override else
+                        f"{folder}: its base model {base} is not found; pass --adapter-base")
     return Adapter(folder, config, str(base))
 
 
