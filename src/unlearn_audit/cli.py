@@ -319,6 +319,10 @@ def cmd_demo(args) -> int:
     print(f"demo ({variant}, {model}): {len(run_points(cfg))} unlearning runs ({', '.join(cfg.methods)}; "
           f"{', '.join(cfg.dtypes)}) x {len(cfg.evaluated)} precisions/attacks on the built-in world; "
           f"results in {out}/ (re-run to resume)")
+    if variant in ("smollm2", "tiny"):  # the variants whose numbers the README shows
+        from .utils.environment import environment, lock_notice
+
+        print(lock_notice(environment()))
     return run_and_report(cfg, out, args.quiet)
 
 

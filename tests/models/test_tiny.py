@@ -52,6 +52,19 @@ def test_second_call_is_served_from_cache(micro_world, micro_recipe, micro_targe
     assert cached_model_dir(Corpus(micro_world), "target", micro_recipe) == micro_target
 
 
+def test_cache_is_keyed_by_the_numeric_environment(micro_world, micro_recipe, monkeypatch):
+    """Another thread count, kernel cap or library version trains other weights: never the same folder."""
+    from unlearn_audit.utils import environment
+
+    corpus = Corpus(micro_world)
+    one, two = (cached_model_dir(corpus, "target", micro_recipe, threads=n) for n in (1, 2))
+    assert one != two
+    real = environment.numerics_key
+    monkeypatch.setattr(environment, "numerics_key", lambda t: {**real(t), "onednn_isa": "AVX2"})
+    monkeypatch.setattr("unlearn_audit.models.tiny.numerics_key", environment.numerics_key)
+    assert cached_model_dir(corpus, "target", micro_recipe, threads=2) != two
+
+
 def test_bf16_storage_is_recorded(micro_world, micro_recipe):
     from dataclasses import replace
 

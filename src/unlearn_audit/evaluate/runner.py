@@ -21,6 +21,7 @@ from pathlib import Path
 from ..data.corpus import Corpus
 from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
+from ..utils.environment import environment
 from ..utils.io import atomic_write_json, read_json, sha256_json
 from .benchmark import Benchmark, benchmark_names, get_benchmark
 from .knowmem import evaluate_knowmem
@@ -290,6 +291,6 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
               "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
               "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": adapter,
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
-              "unlearn_audit_version": __version__}
+              "unlearn_audit_version": __version__, "environment": environment()}
     atomic_write_json(out / "metrics.json", record)
     return record

@@ -61,6 +61,7 @@ from ..scoring import (
     utility_words,
 )
 from ..scoring import control_gain as scored_gain
+from ..utils.environment import environment
 from ..utils.io import atomic_write_json, read_json
 from .scorecard import write_scorecard
 
@@ -349,7 +350,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
                        "adapter_base": auditor.ctx.load.adapter_base, "merge_dtype": auditor.ctx.load.merge_dtype},
               "knowledge": list(bench.knowledge), "utility": bench.utility, "fractions": list(bench.fractions),
               "target": str(target), "unlearned": str(unlearned), "retrained": retrained, "corpus": corpus.name,
-              "config": asdict(cfg), "seconds": round(time.time() - started, 2)}
+              "config": asdict(cfg), "seconds": round(time.time() - started, 2), "environment": environment()}
     if out is not None:
         atomic_write_json(Path(out) / "audit.json", report)
         write_scorecard(report, Path(out))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..scoring import fmt
+from ..utils.environment import record_environment
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
@@ -401,10 +402,11 @@ def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True,
     check_shard_folder(run_dir, shard)
     runner = GridRunner(cfg, run_dir, show, shard=shard)  # validates the grid before anything is written
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    if shard:
-        atomic_write_json(run_dir / SHARD_FILE, {"index": shard[0], "count": shard[1]})
     workers = max(1, cfg.workers)
     threads = max(1, default_threads() // workers)
+    record_environment(run_dir, threads)
+    if shard:
+        atomic_write_json(run_dir / SHARD_FILE, {"index": shard[0], "count": shard[1]})
     procs = []
     ctx = multiprocessing.get_context("spawn")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches only the main process, which

@@ -40,7 +40,7 @@ from ..scoring import (
     spread,
     verdict_text,
 )
-from ..utils.io import atomic_write_json, atomic_write_text, save_figure
+from ..utils.io import atomic_write_json, atomic_write_text, read_json, save_figure
 from .ledger import Ledger
 
 METRIC_COLUMNS = [("verbmem_f", "M1 VerbMem D_f"), ("knowmem_f", "M2 KnowMem D_f"), ("privleak", "M3 PrivLeak"),
@@ -608,6 +608,24 @@ def failures(ledger) -> list[str]:
     return failed + [f"- {i}: not run yet" for i in missing]
 
 
+def environment_lines(run_dir: Path) -> list[str]:
+    """Where the cells were computed, and whether that is the environment the README was measured in."""
+    from ..utils.environment import ENVIRONMENT_FILE, describe, lock_differences
+
+    path = run_dir / ENVIRONMENT_FILE
+    if not path.is_file():
+        return []
+    envs = read_json(path)["environments"]
+    lines = [f"- {describe(env)}" for env in envs]
+    if len(envs) > 1:
+        lines.append(f"- the cells were computed under {len(envs)} environments (a resumed run): numbers from "
+                     "different kernels or versions are mixed")
+    diffs = lock_differences(envs[-1])
+    lines.append("- differs from the README's lock: " + "; ".join(diffs) if diffs else
+                 "- the README's lock (src/unlearn_audit/constraints.txt) and kernels: numbers comparable to the README's")
+    return lines
+
+
 def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",
            cell_ids: set[str] | None = None, bins_schemes: list[str] | None = None, tiny: bool = False) -> dict:
     """Write report.md, results.json, summary.json and plots for a run folder (only the cells in
@@ -637,6 +655,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "benchmarks": other_benchmarks(rows, schemes),
             "counts": ledger.counts(),
             "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
+            "environment": environment_lines(run_dir),
         }
         plot = plot_knowledge(agg, schemes, run_dir / "knowledge_vs_precision.png")
         bars = plot_retained_bars(verdicts, schemes, run_dir / "retained_by_method.png")
@@ -693,6 +712,9 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         md += [f"![retained by method and precision]({bars.name})", ""] if bars else []
         md += [f"![knowledge vs precision]({plot.name})"]
         md += [f"- bins histogram: `bins/{Path(p).parent.name}/{Path(p).name}`" for p in bins_plots]
+    if pieces["environment"]:
+        md += ["", "## Environment (environment.json: every package, CPU flags, kernels, threads)", ""]
+        md += pieces["environment"]
     if pieces["failures"]:
         md += ["", "## Failed or missing cells (re-run the same command, or merge the missing shard)", ""]
         md += pieces["failures"]

@@ -69,7 +69,24 @@ def resolve_packaged(spec) -> Path:
     from .gguf import convert_gguf
 
     gguf = check_packaged(spec)
-    folder = cache_dir() / "models" / lookup(spec).folder
+    folder = cache_dir() / "models" / f"{lookup(spec).folder}-{conversion_key(lookup(spec))}"
     if not (folder / "config.json").is_file():
         convert_gguf(gguf, folder, "fp32")
     return folder
+
+
+def conversion_key(pkg: Packaged) -> str:
+    """The versions that decide the converted weights (the package's file, gguf's dequantization,
+    transformers' GGUF reader): a new release converts afresh instead of reusing another's folder."""
+    from importlib import metadata
+
+    from ..utils.io import sha256_json
+
+    names = (pkg.module.replace("_", "-"), "gguf", "transformers")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return sha256_json(versions)[:10]

@@ -25,10 +25,11 @@ import torch
 from .. import __version__
 from ..data.corpus import Corpus
 from ..errors import UserError
+from ..utils.environment import numerics_key
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
 from ..utils.paths import cache_dir
 from ..utils.progress import quiet_trainer_output
-from ..utils.threads import torch_threads
+from ..utils.threads import default_threads, torch_threads
 from .generation import right_pad
 from .loading import DTYPES
 
@@ -149,15 +150,18 @@ def tokenizer_texts(corpus: Corpus) -> list[str]:
     return texts
 
 
-def cache_key(corpus: Corpus, role: str, recipe: TinyRecipe) -> str:
-    """What determines the trained weights: corpus content, role, recipe, code version."""
+def cache_key(corpus: Corpus, role: str, recipe: TinyRecipe, threads: int | None = None) -> str:
+    """What determines the trained weights: corpus content, role, recipe, code version, and the numeric
+    environment (library versions, oneDNN kernels, thread count: the weight-gradient sums of these small
+    models are ordered by the thread count)."""
     return sha256_json(
-        {"corpus": corpus.content_hash, "role": role, "recipe": asdict(recipe), "version": RECIPE_VERSION}
+        {"corpus": corpus.content_hash, "role": role, "recipe": asdict(recipe), "version": RECIPE_VERSION,
+         "numerics": numerics_key(threads or default_threads())}
     )[:20]
 
 
-def cached_model_dir(corpus: Corpus, role: str, recipe: TinyRecipe) -> Path:
-    return cache_dir() / "tiny" / f"{role}-{cache_key(corpus, role, recipe)}"
+def cached_model_dir(corpus: Corpus, role: str, recipe: TinyRecipe, threads: int | None = None) -> Path:
+    return cache_dir() / "tiny" / f"{role}-{cache_key(corpus, role, recipe, threads)}"
 
 
 def is_complete(folder: Path) -> bool:
@@ -176,7 +180,7 @@ def train_tiny(
     recipe = recipe or TinyRecipe()
     recipe.validate()
     texts = training_texts(corpus, role)
-    cached = cached_model_dir(corpus, role, recipe)
+    cached = cached_model_dir(corpus, role, recipe, threads)
     if not is_complete(cached):
         with atomic_dir(cached) as tmp:
             _train_into(tmp, corpus, role, recipe, texts, threads, progress)

@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import UserError
 from ..models.generation import encode_documents, right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
+from ..utils.environment import environment
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir, sha256_json
 from ..utils.progress import quiet_trainer_output
 from . import bf16, lora
@@ -456,7 +457,8 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
               "chunks": len(dataset), "epochs": outcome.epochs, "chosen_epoch": outcome.chosen,
               "chosen_reason": outcome.reason, "diverged": outcome.diverged,
               "memory": memory_record(trainer, model, s),
-              "seconds": round(time.time() - started, 2), "versions": versions()}
+              "seconds": round(time.time() - started, 2), "versions": versions(),
+              "environment": environment()}
     save_trained(trainer, tokenizer, out, TRAIN_RECORD, record, None, base=model_path)
     finish_work(trainer, work, s)
     return out

@@ -40,6 +40,7 @@ from ..training.core import (
     training_arguments,
     versions,
 )
+from ..utils.environment import environment
 from ..utils.progress import quiet_trainer_output
 from . import sure
 from .margin import MarginOptions, batch_margin_loss, derived_margin
@@ -275,6 +276,7 @@ def unlearn(
         "memory": memory_record(trainer, model, settings),
         "seconds": round(time.time() - started, 2),
         "versions": versions(),
+        "environment": environment(),
     }
     save_trained(trainer, tokenizer, out, "unlearn.json", record, to_yaml(cfg), base=model_path)
     finish_work(trainer, work, settings)
