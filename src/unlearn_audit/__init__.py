@@ -11,4 +11,3 @@ import os as _os
 if not _os.environ.get("UNLEARN_AUDIT_VERBOSE"):  # before anything imports transformers' Trainer (-> peft ->
     # bitsandbytes, whose CPU backend warns of optional kernels at import); -v restores it (utils/quiet.py)
     _logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
-

@@ -165,3 +165,15 @@ def test_recovery_of_almost_nothing_forgotten_is_not_printed():
     table = report.verdict_table([v], ["full", "rtn-int4-g128"])
     assert "| - / - (-) |" in table and "100%" not in table.split("|")[3]
     assert "rtn-int4-g128: " not in report.robustness_table([v], ["full", "rtn-int4-g128"])
+
+
+def test_environment_section_names_the_machine_and_a_mixed_resume(tmp_path):
+    from unlearn_audit.experiment.report import environment_lines
+    from unlearn_audit.utils.environment import record_environment
+
+    assert environment_lines(tmp_path) == []  # a folder from before environments were recorded
+    record_environment(tmp_path, threads=2)
+    lines = environment_lines(tmp_path)
+    assert len(lines) == 2 and "threads" in lines[0] and "README" in lines[1]
+    record_environment(tmp_path, threads=1)  # resumed with another thread count
+    assert any("computed under 2 environments" in line for line in environment_lines(tmp_path))

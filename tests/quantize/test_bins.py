@@ -161,6 +161,23 @@ def test_coverage_reports_what_the_quantizers_leave_in_full_precision(tmp_path):
     assert "not analysed: model.embed_tokens.weight" in bins.table(r)
 
 
+def test_the_forecast_counts_the_tensors_the_quantizer_keeps(tmp_path):
+    """An update erased in the quantized layers but also living in the (unquantized) embedding: the
+    whole-model survival is the embedding's share of |u - t|^2, which survives whole."""
+    target = {**make_target(), "model.embed_tokens.weight": torch.randn(100, 256) * 0.05}
+    inside = nudge(make_target(), inside=True)  # erased by int4
+    sq_q = sum(float((inside[n] - target[n]).double().square().sum()) for n in NAMES)
+    step = (sq_q / (100 * 256)) ** 0.5  # the embedding update carries as much |.|^2 as the quantized one
+    unlearned = {**inside, "model.embed_tokens.weight": target["model.embed_tokens.weight"] + step}
+    r = bins.analyse(save(tmp_path / "t", target), save(tmp_path / "u", unlearned), "rtn-int4-g128")
+    assert r["projected_survival_quantized"] == 0.0
+    assert r["not_quantized_sq_share"] == pytest.approx(0.5, abs=1e-3)
+    assert r["projected_survival"] == pytest.approx(0.5, abs=1e-3)  # 50% back, not the quantized layers' 100%
+    assert "50% of |update|^2 lies in tensors the quantizer keeps" in r["verdict"]
+    cast = bins.analyse(tmp_path / "t", tmp_path / "u", "cast-bf16")  # a cast rounds every tensor alike
+    assert cast["not_quantized_sq_share"] == 0.0
+
+
 def test_widths_the_group_size_does_not_divide_are_listed(tmp_path):
     target = {"model.layers.0.mlp.down_proj.weight": torch.randn(8, 192) * 0.05}
     unlearned = {n: w + 0.01 for n, w in target.items()}

@@ -10,7 +10,10 @@ the safetensors shards (a 7B pair needs a few chunk buffers, not whole models):
   erased_mass_share the same, weighted by |w_u - w_t| (the verdict uses it)
   projected_survival <Q(w_u) - Q(w_t), w_u - w_t> / |w_u - w_t|^2: how much of the update is still there,
                     along its own direction, after both models are quantized (1: all of it, 0: none;
-                    unlike the erased mass it also sees group scales that drift when every weight moves)
+                    unlike the erased mass it also sees group scales that drift when every weight moves);
+                    over every tensor the pair holds, those the quantizer keeps in full precision (embeddings,
+                    a tied head, norms) counting as surviving whole; `projected_survival_quantized` is the same
+                    over the quantized tensors alone, `not_quantized_sq_share` the kept tensors' share of it
   histograms of |dw| / Delta and |w_t| / Delta over the changed weights (Delta: the target's step)
 With `lr`, the bf16 cap: an AdamW step of size lr only survives bf16 rounding for |w| below
 2^ceil(log2(lr) + 8); when that cap lies inside the zero bin, the bf16 update cannot leave it.
@@ -172,21 +175,22 @@ def skip_reason(name: str, shape: list[int], opts: BinsOptions) -> str:
     return "output head: the quantizers keep it in full precision (--quantize-lm-head analyses it)"
 
 
-def update_mass(a: ShardedWeights, b: ShardedWeights, name: str, budget: int) -> tuple[int, int, float]:
-    """(weights, changed weights, sum |w_u - w_t|) of one tensor, streamed by rows."""
+def update_mass(a: ShardedWeights, b: ShardedWeights, name: str, budget: int) -> tuple[int, int, float, float]:
+    """(weights, changed weights, sum |w_u - w_t|, sum (w_u - w_t)^2) of one tensor, streamed by rows."""
     shape = a.shape(name)
     rounding = comparison_dtype(a.dtype(name), b.dtype(name))  # as for the analysed tensors
     if len(shape) < 2:  # small: read whole
         ta = a.tensor(name)
         d = (b.tensor(name).float() - (ta.to(rounding) if rounding is not None else ta).float()).abs()
-        return d.numel(), int((d > 0).sum()), float(d.sum(dtype=torch.float64))
+        return d.numel(), int((d > 0).sum()), float(d.sum(dtype=torch.float64)), float(d.double().square().sum())
     per = max(1, budget // max(math.prod(shape[1:]), 1))
     n = changed = 0
-    mass = 0.0
+    mass = sq = 0.0
     for r0 in range(0, shape[0], per):
         d = (b.rows(name, r0, r0 + per) - a.rows(name, r0, r0 + per, rounding)).abs()
         n, changed, mass = n + d.numel(), changed + int((d > 0).sum()), mass + float(d.sum(dtype=torch.float64))
-    return n, changed, mass
+        sq += float(d.double().square().sum())
+    return n, changed, mass, sq
 
 
 def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_mass: float,
@@ -195,9 +199,9 @@ def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_m
     with its share of the total update mass (sum |w_u - w_t|), and tied output heads stored only once."""
     left = []
     for name in (n for n in a.names() if n in b.where and n not in picked):
-        n, changed, mass = update_mass(a, b, name, opts.chunk_elements)
+        n, changed, mass, sq = update_mass(a, b, name, opts.chunk_elements)
         left.append({"tensor": name, "weights": n, "changed_share": changed / max(n, 1), "update_mass": mass,
-                     "reason": skip_reason(name, a.shape(name), opts)})
+                     "update_sq": sq, "reason": skip_reason(name, a.shape(name), opts)})
     total = analysed_mass + sum(x["update_mass"] for x in left)
     for x in left:
         x["update_mass_share"] = x.pop("update_mass") / total if total > 0 else 0.0
@@ -210,7 +214,21 @@ def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_m
         note = (f"the output head is tied to {embed} (stored once): its update is that embedding's, "
                 "reported above, and quantizers keep it in full precision")
     return {"analysed_update_mass_share": analysed_mass / total if total > 0 else 1.0,
-            "not_analysed": left, "tied_output_head": note}
+            "not_analysed": left, "not_analysed_sq": sum(x["update_sq"] for x in left), "tied_output_head": note}
+
+
+def whole_model_survival(total: Tally, cover: dict, scheme: Scheme) -> tuple[float, float]:
+    """(survival over every tensor the pair holds, the not-quantized tensors' share of |u - t|^2).
+
+    A tensor the quantizer leaves in full precision (embeddings and a tied head under RTN and bitsandbytes,
+    norms, biases) keeps its whole update: <Q(u) - Q(t), u - t> = |u - t|^2 there. Summed with the quantized
+    tensors', s = (dot_q + sq_left) / (sq_q + sq_left): the forecast then sees forgetting that lives where
+    quantization does not reach. A cast changes every tensor alike, so for casts only the analysed ones count."""
+    left = 0.0 if scheme.family == "cast" else cover["not_analysed_sq"]
+    whole = total.sq + left
+    if whole <= 0:
+        return 0.0, 0.0
+    return (total.dot + left) / whole, left / whole
 
 
 PRECISION_BITS = {"F64": 53, "F32": 24, "BF16": 8, "F16": 11}
@@ -426,6 +444,9 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         if progress:
             progress(1)
     overall = total.summary(cap is not None)
+    cover = coverage(a, b, names, total.mass, opts)
+    overall["projected_survival_quantized"] = overall["projected_survival"]
+    overall["projected_survival"], overall["not_quantized_sq_share"] = whole_model_survival(total, cover, s)
     result = {
         "scheme": s.name,
         "bits": s.bits,
@@ -439,7 +460,7 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         "histograms": {"edges": HIST_EDGES.tolist(), "dw_over_delta": total.dw_hist.tolist(),
                        "w_over_delta": total.w_hist.tolist()},
         "layers": layers,
-        "coverage": coverage(a, b, names, total.mass, opts),
+        "coverage": cover,
         "partial_last_group": {n: a.shape(n)[1] for n in names
                                if s.family == "rtn" and s.rtn.granularity == "group" and a.shape(n)[1] % s.group_size},
     }
@@ -453,12 +474,16 @@ def verdict(summary: dict, scheme: Scheme) -> str:
     if summary["changed_share"] == 0:
         return "no weight changed: the models are identical"
     share, survival = summary["erased_mass_share"], summary["projected_survival"]
-    if summary["same_value_share"] == 1.0:
+    kept = summary.get("not_quantized_sq_share") or 0.0
+    where = (f"; {kept:.0%} of |update|^2 lies in tensors the quantizer keeps (embeddings, norms)"
+             if kept >= 0.005 else "")
+    if summary["same_value_share"] == 1.0 and not where:
         return f"quantized unlearned model equals the quantized target: update is erased by {how} in 100% of its mass"
     if survival < 0.5:
         return (f"update is erased by {how}: {survival:.0%} of it survives along its direction "
-                f"({share:.0%} of its mass erased)")
-    return f"update survives {how} ({survival:.0%} along its direction; {share:.0%} of its mass erased)"
+                f"({share:.0%} of the quantized tensors' mass erased{where})")
+    return (f"update survives {how} ({survival:.0%} along its direction; {share:.0%} of the quantized tensors' "
+            f"mass erased{where})")
 
 
 def table(result: dict) -> str:
