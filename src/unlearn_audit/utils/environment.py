@@ -44,6 +44,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_identity() -> dict:
+    """Family, model and stepping (a hypervisor's generic model name hides them) and the cache sizes,
+    which oneDNN's blocking reads (Linux only; empty elsewhere)."""
+    out: dict = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in ("vendor_id", "cpu family", "model", "stepping") and key.replace(" ", "_") not in out:
+                out[key.replace(" ", "_")] = line.split(":", 1)[1].strip()
+            if line.strip() == "":
+                break
+        caches = Path("/sys/devices/system/cpu/cpu0/cache")
+        for index in sorted(caches.glob("index*")):
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            out[f"L{level}_{kind.lower()}"] = (index / "size").read_text().strip()
+    except OSError:
+        pass
+    return out
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -56,7 +76,7 @@ def cpu_model() -> str:
 
 def machine_family(env: dict) -> str:
     """Vendor and bf16 kernel family, e.g. 'AMD/avx512_bf16': what decides which README table applies."""
-    cpu = env["cpu"].upper()
+    cpu = (env.get("cpu_identity", {}).get("vendor_id", "") + " " + env["cpu"]).upper()
     vendor = "AMD" if "AMD" in cpu else "Intel" if "INTEL" in cpu else "other"
     return f"{vendor}/{env['bf16_kernels']}"
 
@@ -97,6 +117,7 @@ def environment(threads: int | None = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_identity": cpu_identity(),
         "cpu_flags": sorted(f for f in ISA_FLAGS if f in flags),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_kernels": bf16_kernels(flags),
@@ -113,7 +134,8 @@ def numerics_key(threads: int | None = None) -> dict:
     env = environment(threads)
     keep = ("torch", "transformers", "accelerate", "numpy")
     return {"packages": {k: v for k, v in env["packages"].items() if k in keep},
-            "cpu": env["cpu"], "bf16_kernels": env["bf16_kernels"], "threads": env["threads"], "cuda": env["cuda"]}
+            "cpu": env["cpu"], "cpu_identity": env["cpu_identity"], "bf16_kernels": env["bf16_kernels"],
+            "threads": env["threads"], "cuda": env["cuda"]}
 
 
 def read_lock(path: Path = LOCK) -> dict[str, str]:
@@ -170,7 +192,8 @@ def record_environment(folder: Path, threads: int | None = None) -> dict:
 
 def numeric_part(env: dict) -> dict:
     """The fields of an environment that can change a number (not the platform string's kernel build)."""
-    return {k: env.get(k) for k in ("cpu", "cpu_flags", "bf16_kernels", "threads", "cuda", "packages", "python")}
+    return {k: env.get(k) for k in ("cpu", "cpu_identity", "cpu_flags", "bf16_kernels", "threads", "cuda",
+                                    "packages", "python")}
 
 
 def describe(env: dict) -> str:
