@@ -211,6 +211,13 @@ def cmd_bins(args) -> int:
     opts = BinsOptions(include_embeddings=args.quantize_embeddings, include_lm_head=args.quantize_lm_head)
     with tqdm(desc="bins", unit="tensor", disable=args.quiet, leave=False) as bar:
         result = analyse(args.target, args.unlearned, args.scheme, args.lr, opts, bar.update)
+    if args.corpus:
+        from .data.corpus import Corpus
+        from .quantize.forecast import first_order_forecast
+
+        result["first_order"] = first_order_forecast(args.target, args.unlearned, args.scheme,
+                                                     Corpus.open(args.corpus).raw("forget"),
+                                                     include_embeddings=args.quantize_embeddings)
     print(table(result))
     if args.out:
         files = write_outputs(result, args.out)
@@ -448,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="rtn-int4-g128", help="rtn-* or bnb-* scheme (default rtn-int4-g128)")
     p.add_argument("--lr", type=float, help="unlearning learning rate: reports the bf16 cap against the bins")
     p.add_argument("--out", help="folder for bins.json, bins.md and bins.png")
+    p.add_argument("--corpus", help="corpus whose forget texts weight the update by the forget loss's gradient: "
+                                    "adds the first-order forecast (loads both models; docs/quantization.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_quantize_flags(p)
     p.set_defaults(func=cmd_bins)

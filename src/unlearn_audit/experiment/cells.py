@@ -13,6 +13,7 @@ from ..evaluate.runner import EvalConfig, evaluate_model, heals_prompt_space, kn
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
+from ..quantize.forecast import first_order_forecast
 from ..unlearn.methods import is_wrapper
 from ..unlearn.trainer import UnlearnConfig, unlearn
 from ..utils.io import atomic_write_json
@@ -221,6 +222,9 @@ def bins_cell(runner, cell) -> dict:
     target = runner.result(cfg["target"])["path"]
     lr = unlearned["lr"] if unlearned["dtype"] == "bf16" else None
     result = analyse(target, unlearned["path"], cfg["scheme"], lr)
+    if "corpus" in cfg:  # the forget texts weight the update by the forget loss's gradient
+        result["first_order"] = first_order_forecast(target, unlearned["path"], cfg["scheme"],
+                                                     corpus_of(runner, cfg["corpus"]).raw("forget"))
     folder = runner.run_dir / "bins" / cell.id
     atomic_write_json(folder / "bins.json", result)
     plot(result, folder / "bins.png")

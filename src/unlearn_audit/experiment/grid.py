@@ -160,8 +160,8 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     for run, model_seed in runs:
         target = models[model_seed]["target"].id
         for scheme in cfg.bins_schemes:
-            cells.append(spec("bins", {"unlearned": run.id, "target": target, "scheme": scheme},
-                              [run.id, target], f"bins {run.label} @ {scheme}"))
+            cells.append(spec("bins", {"unlearned": run.id, "target": target, "scheme": scheme, "corpus": corpus.id},
+                              [run.id, target, corpus.id], f"bins {run.label} @ {scheme}"))
     return cells
 
 

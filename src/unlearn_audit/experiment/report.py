@@ -277,11 +277,11 @@ def recovery_cell(v: dict, attack: str) -> str:
 
 def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     """Per method: retained at full precision, recovery under each quantized scheme, utility, verdict,
-    and what `bins` predicted from the weights alone."""
+    and what `bins` forecast (by the forget loss's gradient where the forget texts were given, and from the weights alone)."""
     quantized = [s for s in schemes if s != "full"]
     head = ["Unlearned model", "retained at full: VerbMem / KnowMem (mean)"]
     head += [f"{s}: recovery VerbMem / KnowMem (pooled)" for s in quantized]
-    head += ["KnowMem_r kept", "measured verdict", "bins prediction of the recovery (from the weights)",
+    head += ["KnowMem_r kept", "measured verdict", "bins forecast of the recovery (by the forget loss's gradient; by the update's size)",
              f"prediction within {PREDICTION_TOLERANCE:.0%}?"]
     rows = []
     for v in verdicts:
@@ -341,8 +341,19 @@ def bins_prediction(b: dict | None) -> str:
     survive along its own direction, 1 - survival (the erased mass is shown beside it)."""
     if not b or b.get("projected_survival") is None:
         return "-"
-    return (f"{b['scheme']}: {fmt(1 - b['projected_survival'], True)} back ({fmt(b['projected_survival'], True)} "
-            f"of the update survives; {fmt(b['erased_mass_share'], True)} of its mass erased)")
+    first = forecast_survival(b)
+    by_gradient = (f"{fmt(1 - first, True)} back by the forget loss's gradient; "
+                   if b.get("first_order_survival") is not None else "")
+    return (f"{b['scheme']}: {by_gradient}{fmt(1 - b['projected_survival'], True)} back by the update's size "
+            f"({fmt(b['projected_survival'], True)} of the update survives; {fmt(b['erased_mass_share'], True)} "
+            "of its mass erased)")
+
+
+def forecast_survival(b: dict) -> float | None:
+    """The survival a forecast is judged by: the first-order one where the forget texts gave it (it weights
+    the update by its effect on the forget loss), else the one from the weights alone."""
+    first = b.get("first_order_survival")
+    return first if first is not None else b.get("projected_survival")
 
 
 def prediction_agrees(v: dict) -> bool | None:
@@ -350,9 +361,9 @@ def prediction_agrees(v: dict) -> bool | None:
     under the analysed scheme?"""
     b = v.get("bins")
     rec = v["recovery"].get(b["scheme"], {}).get("pooled") if b else None
-    if rec is None or b.get("projected_survival") is None or v["verdict"] is Verdict.TOO_LITTLE:
+    if rec is None or forecast_survival(b) is None or v["verdict"] is Verdict.TOO_LITTLE:
         return None
-    return abs((1 - b["projected_survival"]) - rec) <= PREDICTION_TOLERANCE
+    return abs((1 - forecast_survival(b)) - rec) <= PREDICTION_TOLERANCE
 
 
 SHALLOW_AT_THIS_SIZE = (
@@ -426,7 +437,9 @@ def bins_by_label(brows: list[dict], scheme: str | None) -> dict[str, dict]:
             groups[b["label"]].append(b)
     return {label: {"scheme": scheme, "n": len(bs),
                     "erased_mass_share": mean([b["erased_mass_share"] for b in bs]),
-                    "projected_survival": mean([b.get("projected_survival") for b in bs])}
+                    "projected_survival": mean([b.get("projected_survival") for b in bs]),
+                    "first_order_survival": mean([(b.get("first_order") or {}).get("first_order_survival")
+                                                  for b in bs])}
             for label, bs in groups.items()}
 
 
@@ -749,7 +762,22 @@ def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
         if (r / "bins").is_dir():
             shutil.copytree(r / "bins", out / "bins", dirs_exist_ok=True)
     atomic_write_text(out / "config.yaml", (runs[0] / "config.yaml").read_text())
+    merge_environments(out, runs)
     return out
+
+
+def merge_environments(out: Path, runs: list[Path]) -> None:
+    """The merged folder's environment.json: each distinct environment the shards were computed in."""
+    from ..utils.environment import ENVIRONMENT_FILE, numeric_part
+
+    envs: list[dict] = []
+    for r in runs:
+        path = r / ENVIRONMENT_FILE
+        for env in read_json(path)["environments"] if path.is_file() else []:
+            if all(numeric_part(env) != numeric_part(e) for e in envs):
+                envs.append(env)
+    if envs:
+        atomic_write_json(out / ENVIRONMENT_FILE, {"environments": envs})
 
 
 def render_folder(run_dir: str | Path) -> dict:
@@ -774,7 +802,7 @@ def terminal_summary(pieces: dict, run_dir: Path) -> str:
     lines = ["", pieces["table"], "",
              "Retained share of the target's forget-set knowledge (VerbMem / KnowMem, unlearned / target):",
              pieces["retention"], "",
-             "Per method: recovery under quantization, and the bins prediction from the weights alone:",
+             "Per method: recovery under quantization, and the bins forecast:",
              pieces["verdicts"], ""]
     if pieces["attacks"]:  # the grid has attack columns
         lines += ["Per method: recovery under the other attacks; last row, what they give the retrained control:",

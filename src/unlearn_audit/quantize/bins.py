@@ -498,6 +498,11 @@ def table(result: dict) -> str:
                      f"{'-' if med is None else f'{med:.3g}'} |")
     lines.append("")
     lines.append(f"verdict ({result['scheme']}): {result['verdict']}")
+    lines.append(f"forecast by the update's size: {1 - result['projected_survival']:.0%} back")
+    if result.get("first_order"):
+        from .forecast import describe
+
+        lines.append(f"forecast by the forget loss's gradient: {describe(result['first_order'])}")
     cov = result.get("coverage")
     if cov:
         left = sorted(cov["not_analysed"], key=lambda x: -x["update_mass_share"])

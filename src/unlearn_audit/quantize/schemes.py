@@ -58,6 +58,26 @@ def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
     return views
 
 
+def fake_quantize(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
+    """Q(w): the dequantized 2-D weight under `scheme`, group by group as `group_views` lays them out (the
+    torch twin `bins` analyses; a new tensor, `w` is left as it is)."""
+    rows, cols = w.shape
+    w = w.float()
+    if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
+        return torch.cat([quantize_groups(v.clone(), scheme)[1].reshape(-1) for v in group_views(w, scheme)]).reshape(rows, cols)
+    if scheme.family in ("bnb", "cast") or scheme.rtn.granularity in ("channel", "tensor"):
+        return quantize_groups(w.reshape(1, -1) if scheme.family == "rtn" and scheme.rtn.granularity == "tensor"
+                               else w.clone(), scheme)[1].reshape(rows, cols)
+    g = scheme.rtn.group_size
+    full = (cols // g) * g
+    out = torch.empty_like(w)
+    if full:
+        out[:, :full] = quantize_groups(w[:, :full].reshape(-1, g), scheme)[1].reshape(rows, full)
+    if full < cols:
+        out[:, full:] = quantize_groups(w[:, full:].clone(), scheme)[1]
+    return out
+
+
 def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, dequantized, step, zero-bin half-width) of groups x (n, g); step and half-width are (n, 1).
 

@@ -27,9 +27,9 @@ NUMERIC_PACKAGES = (
     "compressed-tensors", "hqq", "lm-eval",
 )
 
-# Where the README's numbers were measured (machine_family of each) and with how many threads.
-README_MACHINES = {"AMD/avx512_bf16": "AMD EPYC with AVX512-BF16 (Zen 4)",
-                   "Intel/amx": "Intel Xeon with AMX (Sapphire Rapids and later)"}
+# The kind of machine the README's tables were measured on (machine_family) and its thread count; other
+# machines' targets are in docs/reproducibility.md.
+README_MACHINE = ("AMD/avx512_bf16", "AMD EPYC with AVX512-BF16 (Zen 4)")
 README_THREADS = 2
 
 
@@ -163,9 +163,8 @@ def lock_differences(env: dict) -> list[str]:
         locked = lock.get(normalise(name))
         if locked and locked != version and locked.split("+")[0] != version.split("+")[0]:
             diffs.append(f"{name} {version} (locked {locked})")
-    if machine_family(env) not in README_MACHINES:
-        diffs.append(f"CPU {env['cpu']} with bf16 kernels '{env['bf16_kernels']}' (README: "
-                     + " or ".join(README_MACHINES.values()) + ")")
+    if machine_family(env) != README_MACHINE[0]:
+        diffs.append(f"CPU {env['cpu']} with bf16 kernels '{env['bf16_kernels']}' (README: {README_MACHINE[1]})")
     if env["threads"] != README_THREADS:
         diffs.append(f"{env['threads']} threads (README: {README_THREADS})")
     if not env["python"].startswith("3.11."):
@@ -204,13 +203,13 @@ def describe(env: dict) -> str:
 
 
 def lock_notice(env: dict) -> str:
-    """The line `demo` prints at its start: which of the README's measured machines this one matches, or
-    what differs from them (then the models and numbers differ too)."""
+    """The line `demo` prints at its start: whether this machine is of the kind, lock and thread count the
+    README's tables were measured with, or what differs (then the models and numbers differ too)."""
     diffs = lock_differences(env)
     if not diffs:
-        return (f"environment: the README's lock on {README_MACHINES[machine_family(env)]} with "
-                f"{README_THREADS} threads: expect that machine's numbers in the README, to the digit")
-    return ("environment differs from what the README's numbers were measured under (" + "; ".join(diffs) + "): "
-            "the fine-tuned target and every number will differ from the README's tables, and the verdict can "
-            "move with the target (docs/reproducibility.md); install under the lock with "
-            "`-c src/unlearn_audit/constraints.txt`")
+        return (f"environment: the lock, CPU kind ({README_MACHINE[1]}) and {README_THREADS} threads of the "
+                "README's tables: expect their numbers (measured on one such machine; docs/reproducibility.md)")
+    return ("environment differs from the README tables' (" + "; ".join(diffs) + "): the fine-tuned target "
+            "and every number will differ from them, and the verdict can move with the target; "
+            "docs/reproducibility.md shows other machines' targets"
+            + (" (install under the lock with `-c src/unlearn_audit/constraints.txt`)" if "locked" in str(diffs) else ""))
