@@ -17,6 +17,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from .threads import default_threads
+
 LOCK = Path(__file__).resolve().parent.parent / "constraints.txt"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
@@ -30,7 +32,7 @@ NUMERIC_PACKAGES = (
 # The kind of machine the README's tables were measured on (machine_family) and its thread count; other
 # machines' targets are in docs/reproducibility.md.
 README_MACHINE = ("AMD/avx512_bf16", "AMD EPYC with AVX512-BF16 (Zen 4)")
-README_THREADS = 2
+README_CORES = 2  # the demos' processes split these: `demo` 1 worker x 2 threads, `demo --tiny` 2 x 1
 
 
 def cpu_flags() -> set[str]:
@@ -122,6 +124,7 @@ def environment(threads: int | None = None) -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_kernels": bf16_kernels(flags),
         "threads": threads or torch.get_num_threads(),
+        "cores": default_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "packages": package_versions(),
     }
@@ -165,8 +168,8 @@ def lock_differences(env: dict) -> list[str]:
             diffs.append(f"{name} {version} (locked {locked})")
     if machine_family(env) != README_MACHINE[0]:
         diffs.append(f"CPU {env['cpu']} with bf16 kernels '{env['bf16_kernels']}' (README: {README_MACHINE[1]})")
-    if env["threads"] != README_THREADS:
-        diffs.append(f"{env['threads']} threads (README: {README_THREADS})")
+    if env.get("cores", env["threads"]) != README_CORES:
+        diffs.append(f"{env.get('cores', env['threads'])} cores (README: {README_CORES})")
     if not env["python"].startswith("3.11."):
         diffs.append(f"Python {env['python']} (README: 3.11)")
     return diffs
@@ -191,8 +194,8 @@ def record_environment(folder: Path, threads: int | None = None) -> dict:
 
 def numeric_part(env: dict) -> dict:
     """The fields of an environment that can change a number (not the platform string's kernel build)."""
-    return {k: env.get(k) for k in ("cpu", "cpu_identity", "cpu_flags", "bf16_kernels", "threads", "cuda",
-                                    "packages", "python")}
+    return {k: env.get(k) for k in ("cpu", "cpu_identity", "cpu_flags", "bf16_kernels", "threads", "cores",
+                                    "cuda", "packages", "python")}
 
 
 def describe(env: dict) -> str:
@@ -207,7 +210,7 @@ def lock_notice(env: dict) -> str:
     README's tables were measured with, or what differs (then the models and numbers differ too)."""
     diffs = lock_differences(env)
     if not diffs:
-        return (f"environment: the lock, CPU kind ({README_MACHINE[1]}) and {README_THREADS} threads of the "
+        return (f"environment: the lock, CPU kind ({README_MACHINE[1]}) and {README_CORES} cores of the "
                 "README's tables: expect their numbers (measured on one such machine; docs/reproducibility.md)")
     return ("environment differs from the README tables' (" + "; ".join(diffs) + "): the fine-tuned target "
             "and every number will differ from them, and the verdict can move with the target; "
