@@ -209,15 +209,17 @@ def cmd_bins(args) -> int:
     from .quantize.bins import BinsOptions, analyse, table, write_outputs
 
     opts = BinsOptions(include_embeddings=args.quantize_embeddings, include_lm_head=args.quantize_lm_head)
+    forget = None
+    if args.corpus:  # a bad corpus is refused before the analysis reads any weight
+        from .data.corpus import Corpus
+
+        forget = Corpus.open(args.corpus).raw("forget")
     with tqdm(desc="bins", unit="tensor", disable=args.quiet, leave=False) as bar:
         result = analyse(args.target, args.unlearned, args.scheme, args.lr, opts, bar.update)
-    if args.corpus:
-        from .data.corpus import Corpus
+    if forget is not None:
         from .quantize.forecast import first_order_forecast
 
-        result["first_order"] = first_order_forecast(args.target, args.unlearned, args.scheme,
-                                                     Corpus.open(args.corpus).raw("forget"),
-                                                     include_embeddings=args.quantize_embeddings)
+        result["first_order"] = first_order_forecast(args.target, args.unlearned, args.scheme, forget, opts=opts)
     print(table(result))
     if args.out:
         files = write_outputs(result, args.out)

@@ -136,6 +136,9 @@ def test_bins_cli(run_cli, tmp_path):
     assert code == 0 and "verdict (rtn-int4-g128)" in out and (tmp_path / "b" / "bins.png").is_file()
     code, _, err = run_cli("bins", "--target", tmp_path / "nope", "--unlearned", tmp_path / "u")
     assert code == 2 and "model folder not found" in err
+    code, out, err = run_cli("bins", "--target", tmp_path / "t", "--unlearned", tmp_path / "u", "--corpus",
+                             tmp_path / "no-corpus", "--quiet")
+    assert code == 2 and "corpus folder not found" in err and "verdict" not in out  # before any weight is read
 
 
 def test_coverage_reports_what_the_quantizers_leave_in_full_precision(tmp_path):

@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unlearn_audit.data.corpus import Corpus
-from unlearn_audit.quantize.codebook import codebook_quantize
-from unlearn_audit.quantize.forecast import first_order_forecast, quantized_by
+from unlearn_audit.quantize.bins import BinsOptions, quantized_by
+from unlearn_audit.quantize.forecast import first_order_forecast
 from unlearn_audit.quantize.rtn import RTNScheme
 from unlearn_audit.quantize.rtn import fake_quantize as rtn_fake_quantize
-from unlearn_audit.quantize.schemes import fake_quantize, parse_scheme
+from unlearn_audit.quantize.schemes import fake_quantize, group_views, parse_scheme, quantize_groups
 
 
 @pytest.mark.parametrize("shape", [(8, 256), (8, 320), (3, 96)])
@@ -25,16 +25,25 @@ def test_twin_equals_rtn_groups_with_a_partial_last_group(shape):
 
 
 @pytest.mark.parametrize("kind", ["fp4", "nf4"])
-def test_twin_equals_the_bitsandbytes_codebook(kind):
-    w = torch.randn(5, 100, generator=torch.Generator().manual_seed(1))  # 500 weights: a padded last block
-    assert torch.equal(fake_quantize(w, parse_scheme(f"bnb-{kind}")), codebook_quantize(w, kind)[1])
+def test_twin_equals_the_blocks_bins_analyses(kind):
+    """Q is what `bins` tallies: its group views, quantized block by block (a padded last block here)."""
+    s = parse_scheme(f"bnb-{kind}")
+    w = torch.randn(5, 100, generator=torch.Generator().manual_seed(1))
+    blocks = torch.cat([quantize_groups(v, s)[1].reshape(-1) for v in group_views(w, s)]).reshape(w.shape)
+    assert torch.equal(fake_quantize(w, s), blocks)
+
+
+def test_a_cast_rounds_tensors_of_any_shape():
+    norm = torch.randn(7, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fake_quantize(norm, parse_scheme("cast-bf16")), norm.to(torch.bfloat16).float())
 
 
 def test_quantized_tensors_are_the_2d_weights_but_embeddings_and_head():
-    assert quantized_by("model.layers.0.mlp.up_proj.weight", (4, 4))
-    assert not quantized_by("model.embed_tokens.weight", (4, 4))
-    assert quantized_by("model.embed_tokens.weight", (4, 4), include_embeddings=True)
-    assert not quantized_by("lm_head.weight", (4, 4)) and not quantized_by("model.norm.weight", (4,))
+    plain = BinsOptions()
+    assert quantized_by("model.layers.0.mlp.up_proj.weight", (4, 4), plain)
+    assert not quantized_by("model.embed_tokens.weight", (4, 4), plain)
+    assert quantized_by("model.embed_tokens.weight", (4, 4), BinsOptions(include_embeddings=True))
+    assert not quantized_by("lm_head.weight", (4, 4), plain) and not quantized_by("model.norm.weight", (4,), plain)
 
 
 def edited(target, out, edit):
@@ -47,7 +56,7 @@ def edited(target, out, edit):
 
 def inside_zero_bins(name, w):
     """Halve every weight of a quantized tensor that int4 RTN g128 rounds to zero: int4 erases the change."""
-    if not quantized_by(name, tuple(w.shape)):
+    if not quantized_by(name, tuple(w.shape), BinsOptions()):
         return w
     q = fake_quantize(w.float(), parse_scheme("rtn-int4-g128"))
     return torch.where(q == 0, w * 0.5, w)
@@ -78,7 +87,7 @@ def test_the_survival_is_the_gradient_weighted_ratio(micro_target, micro_world, 
     from unlearn_audit.quantize.forecast import forget_gradient
 
     def crossing(name, w):  # a large update that crosses bin edges in the quantized tensors
-        return w * 1.3 if quantized_by(name, tuple(w.shape)) else w
+        return w * 1.3 if quantized_by(name, tuple(w.shape), BinsOptions()) else w
 
     unlearned = edited(micro_target, tmp_path / "u", crossing)
     texts = Corpus(micro_world).raw("forget")
@@ -91,7 +100,7 @@ def test_the_survival_is_the_gradient_weighted_ratio(micro_target, micro_world, 
     for (n, pt), (_, pu) in zip(t.named_parameters(), u.named_parameters()):
         g = (gt[n] + gu[n]) / 2
         d = pu.detach() - pt.detach()
-        q = fake_quantize(pu.detach(), s) - fake_quantize(pt.detach(), s) if quantized_by(n, tuple(d.shape)) else d
+        q = fake_quantize(pu.detach(), s) - fake_quantize(pt.detach(), s) if quantized_by(n, tuple(d.shape), BinsOptions()) else d
         num, den = num + float((g * q).sum()), den + float((g * d).sum())
     assert r["first_order_survival"] == pytest.approx(num / den, rel=1e-4)
     assert 0.0 < r["first_order_survival"]

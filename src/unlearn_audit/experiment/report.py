@@ -633,8 +633,9 @@ def environment_lines(run_dir: Path) -> list[str]:
         lines.append(f"- the cells were computed under {len(envs)} environments (a resumed run): numbers from "
                      "different kernels or versions are mixed")
     diffs = lock_differences(envs[-1])
-    lines.append("- differs from the README's lock: " + "; ".join(diffs) if diffs else
-                 "- the README's lock (src/unlearn_audit/constraints.txt) and kernels: numbers comparable to the README's")
+    lines.append("- differs from the README tables' environment: " + "; ".join(diffs) if diffs else
+                 "- the README tables' lock (src/unlearn_audit/constraints.txt), kind of CPU and cores: numbers "
+                 "comparable to the README's")
     return lines
 
 

@@ -142,6 +142,16 @@ def open_weights(folder: str | Path, merge_dtype: str = "auto"):
     return MergedWeights(base, adapter, merge_precision(adapter, merge_dtype, stored))
 
 
+def quantized_by(name: str, shape, opts: BinsOptions) -> bool:
+    """Whether RTN and bitsandbytes quantize this tensor: 2-D weights, but embeddings and the output head
+    unless the options include them."""
+    if len(shape) != 2 or not name.endswith("weight"):
+        return False
+    if "embed" in name and not opts.include_embeddings:
+        return False
+    return "lm_head" not in name or opts.include_lm_head
+
+
 def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> list[str]:
     """2-D weights present in both models that the scheme quantizes (Linear layers by default)."""
     common = [n for n in a.names() if n in b.where]
@@ -152,15 +162,7 @@ def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> l
         n = mismatched[0]
         raise UserError(f"{len(mismatched)} tensor(s) differ in shape between the two models (first: {n}, "
                         f"{a.shape(n)} vs {b.shape(n)}); compare an unlearned model with its own target")
-    picked = []
-    for n in common:
-        if len(a.shape(n)) != 2 or not n.endswith("weight"):
-            continue
-        if "embed" in n and not opts.include_embeddings:
-            continue
-        if "lm_head" in n and not opts.include_lm_head:
-            continue
-        picked.append(n)
+    picked = [n for n in common if quantized_by(n, a.shape(n), opts)]
     if not picked:
         raise UserError("no quantizable 2-D weights found in both models")
     return picked

@@ -24,29 +24,18 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .bins import comparison_dtype, open_weights
+from .bins import BinsOptions, comparison_dtype, open_weights, quantized_by
 from .schemes import fake_quantize, parse_scheme
-
-
-def quantized_by(name: str, shape: tuple[int, ...], include_embeddings: bool = False,
-                 include_lm_head: bool = False) -> bool:
-    """The tensors `bins` analyses (and RTN/bitsandbytes quantize): 2-D weights but embeddings and head."""
-    if len(shape) != 2 or not name.endswith("weight"):
-        return False
-    if "embed" in name and not include_embeddings:
-        return False
-    return "lm_head" not in name or include_lm_head
 
 
 def forget_gradient(model, tokenizer, texts: list[str], batch_size: int = 4) -> dict[str, torch.Tensor]:
     """The gradient of the mean per-text NLL of `texts` (padding masked) with respect to every parameter."""
+    if tokenizer.pad_token_id is None:
+        raise UserError("the tokenizer has neither a pad nor an EOS token to pad the forget texts with")
     model.zero_grad(set_to_none=True)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for i in range(0, len(texts), batch_size):
         chunk = texts[i:i + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True)
-        if pad is None:
-            raise UserError("the tokenizer has neither a pad nor an EOS token to pad the forget texts with")
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
         (loss * len(chunk) / len(texts)).backward()
@@ -56,10 +45,11 @@ def forget_gradient(model, tokenizer, texts: list[str], batch_size: int = 4) -> 
 
 
 def first_order_forecast(target: str | Path, unlearned: str | Path, scheme: str, texts: list[str],
-                         batch_size: int = 4, include_embeddings: bool = False) -> dict:
+                         batch_size: int = 4, opts: BinsOptions | None = None) -> dict:
     """The gradient-weighted survival of the forgetting under `scheme` (module docstring), and its parts."""
     from ..models.loading import load_model, load_tokenizer
 
+    opts = opts or BinsOptions()
     s = parse_scheme(scheme)
     if not s.analysable:
         raise UserError(f"the forecast cannot reproduce {s.name}: it depends on calibration data")
@@ -72,26 +62,27 @@ def first_order_forecast(target: str | Path, unlearned: str | Path, scheme: str,
     tok.padding_side = "right"
     models = {"t": load_model(target, "fp32"), "u": load_model(unlearned, "fp32")}
     grads = {k: forget_gradient(m, tok, texts, batch_size) for k, m in models.items()}
-    weights = {k: dict(m.named_parameters()) for k, m in models.items()}
-    sums = {"at_t": [0.0, 0.0], "at_u": [0.0, 0.0], "mid": [0.0, 0.0], "kept": [0.0, 0.0]}
+    weights_t = dict(models["t"].named_parameters())
+    # per gradient (at t, at u, their mean): [<g, Q(u) - Q(t)>, <g, u - t>]; and <g_mid, u - t> where Q keeps u
+    sums = {"at_t": [0.0, 0.0], "at_u": [0.0, 0.0], "mid": [0.0, 0.0]}
+    kept = 0.0
     with torch.no_grad():
-        for name, wu in weights["u"].items():
+        for name, wu in models["u"].named_parameters():
             if name not in grads["t"] or name not in grads["u"]:
                 continue
-            wt = weights["t"][name].float()
+            wt = weights_t[name].float()
             rounding = rounding_of(stored_t, stored_u, name)
             if rounding is not None:  # an fp32 target against a bf16 unlearned model: storage is not the update
                 wt = wt.to(rounding).float()
             d = wu.float() - wt
-            quantized = quantized_by(name, tuple(d.shape), include_embeddings) and s.family != "cast"
-            q = fake_quantize(wu.float(), s) - fake_quantize(wt, s) if quantized or s.family == "cast" else d
-            for key, g in (("at_t", grads["t"][name]), ("at_u", grads["u"][name]),
-                           ("mid", (grads["t"][name] + grads["u"][name]) / 2)):
+            rounded = s.family == "cast" or quantized_by(name, d.shape, opts)  # a cast rounds every tensor
+            q = fake_quantize(wu, s) - fake_quantize(wt, s) if rounded else d
+            g_mid = (grads["t"][name] + grads["u"][name]) / 2
+            for key, g in (("at_t", grads["t"][name]), ("at_u", grads["u"][name]), ("mid", g_mid)):
                 sums[key][0] += float((g * q).sum(dtype=torch.float64))
                 sums[key][1] += float((g * d).sum(dtype=torch.float64))
-            if not quantized and s.family != "cast":
-                g = (grads["t"][name] + grads["u"][name]) / 2
-                sums["kept"][0] += float((g * d).sum(dtype=torch.float64))
+            if not rounded:
+                kept += float((g_mid * d).sum(dtype=torch.float64))
     den = sums["mid"][1]
     if den == 0:
         return {"scheme": s.name, "first_order_survival": None, "texts": len(texts),
@@ -101,7 +92,7 @@ def first_order_forecast(target: str | Path, unlearned: str | Path, scheme: str,
         "first_order_survival": sums["mid"][0] / den,
         "survival_gradient_at_target": sums["at_t"][0] / sums["at_t"][1] if sums["at_t"][1] else None,
         "survival_gradient_at_unlearned": sums["at_u"][0] / sums["at_u"][1] if sums["at_u"][1] else None,
-        "kept_tensors_share": sums["kept"][0] / den,
+        "kept_tensors_share": kept / den,
         "forget_loss_change_first_order": den,
         "texts": len(texts),
     }

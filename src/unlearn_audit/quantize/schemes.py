@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from .codebook import codebook_groups, zero_bin_halfwidth
+from .codebook import codebook_groups, codebook_quantize, zero_bin_halfwidth
 from .rtn import RTNScheme, parse_rtn
+from .rtn import fake_quantize as rtn_fake_quantize
 
 LIB_PATTERN = re.compile(r"^(gptq|awq|hqq)-int(\d)-g(\d+)$")
 EXAMPLES = "rtn-int4-g128, rtn-int8-channel, bnb-fp4, bnb-nf4, bnb-int8, gptq-int4-g128, awq-int4-g128, hqq-int4-g64"
@@ -59,23 +60,15 @@ def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
 
 
 def fake_quantize(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
-    """Q(w): the dequantized 2-D weight under `scheme`, group by group as `group_views` lays them out (the
-    torch twin `bins` analyses; a new tensor, `w` is left as it is)."""
-    rows, cols = w.shape
-    w = w.float()
+    """Q(w) in float32 under `scheme` (a new tensor): RTN and bitsandbytes' FP4/NF4 through their own
+    quantizers, casts element by element at any shape, LLM.int8's rows through `quantize_groups`."""
+    if scheme.family == "rtn":
+        return rtn_fake_quantize(w, scheme.rtn)
     if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
-        return torch.cat([quantize_groups(v.clone(), scheme)[1].reshape(-1) for v in group_views(w, scheme)]).reshape(rows, cols)
-    if scheme.family in ("bnb", "cast") or scheme.rtn.granularity in ("channel", "tensor"):
-        return quantize_groups(w.reshape(1, -1) if scheme.family == "rtn" and scheme.rtn.granularity == "tensor"
-                               else w.clone(), scheme)[1].reshape(rows, cols)
-    g = scheme.rtn.group_size
-    full = (cols // g) * g
-    out = torch.empty_like(w)
-    if full:
-        out[:, :full] = quantize_groups(w[:, :full].reshape(-1, g), scheme)[1].reshape(rows, full)
-    if full < cols:
-        out[:, full:] = quantize_groups(w[:, full:].clone(), scheme)[1]
-    return out
+        return codebook_quantize(w, scheme.kind)[1]
+    x = w.detach().float()
+    flat = x.reshape(1, -1) if scheme.family == "cast" else x
+    return quantize_groups(flat, scheme)[1].reshape(x.shape)
 
 
 def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

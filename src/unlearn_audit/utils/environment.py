@@ -12,6 +12,7 @@ CPU they were measured on, and other CPUs are told so at the start of `demo`.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from importlib import metadata
@@ -35,6 +36,7 @@ README_MACHINE = ("AMD/avx512_bf16", "AMD EPYC with AVX512-BF16 (Zen 4)")
 README_CORES = 2  # the demos' processes split these: `demo` 1 worker x 2 threads, `demo --tiny` 2 x 1
 
 
+@functools.cache
 def cpu_flags() -> set[str]:
     """The instruction-set flags of this CPU (Linux: /proc/cpuinfo; elsewhere empty)."""
     try:
@@ -46,6 +48,7 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+@functools.cache
 def cpu_identity() -> dict:
     """Family, model and stepping (a hypervisor's generic model name hides them) and the cache sizes,
     which oneDNN's blocking reads (Linux only; empty elsewhere)."""
@@ -66,6 +69,7 @@ def cpu_identity() -> dict:
     return out
 
 
+@functools.cache
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -97,6 +101,7 @@ def bf16_kernels(flags: set[str] | None = None) -> str:
     return "emulated"
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
     out = {}
     for name in NUMERIC_PACKAGES:
@@ -126,7 +131,7 @@ def environment(threads: int | None = None) -> dict:
         "threads": threads or torch.get_num_threads(),
         "cores": default_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "packages": package_versions(),
+        "packages": dict(package_versions()),
     }
 
 
