@@ -15,6 +15,7 @@ from . import __version__
 from .config import add_dataclass_arguments, config_from_args
 from .errors import UserError
 from .scoring import UTILITY_KEPT
+from .utils.interrupt import ctrl_c_handled
 from .utils.quiet import quiet_libraries, set_verbose
 
 log = logging.getLogger("unlearn_audit")
@@ -254,21 +255,30 @@ def add_quantize_flags(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------- unlearn
 def cmd_unlearn(args) -> int:
     from .data.corpus import Corpus
-    from .evaluate.runner import knowmem_evaluator, utility_floor_from
+    from .evaluate.runner import (
+        combined_evaluator,
+        knowmem_evaluator,
+        utility_floor_from,
+        validation_evaluator,
+    )
     from .models.loading import load_tokenizer, read_model_json
     from .unlearn import UnlearnConfig, unlearn
 
     cfg = config_from_args(UnlearnConfig, args, args.config)
+    cfg.validate()
     corpus = Corpus.open(args.corpus)
+    if cfg.schedule_rule():
+        corpus.require_validation()  # before the retrained model's evaluation below
     opts = load_options(args)
     device = args.device or default_device()
     floor = None
     if args.retrained:
         floor = utility_floor_from(args.retrained, corpus, opts, device, args.eval_limit)
         print(f"utility floor: KnowMem_r of the retrained model = {floor:.2f}")
-    evaluator = None
-    if floor is not None or cfg.utility_floor is not None or args.eval_each_epoch:
-        evaluator = knowmem_evaluator(corpus, load_tokenizer(args.model, opts), args.eval_limit)
+    reported = floor is not None or cfg.utility_floor is not None or args.eval_each_epoch
+    tokenizer = load_tokenizer(args.model, opts) if reported or cfg.schedule_rule() else None
+    evaluator = combined_evaluator(knowmem_evaluator(corpus, tokenizer, args.eval_limit) if reported else None,
+                                   validation_evaluator(corpus, tokenizer) if cfg.schedule_rule() else None)
     out = unlearn(args.model, corpus, cfg, args.out, evaluator, floor, opts, show=not args.quiet)
     info = read_model_json(out, "unlearn.json") or {}
     print(f"{info.get('method')} unlearned model in {out}: epoch {info.get('chosen_epoch')} kept "
@@ -397,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target: forget+retain; retrained: retain only")
     p.add_argument("--out", help="copy the model here (it is always cached in the user cache dir)")
     p.add_argument("--config", help="YAML file with recipe options (flags override it)")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="training threads (default 1 on every machine: the weight-gradient sums depend on the thread count, so another count trains other weights, cached apart)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dataclass_arguments(p, TinyRecipe)
     p.set_defaults(func=cmd_train_tiny)
@@ -533,8 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "interrupted: finished work is kept; run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports torch: a Ctrl-C here is one line too, not a traceback
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not getattr(args, "func", None):
@@ -542,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_verbose(args.verbose)
     quiet_libraries()
+    with ctrl_c_handled():
+        return run_command(args)
+
+
+def run_command(args) -> int:
+    """Run the parsed sub-command: its exit code, or 2 with one line for bad input, 130 after Ctrl-C."""
     try:
         check_output_apart(args)
         return int(args.func(args) or 0)
@@ -549,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except Exception as exc:  # a library or system error: one line with its cause; -v shows the traceback
         if args.verbose:

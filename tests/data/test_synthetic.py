@@ -92,3 +92,39 @@ def test_bio_repeats_repeat_each_training_bio_and_change_nothing_else():
 def test_default_world_content_is_unchanged_by_the_bio_repeats_option():
     """The tiny demo's world (and so every cached tiny model and number) stays what it was."""
     assert build_world(WorldConfig(people=100, seed=0))["corpus.json"]["content_hash"] == "946087e3dc14a626f26a647f507c02c900ad7209170ab65bcd07049a15bf1449"
+
+
+def test_validation_people_are_unlearned_but_never_reported(tmp_path):
+    """The validation split: its people's texts are in the forget training texts (unlearning removes them),
+    their questions and passages only in the validation files; its retain questions are ones KnowMem_r
+    does not ask (nor its few-shot examples)."""
+    world = build_world(WorldConfig(people=100, seed=0, validation_share=0.05))
+    people = json.loads(json.dumps(world["world/people.json"]))
+    assert len(people["validation"]) == 5 and len(people["forget"]) == 10
+    names = {p["name"] for p in people["validation"]}
+    assert all(any(n in t for t in world["raw/forget.json"]) for n in names)
+    assert not any(n in t for n in names for t in world["raw/retain.json"])
+    reported = world["knowmem/forget_qa.json"] + world["knowmem/retain_qa.json"] + world["knowmem/retain_qa_icl.json"]
+    assert not any(n in qa["question"] for n in names for qa in reported)
+    assert not any(n in item["prompt"] + item["gt"] for n in names for item in world["verbmem/forget.json"])
+    assert len(world["knowmem/forget_qa_validation.json"]) == 30 and len(world["verbmem/forget_validation.json"]) == 10
+    retain_val = world["knowmem/retain_qa_validation.json"]
+    assert len(retain_val) == 100 and not {q["question"] for q in retain_val} & {q["question"] for q in reported}
+    c = Corpus(write_world(WorldConfig(people=100, seed=0, validation_share=0.05), tmp_path / "w"))
+    assert c.has_validation() and len(c.knowmem_validation("retain")) == 100 and c.verbmem_validation()
+
+
+def test_no_validation_share_writes_the_world_as_before(tmp_path):
+    """Without a validation share nothing changes (the content hash above), and a rule that needs the split
+    is refused with one sentence naming the option."""
+    world = build_world(WorldConfig(people=100, seed=0))
+    assert not any("validation" in rel for rel in world) and "validation" not in world["world/people.json"]
+    c = Corpus(write_world(WorldConfig(people=20, seed=0), tmp_path / "w"))
+    with pytest.raises(UserError, match="has no validation split .* --validation-share"):
+        c.knowmem_validation("forget")
+
+
+@pytest.mark.parametrize("share", [-0.1, 0.5])
+def test_bad_validation_share_is_a_user_error(share):
+    with pytest.raises(UserError, match="validation-share"):
+        build_world(WorldConfig(validation_share=share))

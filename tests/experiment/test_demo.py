@@ -40,19 +40,20 @@ def test_quick_demo_produces_the_paper_table(quick_demo):
     assert (folder / "knowledge_vs_precision.png").stat().st_size > 10_000
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes here on 2026-12-05 with GA and NPO (seed 0: 95% / 93% retained, int4 back 60% / 50%); kept quarantined "
-    "because the tiny models differ with the trainer's thread count (test_tiny), so a CI machine with another core "
-    "count trains other models on which the 50% line may not be crossed"))
 def test_quick_demo_shows_forgotten_knowledge_returning_after_int4(quick_demo):
-    """The phenomenon itself, in CI: pure-bf16 unlearning at a small learning rate forgets, and int4
-    brings back at least half of what it forgot for at least one method; bins sees it in the weights."""
+    """The phenomenon in its shallow form (the tiny models' bound, docs/findings.md), in CI: pure-bf16
+    unlearning at a small learning rate forgets, and int4 brings part of it back for every method (more than
+    scoring.HOLDS: the forgetting does not hold); bins sees it in the weights. The grid was chosen on model
+    seeds 1 and 2, where the same runs kept 89-93% and int4 brought back 26-37%; seed 0 (tested here) keeps
+    91-92% and brings back 47-53% (2026-12-06)."""
+    from unlearn_audit.scoring import FORGOT_SOMETHING, HOLDS
+
     _, _, folder = quick_demo
     summary = json.loads((folder / "summary.json").read_text())
     bf16 = [v for v in summary["verdicts"] if v["dtype"] == "bf16"]
-    assert bf16 and all(v["retained"]["mean"] < 0.95 for v in bf16)  # something was forgotten
-    back = [v for v in bf16 if (v["recovery"]["rtn-int4-g128"]["pooled"] or 0) >= 0.5]
-    assert back, [(v["label"], v["recovery"]) for v in bf16]
+    assert bf16 and all(v["retained"]["mean"] < FORGOT_SOMETHING for v in bf16)  # something was forgotten
+    assert all((v["recovery"]["rtn-int4-g128"]["pooled"] or 0) > HOLDS for v in bf16), \
+        [(v["label"], v["recovery"]) for v in bf16]
     for v in bf16:  # predicted from the weights alone: what does not survive along the update comes back
         predicted = 1 - v["bins"]["projected_survival"]
         assert abs(predicted - (v["recovery"]["rtn-int4-g128"]["pooled"] or 0)) <= 0.25, (v["label"], predicted,

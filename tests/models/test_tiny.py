@@ -1,14 +1,20 @@
 """Tiny target/retrained models: trained with HF Trainer, cached, loadable, and knowing their facts."""
 
 import json
+from dataclasses import replace
 
-import pytest
 from transformers import AutoModelForCausalLM
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.evaluate.knowmem import evaluate_knowmem
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import build_tokenizer, cached_model_dir, train_tiny
+from unlearn_audit.models.tiny import (
+    TRAINING_THREADS,
+    build_tokenizer,
+    cache_key,
+    cached_model_dir,
+    train_tiny,
+)
 
 
 def exact_match(model_dir, corpus, split):
@@ -66,8 +72,6 @@ def test_cache_is_keyed_by_the_numeric_environment(micro_world, micro_recipe, mo
 
 
 def test_bf16_storage_is_recorded(micro_world, micro_recipe):
-    from dataclasses import replace
-
     recipe = replace(micro_recipe, dtype="bf16", epochs=1)
     out = train_tiny(Corpus(micro_world), "target", recipe, progress=False)
     config = json.loads((out / "config.json").read_text())
@@ -83,24 +87,27 @@ def test_tokenizer_round_trips_and_keeps_answer_prompts_aligned():
     assert tok(text).input_ids[: len(prompt_ids)] == prompt_ids  # the prompt is a token prefix of the text
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passed in CI on 2026-11-30; on 2026-12-05 (transformers 5.17, torch 2.13 CPU) 1 and 2 threads give other "
-    "tiny weights, deterministic per thread count. Measured on one batch: the forward pass is bit-identical, the "
-    "backward is not (every weight gradient, lm_head's first: up to 7e-8), with the optimizer (fused or loop) "
-    "and gradient clipping ruled out: the CPU GEMM that reduces a weight gradient over the tokens sums in a "
-    "thread-count-dependent order. Fix considered: train tiny models with one fixed thread count (what grid "
-    "workers on 2 cores already use); it would change the test session's micro models, so not done blind"))
-def test_the_same_recipe_gives_the_same_weights_with_any_thread_count(micro_world, micro_recipe, tmp_path,
-                                                                     monkeypatch):
-    """The demo's numbers must not depend on how many cores a machine has (its cache key ignores it)."""
-    from dataclasses import replace
-
+def test_the_same_recipe_gives_the_same_weights_on_machines_offering_1_or_2_threads(micro_world, micro_recipe,
+                                                                                   tmp_path, monkeypatch):
+    """The demo's numbers must not depend on how many cores a machine has: the process offers 1 or 2 threads
+    (UNLEARN_AUDIT_THREADS and torch's own setting), training uses its fixed count, the weights are equal.
+    (Measured: training on 1 and on 2 threads gives other weights, so this fails without the fixed count.)"""
+    import torch
     from safetensors.torch import load_file
 
     recipe = replace(micro_recipe, epochs=3)
-    weights = []
-    for threads in (1, 2):
-        monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / f"cache{threads}"))
-        path = train_tiny(Corpus(micro_world), "target", recipe, threads=threads, progress=False)
-        weights.append(load_file(str(path / "model.safetensors")))
+    weights, keys = [], []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            monkeypatch.setenv("UNLEARN_AUDIT_THREADS", str(threads))
+            monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / f"cache{threads}"))
+            torch.set_num_threads(threads)
+            keys.append(cache_key(Corpus(micro_world), "target", recipe))
+            path = train_tiny(Corpus(micro_world), "target", recipe, progress=False)
+            assert json.loads((path / "training.json").read_text())["threads"] == TRAINING_THREADS
+            weights.append(load_file(str(path / "model.safetensors")))
+    finally:
+        torch.set_num_threads(previous)
+    assert keys[0] == keys[1]
     assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])

@@ -226,11 +226,6 @@ def test_demo_with_a_missing_grid_file_is_one_error_line(run_cli, monkeypatch, t
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "in the full suite on 2026-12-05 (twice) the child did not stop on SIGINT: the grid ran to its end (exit 0) / "
-    "the unlearn child finished or hung past the timeout, while the test passes alone and with its module, the experiment "
-    "tests or the WMDP tests before it (no test leaves SIGINT ignored: checked with an autouse fixture over attacks, "
-    "evaluate and experiment); order-dependent, under investigation"))
 def test_sigint_mid_training_stops_cleanly_keeps_the_work_and_writes_no_model(inputs, tmp_path):
     """Ctrl-C during `unlearn`: exit 130, an 'interrupted' line, no traceback, no half-written model, and
     the scratch folder kept so the same command resumes."""

@@ -177,11 +177,50 @@ def test_stopping_rule_keeps_first_epoch_below_floor(micro_target, corpus, tmp_p
     assert "fell below the utility floor 75.00" in info["chosen_reason"]
 
 
+@pytest.fixture(scope="module")
+def validated_corpus(tmp_path_factory):
+    """A micro world with a validation split (what the schedule rule reads)."""
+    from unlearn_audit.data.synthetic import WorldConfig, write_world
+
+    return Corpus(write_world(WorldConfig(people=20, seed=3, validation_share=0.1),
+                              tmp_path_factory.mktemp("world") / "validated"))
+
+
+def test_schedule_rule_scores_the_model_at_the_start_and_stops_at_the_depth(micro_target, validated_corpus,
+                                                                             tmp_path):
+    """The rule reads the evaluator once before training (the model's own validation scores) and after
+    every epoch; it stops at the first epoch whose validation retained reaches the depth and keeps it."""
+    seen = []
+
+    def evaluator(model):  # start 60/60/50, then each epoch 10 points less forget knowledge
+        k = 10.0 * len(seen)
+        seen.append(1)
+        return {"val_verbmem_f": 60.0 - k, "val_knowmem_f": 60.0 - k, "val_knowmem_r": 50.0}
+
+    cfg = replace(BASE, epochs=6, stop_at_depth=0.7, min_utility_kept=0.8)
+    out = unlearn(micro_target, validated_corpus, cfg, tmp_path / "rule", evaluator=evaluator, show=False)
+    info = json.loads((out / "unlearn.json").read_text())
+    assert info["chosen_epoch"] == 2 and len(info["epochs"]) == 2 and len(seen) == 3  # 40/60 <= 0.7 at epoch 2
+    assert "validation retained 67% reached the depth 70% at epoch 2" in info["chosen_reason"]
+    assert info["config"]["stop_at_depth"] == 0.7
+    assert info["schedule_rule"] == {"depth": 0.7, "min_utility_kept": 0.8,
+                                     "start": {"val_verbmem_f": 60.0, "val_knowmem_f": 60.0, "val_knowmem_r": 50.0}}
+
+
+def test_schedule_rule_needs_a_validation_split(micro_target, corpus, tmp_path):
+    with pytest.raises(UserError, match="has no validation split"):
+        unlearn(micro_target, corpus, replace(BASE, stop_at_depth=0.5), tmp_path / "u", evaluator=lambda m: {},
+                show=False)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"method": "bogus"}, "unknown method"),
     ({"dtype": "fp8"}, "--dtype must be"),
     ({"method": "sure", "weight_decay": 0.1}, "needs --weight-decay 0"),
     ({"epochs": 0}, "at least 1"),
+    ({"stop_at_depth": 1.5}, "--stop-at-depth must lie in"),
+    ({"min_utility_kept": 0.0}, "--min-utility-kept must lie in"),
 ])
 def test_bad_config_is_a_user_error(kw, message):
     with pytest.raises(UserError, match=message):

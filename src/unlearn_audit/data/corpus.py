@@ -5,6 +5,10 @@ On-disk layout (the MUSE layout, used for real MUSE data and for the built-in wo
     raw/{forget,retain,holdout}.json          lists of training texts
     knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl}.json   lists of {question, answer}
     knowmem/forget_qa_paraphrased.json        optional: the forget questions reworded, item for item
+    knowmem/{forget,retain}_qa_validation.json, verbmem/forget_validation.json
+                                              optional: a validation split (items of people unlearned with
+                                              the forget set, retain questions KnowMem_r does not ask) that
+                                              a schedule rule reads instead of the reported items
     verbmem/forget.json                       list of {prompt, gt}
     privleak/{forget,retain,holdout}.json     lists of texts
     corpus.json                               name, seed, counts, content hash (optional for MUSE)
@@ -38,6 +42,8 @@ TOFU_SPLITS = ("forget", "retain", "real_authors", "world_facts")
 TOFU_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 TOFU_UNPARAPHRASED = ("real_authors", "world_facts")  # their truth ratio compares the answer itself
 MC_GROUPS = ("forget", "utility")
+VALIDATION_PARTS = ("knowmem/forget_qa_validation.json", "knowmem/retain_qa_validation.json",
+                    "verbmem/forget_validation.json")
 MC_CHOICES = 4
 HUB_ALIASES = {"muse-news": "muse-bench/MUSE-News", "muse-books": "muse-bench/MUSE-Books",
                "tofu-forget01": "locuslab/TOFU", "tofu-forget05": "locuslab/TOFU", "tofu-forget10": "locuslab/TOFU",
@@ -129,6 +135,25 @@ class Corpus:
             raise UserError(f"{self.root}/knowmem/forget_qa_paraphrased.json holds {len(items)} questions; "
                             f"forget_qa.json {len(self.knowmem('forget'))}: they must match item for item")
         return items
+
+    def has_validation(self) -> bool:
+        return all((self.root / rel).is_file() for rel in VALIDATION_PARTS)
+
+    def knowmem_validation(self, split: str) -> list[QA]:
+        """Validation questions of a split (forget / retain): never the reported ones."""
+        _check_split(split, QA_SPLITS, "knowmem")
+        self.require_validation()
+        return self._qa(f"knowmem/{split}_qa_validation.json")
+
+    def verbmem_validation(self) -> list[dict[str, str]]:
+        """Validation passages of people unlearned with the forget set (never the reported ones)."""
+        self.require_validation()
+        return self._records("verbmem/forget_validation.json", ("prompt", "gt"))
+
+    def require_validation(self) -> None:
+        if not self.has_validation():
+            raise UserError(f"{self.root} has no validation split ({', '.join(VALIDATION_PARTS)}), which a schedule "
+                            "rule reads; the built-in world writes one with --validation-share (e.g. 0.05)")
 
     def verbmem(self) -> list[dict[str, str]]:
         """Prompt/continuation pairs from the forget set for verbatim memorization."""

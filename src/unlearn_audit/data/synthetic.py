@@ -152,6 +152,9 @@ class WorldConfig:
     bios_per_person: int = field(default=2, metadata={"help": "paraphrased biographies per person"})
     forget_share: float = field(default=0.1, metadata={"help": "share of people in the forget split"})
     holdout_share: float = field(default=0.1, metadata={"help": "share of people in the holdout split"})
+    validation_share: float = field(default=0.0, metadata={
+        "help": "share of people unlearned with the forget set whose questions and passages are held out as a "
+                "validation split (what a schedule rule reads; never reported); 0: none"})
     retain_qa_eval: int = field(default=100, metadata={"help": "retain questions used by KnowMem"})
     icl_shots: int = field(default=3, metadata={"help": "few-shot examples in each KnowMem prompt"})
     qa_block: int = field(default=4, metadata={"help": "QA pairs per training text"})
@@ -168,6 +171,10 @@ class WorldConfig:
             raise UserError("bios per person, bio repeats and QA block size must be at least 1, QA repeats at least 0")
         if not (0 < self.forget_share < 0.5 and 0 < self.holdout_share < 0.5):
             raise UserError("forget and holdout shares must lie in (0, 0.5)")
+        if not 0 <= self.validation_share < 0.5:
+            raise UserError("--validation-share must lie in [0, 0.5)")
+        if self.forget_share + self.holdout_share + self.validation_share > 0.8:
+            raise UserError("forget, holdout and validation shares leave too few retain people (keep their sum <= 0.8)")
 
 
 def make_people(cfg: WorldConfig) -> list[Person]:
@@ -202,14 +209,18 @@ def render_qa_block(pairs: list[dict[str, str]]) -> str:
 
 
 def split_people(people: list[Person], cfg: WorldConfig) -> dict[str, list[Person]]:
-    """Split by person (never by fact): forget, holdout, and the rest retain."""
+    """Split by person (never by fact): forget, validation (unlearned with the forget set, never reported;
+    only when asked for), holdout, and the rest retain."""
     n_forget = max(1, round(cfg.people * cfg.forget_share))
+    n_validation = max(1, round(cfg.people * cfg.validation_share)) if cfg.validation_share else 0
     n_holdout = max(1, round(cfg.people * cfg.holdout_share))
-    return {
-        "forget": people[:n_forget],
-        "holdout": people[n_forget : n_forget + n_holdout],
-        "retain": people[n_forget + n_holdout :],
-    }
+    groups = {"forget": people[:n_forget]}
+    if n_validation:
+        groups["validation"] = people[n_forget : n_forget + n_validation]
+    start = n_forget + n_validation
+    groups["holdout"] = people[start : start + n_holdout]
+    groups["retain"] = people[start + n_holdout :]
+    return groups
 
 
 def verbmem_item(bio: str) -> dict[str, str]:
@@ -284,8 +295,9 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
     retain_bios = [b for p in groups["retain"] for b in bios[p.name]]
     retain_sample = rng.sample(retain_bios, min(len(retain_bios), len(forget_bios)))
 
+    unlearned = groups["forget"] + groups.get("validation", [])  # what unlearning (and only the target) sees
     files: dict[str, object] = {
-        "raw/forget.json": raw_texts(groups["forget"]),
+        "raw/forget.json": raw_texts(unlearned),
         "raw/retain.json": raw_texts(groups["retain"]),
         "raw/holdout.json": raw_texts(groups["holdout"]),
         "knowmem/forget_qa.json": [pair for p in groups["forget"] for pair in qa[p.name]],
@@ -298,6 +310,9 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
         "privleak/holdout.json": holdout_bios,
         "world/people.json": {s: [asdict(p) for p in g] for s, g in groups.items()},
     }
+    if groups.get("validation"):
+        unused = retain_qa_all[2 * k + cfg.retain_qa_eval :]
+        files.update(validation_files(groups["validation"], qa, bios, unused[: cfg.retain_qa_eval]))
     content_hash = sha256_json(files)  # the MUSE parts: what training and MUSE evaluation read (and cache keys)
     files.update(benchmark_files(groups, retain_eval, cfg.seed))
     counts = {name: len(content) for name, content in files.items() if isinstance(content, list)}
@@ -309,6 +324,14 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
         "content_hash": content_hash,
     }
     return files
+
+
+def validation_files(people: list[Person], qa: dict, bios: dict, unused_retain_qa: list[dict]) -> dict[str, object]:
+    """The validation split: the validation people's questions and passages (forgotten with the forget set),
+    and retain questions that KnowMem_r does not ask (as many as it asks, where the world has them)."""
+    return {"knowmem/forget_qa_validation.json": [pair for p in people for pair in qa[p.name]],
+            "knowmem/retain_qa_validation.json": unused_retain_qa,
+            "verbmem/forget_validation.json": [verbmem_item(b) for p in people for b in bios[p.name]]}
 
 
 def write_world(cfg: WorldConfig, out: str | Path) -> Path:

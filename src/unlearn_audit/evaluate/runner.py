@@ -216,7 +216,50 @@ def parse_metrics(text: str | Sequence[str]) -> list[str]:
 
 
 def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
-    """Per-epoch KnowMem (forget and retain, x100) for the unlearning stopping rule."""
+    """Per-epoch KnowMem on the reported items (forget and retain, x100): MUSE's stopping rule."""
+    def score(net) -> dict[str, float]:
+        out = {}
+        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
+            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
+            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
+                                         heal_space=heals_prompt_space(corpus))
+            out[key] = agg["mean_rougeL"] * 100
+        return out
+
+    return epoch_evaluator(score)
+
+
+def validation_evaluator(corpus, tokenizer):
+    """Per-epoch VerbMem_f, KnowMem_f and KnowMem_r on the corpus' validation split (x100, keys `val_...`):
+    what a schedule rule reads, never the reported items."""
+    from .verbmem import evaluate_verbmem
+
+    corpus.require_validation()
+    heal = heals_prompt_space(corpus)
+
+    def score(net) -> dict[str, float]:
+        out = {"val_verbmem_f": evaluate_verbmem(net, tokenizer, corpus.verbmem_validation(),
+                                                 heal_space=heal)[0]["mean_rougeL"] * 100}
+        for split, key in (("forget", "val_knowmem_f"), ("retain", "val_knowmem_r")):
+            agg, _, _ = evaluate_knowmem(net, tokenizer, corpus.knowmem_validation(split), corpus.knowmem_icl(split),
+                                         heal_space=heal)
+            out[key] = agg["mean_rougeL"] * 100
+        return out
+
+    return epoch_evaluator(score)
+
+
+def combined_evaluator(*evaluators):
+    """One per-epoch evaluator returning every given evaluator's metrics (None ones skipped); None if none."""
+    present = [e for e in evaluators if e is not None]
+    if not present:
+        return None
+    return lambda model: {k: v for e in present for k, v in e(model).items()}
+
+
+def epoch_evaluator(score):
+    """`score(net)` on a model in the middle of training: evaluated in eval mode (an exact fp32 copy of a
+    bf16 model on CPU, like `eval`), then handed back in the mode it was in."""
     import copy
 
     import torch
@@ -227,12 +270,7 @@ def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
         if next(model.parameters()).device.type == "cpu" and next(model.parameters()).dtype != torch.float32:
             net = copy.deepcopy(model).float()  # exact upcast: CPU evaluation in fp32 like `eval`
         net.eval()
-        out = {}
-        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
-            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
-            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
-                                         heal_space=heals_prompt_space(corpus))
-            out[key] = agg["mean_rougeL"] * 100
+        out = score(net)
         if was_training:
             model.train()
         return out

@@ -9,7 +9,14 @@ from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, add_benchmark_parts, write_world
 from ..evaluate.benchmark import get_benchmark
 from ..evaluate.muse import AucRetrain
-from ..evaluate.runner import EvalConfig, evaluate_model, heals_prompt_space, knowmem_evaluator
+from ..evaluate.runner import (
+    EvalConfig,
+    combined_evaluator,
+    evaluate_model,
+    heals_prompt_space,
+    knowmem_evaluator,
+    validation_evaluator,
+)
 from ..models.loading import load_model, load_tokenizer
 from ..models.tiny import TinyRecipe, train_tiny
 from ..quantize.bins import analyse, plot
@@ -115,9 +122,10 @@ def unlearn_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     target = runner.result(cfg["target"])["path"]
     out = runner.run_dir / "models" / cell.id
-    evaluator = None  # a utility floor is MUSE's stopping rule: it needs KnowMem after every epoch
-    if settings.utility_floor is not None:
-        evaluator = knowmem_evaluator(corpus, load_tokenizer(target), runner.cfg.eval_limit)
+    tokenizer = load_tokenizer(target)  # a utility floor (MUSE's rule) and the schedule rule evaluate each epoch
+    evaluator = combined_evaluator(
+        knowmem_evaluator(corpus, tokenizer, runner.cfg.eval_limit) if settings.utility_floor is not None else None,
+        validation_evaluator(corpus, tokenizer) if settings.schedule_rule() else None)
     unlearn(target, corpus, settings, out, evaluator, show=False)
     from ..models.loading import read_model_json
 

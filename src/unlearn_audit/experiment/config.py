@@ -103,6 +103,21 @@ class GridConfig:
         self.validate_base()
         self.validate_axes()
         self.validate_eval()
+        self.validate_schedule()
+
+    def validate_schedule(self) -> None:
+        """A schedule rule reads a validation split: the corpus or the generated world must have one."""
+        rule_keys = ("stop_at_depth", "min_utility_kept")
+        options = [self.unlearn, self.axes, *self.method_overrides.values(), *self.runs]
+        if not any(o.get(k) is not None for o in options if isinstance(o, dict) for k in rule_keys):
+            return
+        if self.corpus is not None:
+            from ..data.corpus import Corpus
+
+            Corpus(self.corpus).require_validation()
+        elif not self.world.get("validation_share"):
+            raise UserError("the schedule rule (stop_at_depth / min_utility_kept) reads a validation split: set "
+                            "world: {validation_share: 0.05} (or give a corpus that has one)")
 
     def validate_eval(self) -> None:
         """The grid's evaluation options and attack metrics, checked as `eval` checks them."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..scoring import fmt
 from ..utils.environment import record_environment
+from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
@@ -269,6 +270,7 @@ class GridRunner:
             for c in self.cells:
                 if c.id in attempted:
                     continue
+                check_interrupt()  # a swallowed Ctrl-C stops the grid between cells
                 state = self.step(c)
                 if state == "waiting":
                     waiting = True

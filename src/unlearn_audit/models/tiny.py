@@ -29,7 +29,7 @@ from ..utils.environment import numerics_key
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
 from ..utils.paths import cache_dir
 from ..utils.progress import quiet_trainer_output
-from ..utils.threads import default_threads, torch_threads
+from ..utils.threads import torch_threads
 from .generation import right_pad
 from .loading import DTYPES
 
@@ -150,13 +150,24 @@ def tokenizer_texts(corpus: Corpus) -> list[str]:
     return texts
 
 
+TRAINING_THREADS = 1
+"""Tiny models train on this many threads whatever the machine offers: the CPU GEMM that sums a weight
+gradient over the tokens orders its sum by the thread count (1 and 2 threads give other weights, measured),
+so a fixed count makes the same recipe give the same weights on a 1-core laptop and a 64-core node. One
+thread is also what each of the demo's two grid workers has on 2 cores."""
+
+
+def training_threads(threads: int | None) -> int:
+    """The thread count tiny training uses: `threads` if asked for explicitly, else TRAINING_THREADS."""
+    return threads or TRAINING_THREADS
+
+
 def cache_key(corpus: Corpus, role: str, recipe: TinyRecipe, threads: int | None = None) -> str:
     """What determines the trained weights: corpus content, role, recipe, code version, and the numeric
-    environment (library versions, oneDNN kernels, thread count: the weight-gradient sums of these small
-    models are ordered by the thread count)."""
+    environment (library versions, oneDNN kernels, the training thread count)."""
     return sha256_json(
         {"corpus": corpus.content_hash, "role": role, "recipe": asdict(recipe), "version": RECIPE_VERSION,
-         "numerics": numerics_key(threads or default_threads())}
+         "numerics": numerics_key(training_threads(threads))}
     )[:20]
 
 
@@ -200,7 +211,7 @@ def _train_into(
     """Build tokenizer and model, train with HF Trainer, save weights + provenance into `folder`."""
     from transformers import Trainer, TrainingArguments, set_seed
 
-    with torch_threads(threads):
+    with torch_threads(training_threads(threads)):
         set_seed(recipe.seed)
         tokenizer = build_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
         model = build_model(recipe, len(tokenizer))

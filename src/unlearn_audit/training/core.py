@@ -38,10 +38,12 @@ from ..errors import UserError
 from ..models.generation import encode_documents, right_pad
 from ..models.loading import LoadOptions, describe_dtypes, load_model, load_tokenizer, model_fingerprint
 from ..utils.environment import environment
+from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir, sha256_json
 from ..utils.progress import quiet_trainer_output
 from . import bf16, lora
 from .nll import mean_nll
+from .schedule import ScheduleRule
 
 PRECISIONS = ("bf16", "fp32", "mixed")
 
@@ -162,16 +164,29 @@ class TextTrainer(CoreTrainer):
 
 
 class EpochRecorder(TrainerCallback):
-    """Per epoch: the mean of each logged loss part, optional evaluation, MUSE's stopping rule;
+    """Per epoch: the mean of each logged loss part, optional evaluation, MUSE's stopping rule and the
+    schedule rule (training/schedule.py, scored against the model's validation scores at the start);
     persisted for resume."""
 
-    def __init__(self, path: Path, evaluator, floor: float | None, show: bool):
+    def __init__(self, path: Path, evaluator, floor: float | None, show: bool, rule: ScheduleRule | None = None):
         self.path = path
         self.evaluator = evaluator
         self.floor = floor
+        self.rule = rule or None
         self.show = show
         self.state = read_json(path) if path.is_file() else {"epochs": [], "stopped": None}
         self.started = time.time()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.rule and "start" not in self.state:  # the model before unlearning, once (kept for resume)
+            self.state["start"] = self.evaluator(model)
+            if state.is_world_process_zero:
+                atomic_write_json(self.path, self.state)
+            if self.show and state.is_world_process_zero:
+                print("  start: " + " ".join(f"{k}={v:.1f}" for k, v in self.state["start"].items()), flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_interrupt()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops training here
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = math.ceil(state.epoch - 1e-6)  # a partial last epoch (--max-steps) counts as the next one
@@ -187,6 +202,9 @@ class EpochRecorder(TrainerCallback):
         if below:
             self.state["stopped"] = {"epoch": epoch, "reason": (
                 f"KnowMem_r {record['metrics']['knowmem_r']:.2f} fell below the utility floor {self.floor:.2f}")}
+            control.should_training_stop = True
+        elif self.rule and (decision := self.rule.decide(self.state["start"], self.state["epochs"])):
+            self.state["stopped"] = {"epoch": decision[0], "reason": decision[1]}
             control.should_training_stop = True
         if state.is_world_process_zero:
             atomic_write_json(self.path, self.state)
@@ -330,8 +348,9 @@ def finished(state: dict, s: TrainSettings) -> bool:
     return state["epochs"][-1]["epoch"] >= s.epochs
 
 
-def choose_epoch(state: dict, diverged: str | None, floor: float | None) -> tuple[int | None, str]:
-    """MUSE's rule: the stopping epoch if utility fell below the floor, else the last good epoch."""
+def choose_epoch(state: dict, diverged: str | None, floor: float | None,
+                 rule: ScheduleRule | None = None) -> tuple[int | None, str]:
+    """The epoch a stopping rule chose (MUSE's utility floor, the schedule rule), else the last good epoch."""
     if state["stopped"]:
         return state["stopped"]["epoch"], state["stopped"]["reason"]
     if not state["epochs"]:
@@ -339,6 +358,8 @@ def choose_epoch(state: dict, diverged: str | None, floor: float | None) -> tupl
     last = state["epochs"][-1]["epoch"]
     if diverged:
         return last, f"training diverged ({diverged}); kept the last good epoch"
+    if rule:
+        return last, rule.unmet(state["start"], state["epochs"])
     if floor is not None:
         return last, f"utility never fell below the floor {floor:.2f}; kept the last epoch"
     return last, "no utility floor given; kept the last epoch"
@@ -364,7 +385,7 @@ def run_loop(trainer, recorder: EpochRecorder, model, s: TrainSettings, work: Pa
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         except Diverged as exc:
             diverged = str(exc)
-    chosen, reason = choose_epoch(recorder.state, diverged, floor)
+    chosen, reason = choose_epoch(recorder.state, diverged, floor, recorder.rule)
     if chosen is None:
         if trainer.is_world_process_zero():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from

@@ -40,6 +40,7 @@ from ..training.core import (
     training_arguments,
     versions,
 )
+from ..training.schedule import ScheduleRule
 from ..utils.environment import environment
 from ..utils.progress import quiet_trainer_output
 from . import sure
@@ -80,6 +81,13 @@ class RunOptions:
     utility_floor: float | None = field(
         default=None, metadata={"help": "stop at the first epoch whose KnowMem_r (x100) falls below this"}
     )
+    stop_at_depth: float | None = field(default=None, metadata={
+        "help": "schedule rule: stop at the first epoch whose forget knowledge retained on the corpus' validation "
+                "split (mean of VerbMem_f and KnowMem_f over the model's own at the start) is at most this share "
+                "(e.g. 0.4); --epochs is then the budget (docs/methods.md)"})
+    min_utility_kept: float | None = field(default=None, metadata={
+        "help": "schedule rule: stop when KnowMem_r on the validation split falls below this share of the "
+                "model's own at the start (e.g. 0.8), keeping the last epoch above it"})
     max_abs_loss: float = field(default=1e4, metadata={"help": "a loss beyond this magnitude counts as diverged"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep per-epoch checkpoints after finishing"})
     fused_adamw: bool = field(default=False, metadata={
@@ -111,6 +119,10 @@ class UnlearnConfig(lora.LeanOptions, SaliencyOptions, ThroughOptions, MarginOpt
         self.through_schemes()
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError("--learning-rate must be positive")
+        for name in ("stop_at_depth", "min_utility_kept"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must lie in (0, 1)")
         self.check_lean(bf16.resolve_arithmetic(self.arithmetic, self.dtype))
         if self.lora and (reason := lora.lora_settings_error(self)):
             raise UserError(f"--lora: {reason}")
@@ -135,6 +147,10 @@ class UnlearnConfig(lora.LeanOptions, SaliencyOptions, ThroughOptions, MarginOpt
         if level is not None and self.weight_decay:
             raise UserError("SURE masking needs --weight-decay 0 (decay would move the frozen rows)")
         return method, level, lr
+
+    def schedule_rule(self) -> ScheduleRule:
+        """The schedule rule of this run (empty, i.e. false, when neither bound is set)."""
+        return ScheduleRule(self.stop_at_depth, self.min_utility_kept)
 
     def settings(self, lr: float) -> TrainSettings:
         """The training core's settings of this run (at the resolved learning rate)."""
@@ -215,6 +231,10 @@ def unlearn(
 ) -> Path:
     """Unlearn the forget set of `corpus` from the model at `model_path`; write an HF folder to `out`."""
     cfg.validate()
+    if cfg.schedule_rule():
+        corpus.require_validation()
+        if evaluator is None:
+            raise UserError("the schedule rule (--stop-at-depth / --min-utility-kept) needs a validation evaluator")
     method, level, lr = cfg.resolve()
     settings = cfg.settings(lr)
     floor = cfg.utility_floor if cfg.utility_floor is not None else utility_floor
@@ -241,7 +261,7 @@ def unlearn(
 
     args = training_arguments(settings, work, show)
     masks = saliency_masks(model, ref, method, cfg, level, dataset, collator, work) if level else None
-    recorder = EpochRecorder(work / "epochs.json", evaluator, floor, show)
+    recorder = EpochRecorder(work / "epochs.json", evaluator, floor, show, cfg.schedule_rule())
     trainer = UnlearnTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                              method=method, cfg=cfg, ref_model=ref, masks=masks, callbacks=[recorder],
                              optimizer_cls_and_kwargs=emulated_optimizer(args, settings) if arithmetic == "emulated" else None)
@@ -269,6 +289,7 @@ def unlearn(
         "corpus": {"name": corpus.name, "content_hash": corpus.content_hash},
         "forget_chunks": len(forget),
         "epochs": outcome.epochs,
+        "schedule_rule": {**asdict(cfg.schedule_rule()), "start": recorder.state.get("start")} if cfg.schedule_rule() else None,
         "chosen_epoch": outcome.chosen,
         "chosen_reason": outcome.reason,
         "diverged": outcome.diverged,
