@@ -138,3 +138,16 @@ def test_hidden_or_gone_names_every_place_the_knowledge_hides():
     assert hidden_or_gone(True, ["prompt", "quant", "probe", "relearn"]) == [
         Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING]
     assert hidden_or_gone(True, ["probe"]) == [Hidden.REPRESENTATIONS]
+
+
+def test_the_two_retained_shares_and_utility_kept_are_named_apart():
+    """retained_mean (the paper's headline, the report's) and retained_worst (audit's gate) differ on the
+    same models; utility kept reads the benchmark's utility metric."""
+    from unlearn_audit.scoring import retained_mean, retained_worst, utility_kept
+
+    u, t, c = {"verbmem_f": 20.0, "knowmem_f": 60.0, "knowmem_r": 45.0}, \
+        {"verbmem_f": 80.0, "knowmem_f": 80.0, "knowmem_r": 50.0}, {"verbmem_f": 20.0, "knowmem_f": 40.0}
+    assert retained_mean(u, t) == (0.25 + 0.75) / 2
+    assert retained_worst(u, t) == 0.75 and retained_worst(u, t, c) == 0.5  # (60 - 40) / (80 - 40)
+    assert utility_kept(u, t) == 0.9 and utility_kept({"mmlu": 30.0}, {"mmlu": 40.0}, "mmlu") == 0.75
+    assert utility_kept(u, {"knowmem_r": 0.0}) is None

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import add_dataclass_arguments, config_from_args
 from .errors import UserError
-from .scoring import UTILITY_KEPT
+from .scoring import UTILITY_KEPT, Gate
 from .utils.interrupt import ctrl_c_handled
 from .utils.quiet import quiet_libraries, set_verbose
 
@@ -374,7 +374,7 @@ def cmd_audit(args) -> int:
     print()
     print("\n".join(table(result)))
     print()
-    print({0: "PASS: ", 3: "OVER-UNLEARNED: "}.get(result["exit_code"], "FAIL: ") + result["verdict"])
+    print(f"{Gate(result['gate']).outcome}: {result['verdict']}")
     print(f"Hidden or gone? {hidden_line(result)}")
     return result["exit_code"]
 

@@ -23,10 +23,12 @@ unlearned, target and control (retrained) scores u, t, c under the same weight t
                                             would then read as recovery; docs/scoring.md.)
     control gain    = share(c_a, t, c_full) what an attack gives the control, as a share of the target's
                                             forgettable knowledge
-    utility kept    = KnowMem_r(u) / KnowMem_r(t)
+    utility kept    = U(u) / U(t)          U the benchmark's utility metric (MUSE: KnowMem_r)
 
-The two knowledge metrics combine by MEAN (the paper's headline average, used by the grid report) or by
-WORST, their larger share (`audit`'s release gate must not pass on the better of two metrics).
+The two knowledge metrics combine by MEAN (the paper's headline average, used by the grid report and the
+schedule rule: `retained_mean`) or by WORST, their larger share (`audit`'s release gate must not pass on
+the better of two metrics: `retained_worst`). Outside this module no score is divided by a target's or a
+control's score (tests/test_vocabulary.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 
 KNOWLEDGE = ("verbmem_f", "knowmem_f")  # what "knowing the forget set" means on MUSE
+UTILITY = "knowmem_r"  # MUSE's utility metric (other benchmarks name theirs: Benchmark.utility)
 MIN_POINTS = 1.0  # the target must know at least this much more than the baseline for a share to exist
 MIN_RECOVERABLE = 5.0  # points the attacked target must know beyond the unlearned model for a recovery to
 # be measured: below it the ratio divides by a question or two (1.7 KnowMem points each in the demo)
@@ -62,6 +65,21 @@ def share(u: float | None, t: float | None, c: float | None = 0.0) -> float | No
     if u is None or t is None or t - c < MIN_POINTS:
         return None
     return (u - c) / (t - c)
+
+
+def retained_mean(u: dict, t: dict, keys: Sequence[str] = KNOWLEDGE) -> float | None:
+    """The paper's headline: the mean over the knowledge metrics of u / t ("21% retained")."""
+    return knowledge_share(u, t, None, "mean", keys)
+
+
+def retained_worst(u: dict, t: dict, c: dict | None = None, keys: Sequence[str] = KNOWLEDGE) -> float | None:
+    """`audit`'s gate: the larger share over the knowledge metrics, beyond the control's score where given."""
+    return knowledge_share(u, t, c, "worst", keys)
+
+
+def utility_kept(u: dict, t: dict, metric: str = UTILITY) -> float | None:
+    """The benchmark's utility metric of u over the target's (MUSE: KnowMem_r)."""
+    return ratio(u.get(metric), t.get(metric))
 
 
 def combined(shares: Iterable[float | None], how: str) -> float | None:
@@ -165,6 +183,11 @@ class Gate(str, Enum):
     @property
     def exit_code(self) -> int:
         return {Gate.HOLDS: 0, Gate.OVER_UNLEARNED: 3}.get(self, 1)
+
+    @property
+    def outcome(self) -> str:
+        """The one word `audit` prints and its scorecard heads with."""
+        return {Gate.HOLDS: "PASS", Gate.OVER_UNLEARNED: "OVER-UNLEARNED"}.get(self, "FAIL")
 
 
 class Hidden(str, Enum):

@@ -54,10 +54,10 @@ from ..scoring import (
     fmt,
     hidden_or_gone,
     knowledge_recovery,
-    knowledge_share,
     over_unlearned,
     place_of,
-    ratio,
+    retained_worst,
+    utility_kept,
     utility_words,
 )
 from ..scoring import control_gain as scored_gain
@@ -134,8 +134,8 @@ def run_bins(target: str, unlearned: str, attacks: list[Attack], lr: float | Non
 
 
 def retained(u: dict, t: dict, c: dict | None, bench: Benchmark) -> float | None:
-    """The audit's retained share: `scoring.knowledge_share`, the worst of the benchmark's knowledge metrics."""
-    return knowledge_share(u, t, c, "worst", bench.knowledge)
+    """The audit's retained share: `scoring.retained_worst` over the benchmark's knowledge metrics."""
+    return retained_worst(u, t, c, bench.knowledge)
 
 
 def control_gain(c_attacked: dict | None, c_full: dict | None, t_full: dict, bench: Benchmark) -> float | None:
@@ -187,7 +187,7 @@ class Auditor:
         keys = (PROBE_KEY,)
         u, t = self.probe("unlearned", attack), self.probe("target", attack)
         c = self.probe("retrained", attack) if "retrained" in self.models else None
-        kept = knowledge_share(u, t, c, "worst", keys)
+        kept = retained_worst(u, t, c, keys)
         return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
                 "evaluated_on": "hidden states (forget facts among their candidate answers)", "knowledge": list(keys),
                 "unlearned": u, "target": t, "control": c, "unlearned_full": {PROBE_KEY: u[OUTPUT_KEY]},
@@ -336,7 +336,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
         full = {"attack": "full", "unlearned": base["unlearned"], "target": base["target"],
                 "control": base.get("retrained"),
                 "retained": retained(base["unlearned"], base["target"], base.get("retrained"), bench)}
-        full["utility_kept"] = ratio(base["unlearned"].get(bench.utility), base["target"].get(bench.utility))
+        full["utility_kept"] = utility_kept(base["unlearned"], base["target"], bench.utility)
         gate, line = verdict(full, rows, cfg.max_retained, cfg.min_utility, bench)
         places = hidden_or_gone(full["retained"] <= cfg.max_retained, [r["family"] for r in rows if r["holds"] is False])
     report = {"verdict": line, "gate": gate, "exit_code": gate.exit_code, "forgetting_holds": gate is Gate.HOLDS,

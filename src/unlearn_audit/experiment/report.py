@@ -34,10 +34,10 @@ from ..scoring import (
     mean,
     over_unlearned,
     quantization_verdict,
-    ratio,
     recovery,
     share,
     spread,
+    utility_kept,
     verdict_text,
 )
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, save_figure
@@ -123,7 +123,7 @@ def add_retention(rows: list[dict]) -> None:
         for key in KNOWLEDGE:
             r[f"retained_{key}"] = share(r[key], t[key]) if t else None
             r[f"relative_{key}"] = share(r[key], t[key], rt[key]) if t and rt and rt[key] is not None else None
-        r["utility_kept"] = ratio(r["knowmem_r"], t["knowmem_r"]) if t else None
+        r["utility_kept"] = utility_kept(r, t) if t else None
 
 
 def add_recovery(rows: list[dict]) -> None:
@@ -551,7 +551,7 @@ def benchmark_table(rows: list[dict], bench, schemes: list[str]) -> str:
         if r["scheme"] == "full":
             for k in keys:
                 cells[r["label"]][k].append(share(u[k], t[k], (c or {}).get(k)))
-            cells[r["label"]]["utility"].append(ratio(u.get(bench.utility), t.get(bench.utility)))
+            cells[r["label"]]["utility"].append(utility_kept(u, t, bench.utility))
         else:
             cells[r["label"]][r["scheme"]].append(knowledge_recovery(u_full, u, t, "pooled", keys))
         if bench.reference_metric:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..scoring import KNOWLEDGE, fmt, markdown_table
+from ..scoring import KNOWLEDGE, Gate, fmt, markdown_table
 from ..utils.io import atomic_write_text, save_figure
 
 MUSE_METRICS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak", "knowmem_r": "KnowMem_r"}
@@ -62,7 +62,7 @@ def render(report: dict) -> str:
     cfg = report["config"]
     bench, knowledge, utility = wording(report)
     control = report["retrained"] or "none (no --retrained: the baseline is 0)"
-    outcome = {0: "PASS", 3: "OVER-UNLEARNED"}.get(report["exit_code"], "FAIL")
+    outcome = Gate(report["gate"]).outcome
     lines = [f"# unlearn-audit: {outcome}", "",
              report["verdict"], "", f"Hidden or gone? {hidden_line(report)}", "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",

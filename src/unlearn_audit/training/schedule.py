@@ -5,8 +5,8 @@ forget set, and retain questions the reported KnowMem_r does not ask), never the
 After every epoch, with u the model's validation scores and t the same scores of the model before
 unlearning (evaluated once at the start, on the same items)::
 
-    retained_val = mean over VerbMem_f, KnowMem_f of u / t      (scoring.knowledge_share, 'mean')
-    kept_val     = KnowMem_r(u) / KnowMem_r(t)                 (scoring.ratio)
+    retained_val = mean over VerbMem_f, KnowMem_f of u / t      (scoring.retained_mean)
+    kept_val     = KnowMem_r(u) / KnowMem_r(t)                 (scoring.utility_kept)
 
 Training stops at the first epoch where kept_val < `min_utility_kept` (the utility bound: the epoch kept is
 the last one still above it, or the first epoch if none was) or retained_val <= `depth` (the forgetting
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..scoring import fmt, knowledge_share, ratio
+from ..scoring import fmt, retained_mean, utility_kept
 
 VALIDATION_KNOWLEDGE = ("val_verbmem_f", "val_knowmem_f")
 VALIDATION_UTILITY = "val_knowmem_r"
@@ -38,8 +38,7 @@ class ScheduleRule:
     @staticmethod
     def measures(start: dict, metrics: dict) -> tuple[float | None, float | None]:
         """(retained_val, kept_val) of one epoch's validation metrics against the start's."""
-        retained = knowledge_share(metrics, start, how="mean", keys=VALIDATION_KNOWLEDGE)
-        return retained, ratio(metrics.get(VALIDATION_UTILITY), start.get(VALIDATION_UTILITY))
+        return retained_mean(metrics, start, VALIDATION_KNOWLEDGE), utility_kept(metrics, start, VALIDATION_UTILITY)
 
     def decide(self, start: dict, epochs: list[dict]) -> tuple[int, str] | None:
         """(epoch to keep, reason) once the rule stops training after the last of `epochs`, else None."""
