@@ -44,3 +44,24 @@ def test_help_states_each_default_once(command):
     for action in sub._actions:
         if action.help and action.help != argparse.SUPPRESS:
             assert action.help.count("default") <= 1, (command, action.option_strings, action.help)
+
+
+def test_every_parser_flag_is_in_the_generated_reference_of_the_commands_doc():
+    """The other direction: docs/commands.md's flag reference is what the parser says, flag for flag and help
+    for help (regenerate with `python -m unlearn_audit.cli --flag-reference`)."""
+    from unlearn_audit.cli import FLAGS_BEGIN, FLAGS_END, flag_reference
+
+    doc = (ROOT / "docs" / "commands.md").read_text()
+    section = doc[doc.index(FLAGS_BEGIN): doc.index(FLAGS_END) + len(FLAGS_END)]
+    assert section == flag_reference()
+    missing = sorted(f for f in parser_flags() if f.startswith("--") and f != "--help" and f"`{f}`" not in section)
+    assert not missing, missing
+
+
+def test_exit_code_3_is_documented_where_users_read_exit_codes():
+    from unlearn_audit.cli import EXIT_CODES
+    from unlearn_audit.scoring import Gate
+
+    assert f"{Gate.OVER_UNLEARNED.exit_code} over-unlearned" in EXIT_CODES
+    assert EXIT_CODES in " ".join(build_parser().format_help().split())  # `unlearn-audit --help` lists audit's
+    assert "**3**" in (ROOT / "README.md").read_text()

@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"unlearn-audit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--flag-reference", action="store_true",
+                        help="print every sub-command's flags as docs/commands.md's reference section, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("world", help="write the built-in fictitious world in the MUSE layout")
@@ -506,10 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p)
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive recovery attacks? (exit 0/1)",
+    p = sub.add_parser("audit", help="does the forgetting of YOUR unlearned model survive recovery attacks? "
+                                     f"(exit {EXIT_CODES})",
                        description="Run recovery attacks (quantization, casting, pruning, noise, relearning) on the "
                                    "unlearned model and on the retrained control; exit 0 if forgetting holds under "
-                                   "all, 1 if not, 2 on error.")
+                                   "all with the utility kept, 1 if not, 3 if it holds only because the model lost its "
+                                   "utility (over-unlearned), 2 on bad input.")
     p.add_argument("--target", required=True, help="the model before unlearning (folder or hub id)")
     p.add_argument("--unlearned", required=True, help="the unlearned model (folder or hub id)")
     p.add_argument("--corpus", required=True, help="corpus folder (MUSE layout, tofu/ or wmdp/ parts), or muse-news / "
@@ -543,6 +547,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CODES = "0 holds, 1 not, 3 over-unlearned, 2 bad input"  # Gate.exit_code, and 2 for UserError
+FLAGS_BEGIN, FLAGS_END = "<!-- flag reference: begin -->", "<!-- flag reference: end -->"
+
+
+def flag_reference() -> str:
+    """Every sub-command's flags with their help, as docs/commands.md's generated reference section
+    (tests/test_docs.py keeps the two equal; `python -m unlearn_audit.cli --flag-reference` prints it)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    lines = [FLAGS_BEGIN, ""]
+    for name, command in [("unlearn-audit (before the sub-command)", parser), *sub.choices.items()]:
+        lines += [f"### `{name}`", ""]
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or "-h" in action.option_strings or \
+                    isinstance(action, argparse._SubParsersAction):
+                continue
+            names = ", ".join(f"`{o}`" for o in action.option_strings)
+            text = " ".join(formatter._expand_help(action).split()) if action.help else ""
+            lines.append(f"- {names}" + (f": {text}" if text else ""))
+        lines.append("")
+    return "\n".join(lines + [FLAGS_END])
+
+
 INTERRUPTED = "interrupted: finished work is kept; run the same command again to resume"
 
 
@@ -554,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.flag_reference:
+        print(flag_reference())
+        return 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
