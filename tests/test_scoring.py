@@ -140,6 +140,16 @@ def test_hidden_or_gone_names_every_place_the_knowledge_hides():
     assert hidden_or_gone(True, ["probe"]) == [Hidden.REPRESENTATIONS]
 
 
+def test_forgetting_that_no_attack_breaks_is_erased_only_if_every_place_was_tested():
+    """With weight attacks alone the knowledge is "not found under the attacks tested", not "erased"."""
+    from unlearn_audit.scoring import Hidden, hidden_or_gone, untested_places
+
+    assert hidden_or_gone(True, [], ["quant", "prune"]) == [Hidden.NOT_FOUND]
+    assert untested_places(["quant", "prune"]) == ["hidden states", "prompts"]
+    assert hidden_or_gone(True, [], ["quant", "probe", "prompt"]) == [Hidden.ERASED]
+    assert untested_places(["quant", "probe", "prompt"]) == []
+
+
 def test_the_two_retained_shares_and_utility_kept_are_named_apart():
     """retained_mean (the paper's headline, the report's) and retained_worst (audit's gate) differ on the
     same models; utility kept reads the benchmark's utility metric."""

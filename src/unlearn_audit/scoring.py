@@ -195,12 +195,15 @@ class Hidden(str, Enum):
 
     NOT_REMOVED = "not removed"
     ERASED = "erased (no attack tested brings it back)"
+    NOT_FOUND = "not found under the attacks tested"  # some place (weights, hidden states, prompts) untested
     WEIGHTS = "hidden in the weights"
     REPRESENTATIONS = "hidden in the representations"
     PROMPTING = "recoverable by prompting"
 
 
 FAMILY_PLACE = {"probe": Hidden.REPRESENTATIONS, "prompt": Hidden.PROMPTING}  # every other family: the weights
+PLACES = (Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING)
+PLACE_WORDS = {Hidden.WEIGHTS: "weights", Hidden.REPRESENTATIONS: "hidden states", Hidden.PROMPTING: "prompts"}
 
 
 def place_of(family: str) -> Hidden:
@@ -208,15 +211,27 @@ def place_of(family: str) -> Hidden:
     return FAMILY_PLACE.get(family, Hidden.WEIGHTS)
 
 
-def hidden_or_gone(removed: bool, failing_families: Sequence[str]) -> list[Hidden]:
+def hidden_or_gone(removed: bool, failing_families: Sequence[str],
+                   tested_families: Sequence[str] | None = None) -> list[Hidden]:
     """Every place the knowledge hides in, by the families of the attacks under which forgetting fails (in
-    the order weights, representations, prompting); ERASED where none does, NOT_REMOVED where full
-    precision already knows it."""
+    the order weights, representations, prompting); where none does, ERASED only if attacks of every place
+    were tested (`tested_families`; None: all), else NOT_FOUND; NOT_REMOVED where full precision already
+    knows it."""
     if not removed:
         return [Hidden.NOT_REMOVED]
     places = {place_of(f) for f in failing_families}
-    order = [Hidden.WEIGHTS, Hidden.REPRESENTATIONS, Hidden.PROMPTING]
-    return [h for h in order if h in places] or [Hidden.ERASED]
+    found = [h for h in PLACES if h in places]
+    if found:
+        return found
+    return [Hidden.NOT_FOUND] if untested_places(tested_families) else [Hidden.ERASED]
+
+
+def untested_places(tested_families: Sequence[str] | None) -> list[str]:
+    """The places (weights, hidden states, prompts) no tested attack looks at, in words."""
+    if tested_families is None:
+        return []
+    tested = {place_of(f) for f in tested_families}
+    return [PLACE_WORDS[h] for h in PLACES if h not in tested]
 
 
 def over_unlearned(utility_kept: float | None, floor: float = UTILITY_KEPT) -> bool:

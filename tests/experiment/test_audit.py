@@ -39,6 +39,8 @@ def test_forgetting_that_holds_exits_0(run_cli, micro_target, micro_retrained, m
                            micro_retrained, "--corpus", micro_world, "--out", tmp_path, *FAST)
     assert code == 0, out
     assert "PASS: forgetting holds under every attack tested" in out
+    # two weight attacks only: the knowledge is not called erased, and the places not looked at are named
+    assert "Hidden or gone? not found under the 2 attacks tested (hidden states and prompts not tested)" in out
     report = json.loads((tmp_path / "audit.json").read_text())
     assert report["forgetting_holds"]
     assert [r["attack"] for r in report["attacks"]] == ["quant:rtn-int8-channel", "quant:rtn-int4-g128"]

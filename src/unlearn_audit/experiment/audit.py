@@ -57,6 +57,7 @@ from ..scoring import (
     over_unlearned,
     place_of,
     retained_worst,
+    untested_places,
     utility_kept,
     utility_words,
 )
@@ -338,9 +339,12 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
                 "retained": retained(base["unlearned"], base["target"], base.get("retrained"), bench)}
         full["utility_kept"] = utility_kept(base["unlearned"], base["target"], bench.utility)
         gate, line = verdict(full, rows, cfg.max_retained, cfg.min_utility, bench)
-        places = hidden_or_gone(full["retained"] <= cfg.max_retained, [r["family"] for r in rows if r["holds"] is False])
+        tested = [r["family"] for r in rows]
+        places = hidden_or_gone(full["retained"] <= cfg.max_retained, [r["family"] for r in rows if r["holds"] is False],
+                                tested)
     report = {"verdict": line, "gate": gate, "exit_code": gate.exit_code, "forgetting_holds": gate is Gate.HOLDS,
               "hidden_or_gone": [h.value for h in places],
+              "hidden_tested": {"attacks": len(rows), "untested": untested_places(tested)},
               "hidden_by": {h.value: [r["attack"] for r in rows if r["holds"] is False
                                       and place_of(r["family"]) is h] for h in places},
               "full": full, "attacks": rows,

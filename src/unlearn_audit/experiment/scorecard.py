@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..scoring import KNOWLEDGE, Gate, fmt, markdown_table
+from ..scoring import KNOWLEDGE, Gate, Hidden, fmt, markdown_table
 from ..utils.io import atomic_write_text, save_figure
 
 MUSE_METRICS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak", "knowmem_r": "KnowMem_r"}
@@ -55,6 +55,10 @@ def hidden_line(report: dict) -> str:
     """Where the knowledge is, with the attacks that show it (`scoring.hidden_or_gone`)."""
     places = report.get("hidden_or_gone") or []
     by = report.get("hidden_by") or {}
+    tested = report.get("hidden_tested") or {}
+    if places == [Hidden.NOT_FOUND.value] and tested:  # say what was tested, not "erased"
+        return (f"not found under the {tested['attacks']} attacks tested "
+                f"({' and '.join(tested['untested'])} not tested)")
     return "; ".join(place + (f" ({', '.join(by[place])})" if by.get(place) else "") for place in places) or "-"
 
 
