@@ -181,3 +181,12 @@ def test_environment_section_names_the_machine_and_a_mixed_resume(tmp_path):
     assert len(lines) == 2 and "threads" in lines[0] and "README" in lines[1]
     record_environment(tmp_path, threads=1)  # resumed with another thread count
     assert any("computed under 2 environments" in line for line in environment_lines(tmp_path))
+
+
+def test_utility_constrained_methods_are_those_with_a_retain_term():
+    """The paper's headline is over utility-constrained runs: a retain term (GDR, KLR, RMU's retain loss)
+    or SURE; plain GA/NPO/SimNPO and unknown methods are not."""
+    from unlearn_audit.experiment.report import constrained
+
+    assert [m for m in ("ga", "ga_gdr", "npo_klr", "rmu", "simnpo", "simnpo_gdr", "sure", "qat", "bogus")
+            if constrained(m)] == ["ga_gdr", "npo_klr", "rmu", "simnpo_gdr", "sure"]

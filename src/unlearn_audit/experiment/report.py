@@ -212,8 +212,16 @@ def retention_table(agg: list[dict], schemes: list[str]) -> str:
 
 
 def constrained(method: str) -> bool:
-    """Utility-constrained methods (the paper's headline averages over these): *_gdr, *_klr, sure."""
-    return method.endswith(("_gdr", "_klr")) or method == "sure"
+    """Utility-constrained methods (the paper's headline averages over these): those with a retain term
+    (`Method.needs_retain`: *_gdr, *_klr, RMU) and SURE."""
+    from ..unlearn.methods import is_wrapper, resolve_method
+
+    if is_wrapper(method):
+        return method == "sure"
+    try:
+        return resolve_method(method).needs_retain
+    except UserError:  # a method this installation does not know (a run folder from elsewhere)
+        return False
 
 
 def four_bit(schemes: list[str]) -> list[str]:
