@@ -78,6 +78,16 @@ def isolated_cache(tmp_path_factory):
         os.environ["UNLEARN_AUDIT_CACHE"] = old
 
 
+@pytest.fixture()
+def hub_offline(monkeypatch):
+    """The hub unreachable and known to be: huggingface_hub reads HF_HUB_OFFLINE once, at import, so the
+    variable alone set inside a test leaves it trying the network (70 s of retries per call, measured)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():

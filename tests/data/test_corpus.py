@@ -73,9 +73,8 @@ def test_unknown_split_is_a_user_error(tmp_path):
         Corpus(tmp_path).raw("train")
 
 
-def test_hub_alias_without_network_or_extra_is_a_clear_error(monkeypatch, tmp_path):
+def test_hub_alias_without_network_or_extra_is_a_clear_error(monkeypatch, tmp_path, hub_offline):
     monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="muse-news|hub"):
         Corpus.open("muse-news")
 

@@ -40,8 +40,7 @@ def test_folder_without_config(tmp_path):
         load_model(tmp_path)
 
 
-def test_unknown_hub_id_offline_is_a_user_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unknown_hub_id_offline_is_a_user_error(hub_offline):
     with pytest.raises(UserError, match="could not load model"):
         load_model("no-such-org/no-such-model-xyz")
 
