@@ -553,7 +553,7 @@ FLAGS_BEGIN, FLAGS_END = "<!-- flag reference: begin -->", "<!-- flag reference:
 
 def flag_reference() -> str:
     """Every sub-command's flags with their help, as docs/commands.md's generated reference section
-    (tests/test_docs.py keeps the two equal; `python -m unlearn_audit.cli --flag-reference` prints it)."""
+    (tests/test_cli.py keeps the two equal; `unlearn-audit --flag-reference` prints it)."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     lines = [FLAGS_BEGIN, ""]

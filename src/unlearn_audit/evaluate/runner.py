@@ -217,36 +217,36 @@ def parse_metrics(text: str | Sequence[str]) -> list[str]:
 
 def knowmem_evaluator(corpus, tokenizer, limit: int | None = None):
     """Per-epoch KnowMem on the reported items (forget and retain, x100): MUSE's stopping rule."""
-    def score(net) -> dict[str, float]:
-        out = {}
-        for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r")):
-            qa = corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split)
-            agg, _, _ = evaluate_knowmem(net, tokenizer, qa, corpus.knowmem_icl(split),
-                                         heal_space=heals_prompt_space(corpus))
-            out[key] = agg["mean_rougeL"] * 100
-        return out
-
-    return epoch_evaluator(score)
+    items = {key: (corpus.knowmem(split)[:limit] if limit else corpus.knowmem(split), corpus.knowmem_icl(split))
+             for split, key in (("forget", "knowmem_f"), ("retain", "knowmem_r"))}
+    return epoch_evaluator(knowmem_scores(items, tokenizer, heals_prompt_space(corpus)))
 
 
 def validation_evaluator(corpus, tokenizer):
     """Per-epoch VerbMem_f, KnowMem_f and KnowMem_r on the corpus' validation split (x100, keys `val_...`):
-    what a schedule rule reads, never the reported items."""
+    what a schedule rule reads, never the reported items (read once, scored every epoch)."""
     from .verbmem import evaluate_verbmem
 
-    corpus.require_validation()
     heal = heals_prompt_space(corpus)
+    passages = corpus.verbmem_validation()
+    knowmem = knowmem_scores({key: (corpus.knowmem_validation(split), corpus.knowmem_icl(split))
+                              for split, key in (("forget", "val_knowmem_f"), ("retain", "val_knowmem_r"))},
+                             tokenizer, heal)
 
     def score(net) -> dict[str, float]:
-        out = {"val_verbmem_f": evaluate_verbmem(net, tokenizer, corpus.verbmem_validation(),
-                                                 heal_space=heal)[0]["mean_rougeL"] * 100}
-        for split, key in (("forget", "val_knowmem_f"), ("retain", "val_knowmem_r")):
-            agg, _, _ = evaluate_knowmem(net, tokenizer, corpus.knowmem_validation(split), corpus.knowmem_icl(split),
-                                         heal_space=heal)
-            out[key] = agg["mean_rougeL"] * 100
-        return out
+        verbmem = evaluate_verbmem(net, tokenizer, passages, heal_space=heal)[0]["mean_rougeL"] * 100
+        return {"val_verbmem_f": verbmem, **knowmem(net)}
 
     return epoch_evaluator(score)
+
+
+def knowmem_scores(items: dict, tokenizer, heal: bool):
+    """net -> {key: KnowMem x100} for each key's (questions, few-shot examples)."""
+    def score(net) -> dict[str, float]:
+        return {key: evaluate_knowmem(net, tokenizer, qa, icl, heal_space=heal)[0]["mean_rougeL"] * 100
+                for key, (qa, icl) in items.items()}
+
+    return score
 
 
 def combined_evaluator(*evaluators):

@@ -122,10 +122,10 @@ def unlearn_cell(runner, cell) -> dict:
     corpus = corpus_of(runner, cfg["corpus"])
     target = runner.result(cfg["target"])["path"]
     out = runner.run_dir / "models" / cell.id
-    tokenizer = load_tokenizer(target)  # a utility floor (MUSE's rule) and the schedule rule evaluate each epoch
-    evaluator = combined_evaluator(
-        knowmem_evaluator(corpus, tokenizer, runner.cfg.eval_limit) if settings.utility_floor is not None else None,
-        validation_evaluator(corpus, tokenizer) if settings.schedule_rule() else None)
+    floor, rule = settings.utility_floor is not None, bool(settings.schedule_rule())
+    tokenizer = load_tokenizer(target) if floor or rule else None  # both rules evaluate after every epoch
+    evaluator = combined_evaluator(knowmem_evaluator(corpus, tokenizer, runner.cfg.eval_limit) if floor else None,
+                                   validation_evaluator(corpus, tokenizer) if rule else None)
     unlearn(target, corpus, settings, out, evaluator, show=False)
     from ..models.loading import read_model_json
 

@@ -73,11 +73,24 @@ def load_gguf_model(spec, dtype, **kwargs):
     return model
 
 
-def gguf_special_ids(path: Path) -> dict[str, int]:
-    """eos/bos/pad/unk token ids recorded in the file's metadata."""
+def gguf_fields(path: Path) -> dict:
+    """The file's metadata fields, parsed once per file version (a 262k-token vocabulary takes seconds to
+    parse, and loading a tokenizer reads the fields up to four times)."""
+    path = Path(path)
+    stat = path.stat()
+    return _gguf_fields(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _gguf_fields(path: str, mtime_ns: int, size: int) -> dict:
     from gguf import GGUFReader
 
-    fields = GGUFReader(str(path)).fields
+    return GGUFReader(path).fields
+
+
+def gguf_special_ids(path: Path) -> dict[str, int]:
+    """eos/bos/pad/unk token ids recorded in the file's metadata."""
+    fields = gguf_fields(path)
     out = {}
     for role, key in SPECIAL.items():
         field = fields.get(key)
@@ -134,9 +147,7 @@ def needs_spm_bpe(tok, path: Path) -> bool:
 
 
 def gguf_string(path: Path, key: str) -> str | None:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields.get(key)
+    field = gguf_fields(path).get(key)
     return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None and field.data else None
 
 
@@ -159,11 +170,10 @@ def spm_bpe_tokenizer(path: Path):
     """The GGUF file's SentencePiece vocabulary as a fast BPE tokenizer: byte fallback, spaces as "▁",
     control tokens special, user-defined tokens (Gemma's whitespace runs) matched on the raw text, BOS
     prepended when the file says so."""
-    from gguf import GGUFReader
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    fields = GGUFReader(str(path)).fields
+    fields = gguf_fields(path)
 
     def column(key: str, text: bool):
         field = fields[key]

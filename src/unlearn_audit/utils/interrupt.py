@@ -1,7 +1,7 @@
 """Ctrl-C that is not lost. Python turns SIGINT into a KeyboardInterrupt raised wherever the main thread
 happens to be; raised inside a finalizer (`__del__`, a weakref callback) it is printed as "Exception
 ignored" and dropped, and library code that catches BaseException swallows it too, so a run could go on
-after Ctrl-C (seen in the full test suite as the two Ctrl-C tests failing by timing). Within
+after Ctrl-C (a guard: the Ctrl-C tests' full-suite failures of 2026-12-05 were not reproduced). Within
 `ctrl_c_handled()` the signal is also recorded, and `check_interrupt()`, called at every training step
 and before every grid cell, raises it again where it cannot be swallowed."""
 
