@@ -161,3 +161,60 @@ def test_the_two_retained_shares_and_utility_kept_are_named_apart():
     assert retained_worst(u, t) == 0.75 and retained_worst(u, t, c) == 0.5  # (60 - 40) / (80 - 40)
     assert utility_kept(u, t) == 0.9 and utility_kept({"mmlu": 30.0}, {"mmlu": 40.0}, "mmlu") == 0.75
     assert utility_kept(u, {"knowmem_r": 0.0}) is None
+
+
+def test_missing_scores_and_baselines_are_handled_not_guessed():
+    from unlearn_audit.scoring import ratio
+
+    assert ratio(None, 2.0) is None and ratio(2.0, None) is None and ratio(2.0, 0.0) is None and ratio(3.0, 2.0) == 1.5
+    assert share(50.0, 100.0, None) == 0.5  # no baseline: the paper's u / t
+    u, t = {"verbmem_f": 30.0}, {"verbmem_f": 60.0, "knowmem_f": 50.0}
+    assert knowledge_share(u, t) == 0.5  # a metric the model was not scored on is left out, not a KeyError
+    assert knowledge_share({"verbmem_f": 30.0, "knowmem_f": 40.0}, {"verbmem_f": 60.0}, {"knowmem_f": 5.0}) == 0.5
+
+
+def test_the_combining_rule_is_named_and_defaults_to_the_gate_form():
+    u, t = {"verbmem_f": 30.0, "knowmem_f": 10.0}, {"verbmem_f": 60.0, "knowmem_f": 50.0}
+    assert knowledge_share(u, t) == 0.5  # default: the worst (larger) share, as audit's gate reads it
+    for how in ("MEAN", "best", None):
+        with pytest.raises(ValueError, match=f"combine by 'mean' or 'worst', not {how!r}"):
+            combined([0.5], how)
+        with pytest.raises(ValueError, match=f"by 'pooled' or 'worst', not {how!r}"):
+            knowledge_recovery(u, u, t, how)
+    u_q, t_q = {"verbmem_f": 40.0, "knowmem_f": 35.0}, {"verbmem_f": 60.0, "knowmem_f": 50.0}
+    assert knowledge_recovery(u, u_q, t_q) == pytest.approx((10 + 25) / (30 + 40))  # default: pooled
+    assert knowledge_recovery(u, u_q, t_q, "worst") == pytest.approx(25 / 40)
+
+
+def test_the_paper_headline_is_a_mean_over_the_metrics_asked_for():
+    from unlearn_audit.scoring import retained_mean, retained_worst
+
+    u, t = {"verbmem_f": 30.0, "knowmem_f": 10.0, "rouge": 8.0}, {"verbmem_f": 60.0, "knowmem_f": 50.0, "rouge": 10.0}
+    assert retained_mean(u, t) == pytest.approx(0.35)
+    assert retained_mean(u, t, ("knowmem_f", "rouge")) == pytest.approx((0.2 + 0.8) / 2)
+    assert retained_worst(u, t, None, ("knowmem_f",)) == pytest.approx(0.2)
+
+
+def test_control_gain_needs_all_three_models():
+    t = {"verbmem_f": 80.0}
+    assert control_gain({"verbmem_f": 40.0}, {"verbmem_f": 20.0}, None, "mean") is None
+    assert control_gain({"verbmem_f": 40.0}, None, t, "mean") is None
+    assert control_gain({"verbmem_f": 40.0}, {"verbmem_f": 20.0, "knowmem_f": None}, t, "mean") == pytest.approx(1 / 3)
+
+
+def test_utility_is_stated_with_the_benchmarks_metric():
+    from unlearn_audit.scoring import utility_words
+
+    assert utility_words(None) == "utility not measured (no KnowMem_r)"
+    assert utility_words(0.9) == "utility kept 90% of the target's KnowMem_r"
+    assert utility_words(0.5, "MMLU") == "utility kept 50% of the target's MMLU"
+    assert fmt(1.0, True) == "100%" and fmt(2.5, True) == "250%"
+
+
+def test_means_and_spreads_over_seeds_skip_missing_values():
+    from unlearn_audit.scoring import mean, spread
+
+    assert mean([1.0, None, 3.0, math.nan]) == 2.0 and mean([None]) is None and mean([]) is None
+    assert spread([1.0, 3.0, None]) == pytest.approx(math.sqrt(2.0))  # sample (n - 1) deviation
+    assert spread([2.0, 4.0, 9.0]) == pytest.approx(math.sqrt(13.0))
+    assert spread([5.0]) is None and spread([5.0, math.nan]) is None

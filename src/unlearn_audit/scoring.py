@@ -84,6 +84,8 @@ def utility_kept(u: dict, t: dict, metric: str = UTILITY) -> float | None:
 
 def combined(shares: Iterable[float | None], how: str) -> float | None:
     """The knowledge metrics' shares as one number: 'mean' (the paper's) or 'worst' (the larger)."""
+    if how not in ("mean", "worst"):
+        raise ValueError(f"combine by 'mean' or 'worst', not {how!r}")
     values = [s for s in shares if s is not None and not math.isnan(s)]
     if not values:
         return None
@@ -93,7 +95,7 @@ def combined(shares: Iterable[float | None], how: str) -> float | None:
 def knowledge_share(u: dict, t: dict, c: dict | None = None, how: str = "worst",
                     keys: Sequence[str] = KNOWLEDGE) -> float | None:
     """`share` per knowledge metric present in both u and t (against c's score, else 0), combined."""
-    return combined((share(u[k], t[k], (c or {}).get(k, 0.0)) for k in keys if k in u and k in t), how)
+    return combined((share(u[k], t[k], (c or {}).get(k)) for k in keys if k in u and k in t), how)
 
 
 def recovery(u_full: float | None, u_attacked: float | None, t_attacked: float | None) -> float | None:
@@ -109,6 +111,8 @@ def knowledge_recovery(u_full: dict, u_attacked: dict, t_attacked: dict, how: st
                        keys: Sequence[str] = KNOWLEDGE) -> float | None:
     """`recovery` over the knowledge metrics where it is defined: 'pooled' = sum(u_a - u) / sum(t_a - u)
     (points that return over points there were to return, the report's), 'worst' = the larger (`audit`)."""
+    if how not in ("pooled", "worst"):
+        raise ValueError(f"pool recoveries by 'pooled' or 'worst', not {how!r}")
     keys = [k for k in keys if recovery(u_full.get(k), u_attacked.get(k), t_attacked.get(k)) is not None]
     if not keys:
         return None
