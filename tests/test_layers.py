@@ -66,3 +66,71 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
         assert imported_stages(probe) == {"unlearn", "models"}
     finally:
         probe.unlink()
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules a file imports (lazy ones too), by their names below the package root."""
+    here = path.relative_to(ROOT).parent.parts
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level):
+            continue
+        parts = list(here[: len(here) - (node.level - 1)]) + (node.module.split(".") if node.module else [])
+        for candidate in [parts] + [parts + [a.name] for a in node.names]:
+            name = ".".join(candidate)
+            if name in modules:
+                found.add(name)
+    return found
+
+
+def circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in ROOT.rglob("*.py") if p.name != "__init__.py"}
+    return {m: imported_modules(p, set(paths)) - {m} for m, p in paths.items()}
+
+
+def test_no_import_circle_between_files():
+    """Two files that import each other (lazily or not) are one job split in two. Plug-ins import their
+    registry and the registry finds them without importing them by name (utils/registry.py), so not even
+    plug-in registration closes a circle."""
+    assert not circles(import_graph())
+
+
+def test_the_circle_check_finds_a_lazy_circle():
+    assert circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [{"a", "b"}]
+    graph = import_graph()
+    assert "models.spec" in graph["models.loading"] and "models.loading" not in graph["models.spec"]

@@ -35,8 +35,16 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
                    help="precision LoRA adapters are merged in (auto: the precision they were trained in); recorded")
 
 
+def model_spec(args, attr: str = "model"):
+    """A model argument classified once, with the load options it travels with (None when not given)."""
+    from .models.spec import ModelSpec
+
+    value = getattr(args, attr, None)
+    return None if value is None else ModelSpec.of(value, load_options(args))
+
+
 def load_options(args):
-    from .models.loading import LoadOptions
+    from .models.spec import LoadOptions
 
     return LoadOptions(allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
                        allow_nonfinite=args.allow_nonfinite, tokenizer=getattr(args, "tokenizer", None),
@@ -146,9 +154,9 @@ def cmd_eval(args) -> int:
     if args.metrics:
         cfg.metrics = parse_metrics(args.metrics)
     started = time.time()
-    res = evaluate_to_folder(args.model, corpus, cfg, args.out, args.quantize or "full", args.dtype,
+    res = evaluate_to_folder(model_spec(args), corpus, cfg, args.out, args.quantize or "full", args.dtype,
                              args.device or default_device(), load_options(args), quantize_options(args),
-                             args.retrained, show=not args.quiet, reference_log=args.reference_log)
+                             model_spec(args, "retrained"), show=not args.quiet, reference_log=args.reference_log)
     print(markdown_table(["metric", "value"], [[m, fmt(res[m], digits=4 if m in bench.fractions else 2)]
                                                for m in cfg.metrics]))
     if "privleak" in res["details"]:
@@ -175,10 +183,10 @@ def cmd_quantize(args) -> int:
     from .quantize import calibration_for, parse_scheme, quantize_to_folder
 
     scheme = parse_scheme(args.scheme)
-    opts = load_options(args)
+    opts, model = load_options(args), model_spec(args)
     corpus = Corpus.open(args.calibration) if args.calibration else None
-    out, record = quantize_to_folder(args.model, scheme, args.out, opts, quantize_options(args), args.dtype, args.device,
-                                     load_tokenizer(args.model, opts), calibration_for(scheme, corpus),
+    out, record = quantize_to_folder(model, scheme, args.out, opts, quantize_options(args), args.dtype, args.device,
+                                     load_tokenizer(model), calibration_for(scheme, corpus),
                                      str(args.calibration) if corpus else None)
     print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")
     return 0
@@ -189,17 +197,19 @@ def cmd_finetune(args) -> int:
     from .training.finetune import FinetuneConfig, finetune
 
     cfg = config_from_args(FinetuneConfig, args, args.config)
-    out = finetune(args.model, Corpus.open(args.corpus), cfg, args.out, load_options(args), show=not args.quiet)
+    out = finetune(model_spec(args), Corpus.open(args.corpus), cfg, args.out, load_options(args), show=not args.quiet)
     print(f"{cfg.role} model written to {out}")
     return 0
 
 
 def cmd_convert(args) -> int:
-    from .models.gguf import convert_gguf, is_gguf
+    from .models.loading import convert_gguf
+    from .models.spec import Kind
 
-    if not is_gguf(args.model):
+    model = model_spec(args)
+    if model.kind is not Kind.GGUF:
         raise UserError(f"convert reads .gguf files; {args.model} is not one (other models load directly)")
-    tok = convert_gguf(args.model, args.out, args.dtype, load_options(args))
+    tok = convert_gguf(model, args.out, args.dtype, load_options(args))
     print(f"{args.model} -> {args.out} (safetensors, {args.dtype}; eos {tok.eos_token!r}, pad {tok.pad_token!r})")
     return 0
 
@@ -269,17 +279,17 @@ def cmd_unlearn(args) -> int:
     corpus = Corpus.open(args.corpus)
     if cfg.schedule_rule():
         corpus.require_validation()  # before the retrained model's evaluation below
-    opts = load_options(args)
+    opts, model = load_options(args), model_spec(args)
     device = args.device or default_device()
     floor = None
     if args.retrained:
-        floor = utility_floor_from(args.retrained, corpus, opts, device, args.eval_limit)
+        floor = utility_floor_from(model_spec(args, "retrained"), corpus, opts, device, args.eval_limit)
         print(f"utility floor: KnowMem_r of the retrained model = {floor:.2f}")
     reported = floor is not None or cfg.utility_floor is not None or args.eval_each_epoch
-    tokenizer = load_tokenizer(args.model, opts) if reported or cfg.schedule_rule() else None
+    tokenizer = load_tokenizer(model) if reported or cfg.schedule_rule() else None
     evaluator = combined_evaluator(knowmem_evaluator(corpus, tokenizer, args.eval_limit) if reported else None,
                                    validation_evaluator(corpus, tokenizer) if cfg.schedule_rule() else None)
-    out = unlearn(args.model, corpus, cfg, args.out, evaluator, floor, opts, show=not args.quiet)
+    out = unlearn(model, corpus, cfg, args.out, evaluator, floor, opts, show=not args.quiet)
     info = read_model_json(out, "unlearn.json") or {}
     print(f"{info.get('method')} unlearned model in {out}: epoch {info.get('chosen_epoch')} kept "
           f"({info.get('chosen_reason')}); {info.get('seconds', 0):.0f}s")
@@ -367,7 +377,7 @@ def cmd_audit(args) -> int:
                       max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit,
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
-    result = audit(args.target, args.unlearned, corpus, cfg, args.retrained, args.out, load_options(args),
+    result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, model_spec(args, "retrained"), args.out, load_options(args),
                    show=not args.quiet)
     from .experiment.scorecard import hidden_line, table
 

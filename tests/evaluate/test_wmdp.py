@@ -7,8 +7,9 @@ import torch
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.errors import UserError
+from unlearn_audit.evaluate.mc_template import mc_prompt
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
-from unlearn_audit.evaluate.wmdp import accuracy_rows, mc_prompt
+from unlearn_audit.evaluate.wmdp import accuracy_rows
 
 
 def test_prompt_is_the_harness_template():

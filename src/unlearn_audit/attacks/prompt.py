@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..data.corpus import Corpus, write_corpus
 from ..errors import UserError
-from ..evaluate.wmdp import LETTERS
+from ..evaluate.mc_template import LETTERS
 from ..utils.io import read_json, sha256_json
 from .registry import Attack, AttackFamily, Param, register_attack
 

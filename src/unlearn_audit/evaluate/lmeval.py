@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.quiet import verbose
-from .wmdp import LETTERS, subject_words
+from .mc_template import LETTERS, subject_words
 
 TEMPLATE = ("{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}"
             "\nAnswer:")

@@ -21,24 +21,10 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..models.generation import continuation_logprobs
 from .benchmark import Benchmark, register_benchmark
+from .mc_template import LETTERS, mc_prompt
 from .muse import take
 
-LETTERS = ("A", "B", "C", "D")
-SUBJECTS = {"bio": "biology", "cyber": "computer security", "chem": "chemistry",
-            "world": "the people of an invented world"}
 GROUPS = {"forget_acc": "forget", "utility_acc": "utility"}
-
-
-def subject_words(subject: str) -> str:
-    """How the template names a subject: WMDP's sets by their field, MMLU's by their file name."""
-    return SUBJECTS.get(subject, subject.replace("_", " "))
-
-
-def mc_prompt(item: dict, subject: str) -> str:
-    """lm-evaluation-harness's WMDP/MMLU prompt for one item."""
-    options = "".join(f"{letter}. {choice}\n" for letter, choice in zip(LETTERS, item["choices"]))
-    return (f"The following are multiple choice questions (with answers) about {subject_words(subject)}.\n\n"
-            f"{item['question'].strip()}\n{options}Answer:")
 
 
 def builtin_choices(model, tokenizer, items: list[dict], subject: str, batch_size, show: bool) -> list[list[float]]:

@@ -46,6 +46,7 @@ from ..errors import UserError
 from ..evaluate.benchmark import Benchmark, get_benchmark, resolve_benchmark
 from ..evaluate.runner import EvalConfig, check_corpus, evaluate_model, finished_results, reference_from_log
 from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fingerprint
+from ..models.spec import ModelSpec
 from ..quantize.bins import analyse
 from ..quantize.bins import write_outputs as write_bins
 from ..scoring import (
@@ -153,7 +154,8 @@ class Auditor:
         self.ctx = Context(corpus=corpus, load=load, dtype=cfg.dtype, device=cfg.device, show=show)
         self.ecfg, self.bench = ecfg, ecfg.bench
         self.refs: dict = {corpus.content_hash: reference} if reference is not None else {}
-        self.fingerprints = {role: model_fingerprint(spec, load.revision) for role, spec in models.items()}
+        self.specs = {role: ModelSpec.of(name, load) for role, name in models.items()}
+        self.fingerprints = {role: model_fingerprint(spec, load.revision) for role, spec in self.specs.items()}
         self.results: dict[tuple[str, str, str], dict] = {}
 
     def work(self, attack: Attack) -> Path:
@@ -171,8 +173,8 @@ class Auditor:
                     "corpus": self.corpus.content_hash}
         stored = read_json(where) if where.is_file() else None
         if not (isinstance(stored, dict) and stored.get("identity") == identity):
-            spec = self.models[role]
-            tok = load_tokenizer(spec, self.ctx.load)
+            spec = self.specs[role]
+            tok = load_tokenizer(spec)
             model = load_attacked(spec, None, self.ctx, self.out)
             stored = {"identity": identity, "result": attack.impl.measure(model, tok, self.corpus, attack, self.cfg.limit)}
             free(model)
@@ -211,8 +213,8 @@ class Auditor:
         identity = {"model": self.fingerprints[role], "attack": name}
         res = finished_results(corpus, self.ecfg, ref, where, identity)
         if res is None:
-            spec = self.models[role]
-            self.ctx.tokenizer = load_tokenizer(spec, self.ctx.load)
+            spec = self.specs[role]
+            self.ctx.tokenizer = load_tokenizer(spec)
             model = load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
             res = evaluate_model(model, self.ctx.tokenizer, corpus, self.ecfg, ref, where, identity, self.ctx.show)
             free(model)

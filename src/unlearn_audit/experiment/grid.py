@@ -30,7 +30,7 @@ from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
-from .ledger import Ledger
+from .ledger import Ledger, PlannedCells
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,6 @@ class GridRunner:
     def eta(self) -> str:
         """Time left, from the mean time of the finished cells of each kind (a lower bound while a kind
         still waiting has no finished cell to measure by)."""
-        from .report import PlannedCells
-
         cells = PlannedCells(self.ledger, set(self.by_id)).cells()
         measured: dict[str, list[float]] = {}
         for c in cells:
@@ -334,8 +332,6 @@ class GridRunner:
 
     def counts(self) -> dict[str, int]:
         """Status counts of this grid's cells only (the run folder may hold cells of older configs)."""
-        from .report import PlannedCells
-
         return PlannedCells(self.ledger, set(self.by_id)).counts()
 
     def failed(self, c: CellSpec, error: str) -> str:

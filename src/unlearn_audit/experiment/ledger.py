@@ -166,3 +166,20 @@ class Ledger:
     def _cell(row) -> Cell:
         return Cell(row[0], row[1], json.loads(row[2]), json.loads(row[3]), row[4],
                     json.loads(row[5]) if row[5] else None, row[6], row[7])
+
+
+class PlannedCells:
+    """The ledger's cells restricted to one grid's plan (a run folder may hold cells of older configs)."""
+
+    def __init__(self, ledger: Ledger, ids: set[str] | None):
+        self.ledger = ledger
+        self.ids = ids
+
+    def cells(self, kind: str | None = None):
+        return [c for c in self.ledger.cells(kind) if self.ids is None or c.id in self.ids]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells():
+            out[c.status] = out.get(c.status, 0) + 1
+        return out

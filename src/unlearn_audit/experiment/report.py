@@ -41,28 +41,11 @@ from ..scoring import (
     verdict_text,
 )
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, save_figure
-from .ledger import Ledger
+from .ledger import Ledger, PlannedCells
 
 METRIC_COLUMNS = [("verbmem_f", "M1 VerbMem D_f"), ("knowmem_f", "M2 KnowMem D_f"), ("privleak", "M3 PrivLeak"),
                   ("knowmem_r", "M4 KnowMem D_r")]
 PAPER = {"full": 21.0, "4-bit": 83.0}  # average retained share, utility-constrained methods (abstract)
-
-
-class PlannedCells:
-    """The ledger's cells restricted to one grid's plan (a run folder may hold cells of older configs)."""
-
-    def __init__(self, ledger: Ledger, ids: set[str] | None):
-        self.ledger = ledger
-        self.ids = ids
-
-    def cells(self, kind: str | None = None):
-        return [c for c in self.ledger.cells(kind) if self.ids is None or c.id in self.ids]
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.cells():
-            out[c.status] = out.get(c.status, 0) + 1
-        return out
 
 
 def rows_from_ledger(ledger) -> list[dict]:

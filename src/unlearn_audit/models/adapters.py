@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .files import check_safetensors, is_local
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -87,8 +88,6 @@ def read_adapter(folder, base_override: str | None = None) -> Adapter:
     base = base_override or config.get("base_model_name_or_path")
     if not base:
         raise UserError(f"{folder}: the adapter does not name its base model; pass --adapter-base")
-    from .loading import is_local
-
     if is_local(base) and not Path(base).exists():
         raise UserError(f"--adapter-base {base} is not found" if base_override else
                         f"{folder}: its base model {base} is not found; pass --adapter-base")
@@ -107,8 +106,6 @@ def merge_precision(adapter: Adapter, requested: str, base_dtype: torch.dtype) -
 def lora_pairs(adapter: Adapter) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Base weight name -> (A, B) of every adapted linear layer."""
     from safetensors.torch import load_file
-
-    from .loading import check_safetensors
 
     check_safetensors(adapter.folder / ADAPTER_WEIGHTS)
     state = load_file(str(adapter.folder / ADAPTER_WEIGHTS))

@@ -117,19 +117,6 @@ def load_gguf_tokenizer(spec):
     return tok
 
 
-def convert_gguf(spec, out, dtype: str = "fp32", opts=None) -> tuple:
-    """Write a GGUF file's model and tokenizer as a safetensors folder (atomic); returns the tokenizer."""
-    from ..utils.io import atomic_dir
-    from .loading import load_model, load_tokenizer
-
-    tok = load_tokenizer(spec, opts)
-    model = load_model(spec, dtype, opts)
-    with atomic_dir(Path(out)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    return tok
-
-
 # ------------------------------------------------------------------------------------------- SentencePiece BPE
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # GGUF token types (gguf.TokenType)
 

@@ -11,47 +11,21 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .adapters import is_adapter, merge_into, merge_precision, read_adapter
-from .gguf import is_gguf, load_gguf_model, load_gguf_tokenizer
+from .adapters import merge_into, merge_precision
+from .files import check_safetensors, first_line, is_local, weight_files
+from .gguf import load_gguf_model, load_gguf_tokenizer
+from .packaged import check_packaged, converted_folder
+from .spec import Kind, LoadOptions, ModelSpec
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FULL_HASH_LIMIT = 512 * 2**20  # hash every byte of models smaller than this; fingerprint larger ones
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How models are loaded; mirrors the CLI flags --allow-pickle, --trust-remote-code, --allow-nonfinite,
-    --tokenizer (for checkpoints shipped without one: MUSE's muse-bench models use Llama-2-7b's) and
-    --revision (a hub commit, branch or tag, pinned for every hub id and recorded in the outputs);
-    --adapter-base and --merge-dtype for LoRA adapter folders (models/adapters.py)."""
-
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    allow_nonfinite: bool = False
-    tokenizer: str | None = None
-    revision: str | None = None
-    adapter_base: str | None = None
-    merge_dtype: str = "auto"
-
-    def hub_kwargs(self, spec) -> dict:
-        return {"revision": self.revision} if self.revision and not is_local(spec) else {}
-
-
-def is_local(spec: str | Path) -> bool:
-    """True when `spec` names an existing path, or can only be a path (absolute, relative with ./ or ../,
-    home-relative, or more than one '/'): hub ids are 'name' or 'owner/name'."""
-    text = str(spec)
-    if Path(text).exists():
-        return True
-    return text.startswith(("/", "./", "../", "~", ".\\")) or text.count("/") > 1 or text.endswith("/")
 
 
 def check_vocab(folder: Path) -> None:
@@ -80,33 +54,6 @@ def largest_token_id(path: str, mtime_ns: int) -> int:
         ids = [len(pieces) - 1] if isinstance(pieces, list) else []
     ids += [t.get("id", -1) for t in tok.get("added_tokens", [])]
     return max((i for i in ids if isinstance(i, int)), default=-1)
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a safetensors file whose header is unreadable or whose data is cut short (a partial
-    download or copy), before any library reads it."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if n <= 0 or 8 + n > size:
-                raise ValueError("no readable header")
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
-        raise UserError(f"{path} is not a readable safetensors file (corrupt or not safetensors); "
-                        "re-save or re-download it") from None
-    if 8 + n + end > size:
-        raise UserError(f"{path} is truncated: its header promises {8 + n + end} bytes, the file has {size}; "
-                        "re-save or re-download it")
-
-
-def weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(safetensors files, pickle files) of a local model folder."""
-    safe = sorted(folder.glob("*.safetensors"))
-    pickled = sorted(list(folder.glob("pytorch_model*.bin")) + list(folder.glob("*.pt")))
-    return safe, pickled
 
 
 def check_local_model(folder: Path, opts: LoadOptions) -> None:
@@ -144,15 +91,21 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | str:
     return DTYPES[name]
 
 
-def resolve_spec(spec: str | Path) -> str | Path:
-    """A packaged model (`package:smollm2`) becomes its converted cache folder; other specs stay."""
-    from .packaged import is_packaged, resolve_packaged
-
-    return resolve_packaged(spec) if is_packaged(spec) else spec
+def resolve(model: str | Path | ModelSpec, opts: LoadOptions | None = None) -> ModelSpec:
+    """The model argument classified (`ModelSpec.of`); a packaged model becomes its converted cache folder
+    (converted on first use, atomically)."""
+    spec = ModelSpec.of(model, opts)
+    if spec.kind is not Kind.PACKAGE:
+        return spec
+    gguf = check_packaged(spec.name)
+    folder = converted_folder(spec.name)
+    if not (folder / "config.json").is_file():
+        convert_gguf(gguf, folder, "fp32")
+    return spec.with_name(folder)
 
 
 def load_model(
-    spec: str | Path,
+    model: str | Path | ModelSpec,
     dtype: str | torch.dtype | None = "fp32",
     opts: LoadOptions | None = None,
     device: str | torch.device | None = None,
@@ -161,49 +114,48 @@ def load_model(
     """Load a causal LM for evaluation or training, safely (see module docstring)."""
     from transformers import AutoModelForCausalLM
 
-    opts = opts or LoadOptions()
-    spec = resolve_spec(spec)
-    if is_adapter(spec) and kwargs:  # loaders that quantize inside from_pretrained (bitsandbytes) need a folder
-        folder = merged_folder(spec, opts)
-        model = load_model(folder, dtype, opts, device, **kwargs)
-        model.merged_adapter = json.loads((folder / MERGE_RECORD).read_text())
-        return model
-    if is_adapter(spec):
-        return load_merged_adapter(spec, dtype, opts, device)
-    if is_gguf(spec):
-        model = load_gguf_model(spec, resolve_dtype(dtype), **kwargs)
+    spec = resolve(model, opts)
+    if spec.kind is Kind.ADAPTER and kwargs:  # loaders that quantize inside from_pretrained (bitsandbytes) need a folder
+        folder = merged_folder(spec)
+        loaded = load_model(spec.with_name(folder), dtype, None, device, **kwargs)
+        loaded.merged_adapter = json.loads((folder / MERGE_RECORD).read_text())
+        return loaded
+    if spec.kind is Kind.ADAPTER:
+        return load_merged_adapter(spec, dtype, device)
+    if spec.kind is Kind.GGUF:
+        loaded = load_gguf_model(spec.name, resolve_dtype(dtype), **kwargs)
         if device is not None:
-            model.to(device)
-        return model.eval()
-    if is_local(spec):
-        check_local_model(Path(spec), opts)
+            loaded.to(device)
+        return loaded.eval()
+    if spec.kind is Kind.FOLDER:
+        check_local_model(spec.path, spec.opts)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(spec),
+        loaded = AutoModelForCausalLM.from_pretrained(
+            spec.name,
             dtype=resolve_dtype(dtype),
-            use_safetensors=None if opts.allow_pickle else True,
-            trust_remote_code=opts.trust_remote_code,
-            **opts.hub_kwargs(spec),
+            use_safetensors=None if spec.opts.allow_pickle else True,
+            trust_remote_code=spec.opts.trust_remote_code,
+            **spec.hub_kwargs(),
             **kwargs,
         )
     except UserError:
         raise
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load model '{spec}': {first_line(exc)}") from None
-    if not opts.allow_nonfinite:
-        check_finite(model, spec)
+    if not spec.opts.allow_nonfinite:
+        check_finite(loaded, spec)
     if device is not None:
-        model.to(device)
-    model.eval()
-    return model
+        loaded.to(device)
+    loaded.eval()
+    return loaded
 
 
-def load_merged_adapter(spec, dtype, opts: LoadOptions, device):
+def load_merged_adapter(spec: ModelSpec, dtype, device):
     """An adapter folder: its base (loaded as stored), the adapter merged at the merge precision, then run
     in `dtype` ('auto': the merge precision). The record is `model.merged_adapter`."""
-    adapter = read_adapter(spec, opts.adapter_base)
-    model = load_model(adapter.base, "auto", opts)
-    precision = merge_precision(adapter, opts.merge_dtype, next(model.parameters()).dtype)
+    adapter = spec.adapter()
+    model = load_model(spec.with_name(adapter.base), "auto")
+    precision = merge_precision(adapter, spec.opts.merge_dtype, next(model.parameters()).dtype)
     record = merge_into(model, adapter, precision)
     if resolve_dtype(dtype) != "auto":
         model.to(resolve_dtype(dtype))
@@ -216,19 +168,20 @@ def load_merged_adapter(spec, dtype, opts: LoadOptions, device):
 MERGE_RECORD = "merged_adapter.json"
 
 
-def merged_folder(spec, opts: LoadOptions) -> Path:
+def merged_folder(spec: ModelSpec) -> Path:
     """A saved copy of an adapter merged at its merge precision, cached by the adapter's fingerprint (with
     its base's) and the requested merge precision."""
     from ..utils.io import atomic_dir, atomic_write_json
     from ..utils.paths import cache_dir
 
+    opts = spec.opts
     key = hashlib.sha256(f"{model_fingerprint(spec)}|{opts.adapter_base}|{opts.merge_dtype}".encode()).hexdigest()[:20]
     out = cache_dir() / "merged" / key
     if not (out / MERGE_RECORD).is_file():
-        model = load_merged_adapter(spec, "auto", opts, None)
+        model = load_merged_adapter(spec, "auto", None)
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            load_tokenizer(spec, opts).save_pretrained(tmp)
+            load_tokenizer(spec).save_pretrained(tmp)
             atomic_write_json(tmp / MERGE_RECORD, model.merged_adapter)
     return out
 
@@ -248,34 +201,34 @@ def check_finite(model, spec) -> None:
                             "(pass --allow-nonfinite to load it anyway)")
 
 
-def load_tokenizer(spec: str | Path, opts: LoadOptions | None = None):
+def load_tokenizer(model: str | Path | ModelSpec, opts: LoadOptions | None = None):
     """Load a model's tokenizer (or `opts.tokenizer`, checked against the model's vocabulary) and make sure
     it can pad (unk, else eos, becomes the pad token, with a warning)."""
     from transformers import AutoTokenizer
 
-    opts = opts or LoadOptions()
-    spec = resolve_spec(spec)
-    if opts.tokenizer:
-        tok = given_tokenizer(opts)
-        check_tokenizer_fits(tok, spec, opts)
+    spec = resolve(model, opts)
+    if spec.opts.tokenizer:
+        tok = given_tokenizer(spec.opts)
+        check_tokenizer_fits(tok, spec)
         return tok
-    if is_gguf(spec):
-        tok = load_gguf_tokenizer(spec)
+    if spec.kind is Kind.GGUF:
+        tok = load_gguf_tokenizer(spec.name)
         ensure_pad_token(tok)
         return tok
-    if is_adapter(spec):  # our adapter folders carry the tokenizer; others use the base's
-        own = any((Path(spec) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    if spec.kind is Kind.ADAPTER:  # our adapter folders carry the tokenizer; others use the base's
+        own = any((spec.path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         if not own:
-            return load_tokenizer(read_adapter(spec, opts.adapter_base).base, opts)
-        tok = AutoTokenizer.from_pretrained(str(spec))
+            return load_tokenizer(spec.base())
+        tok = AutoTokenizer.from_pretrained(spec.name)
         ensure_pad_token(tok)
         return tok
-    if is_local(spec):  # tokenizers are read from model folders: say what is wrong with the folder first
-        check_local_model(Path(spec), opts)
+    if spec.kind is Kind.FOLDER:  # tokenizers are read from model folders: say what is wrong with the folder first
+        check_local_model(spec.path, spec.opts)
     try:
-        tok = AutoTokenizer.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
+        tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.opts.trust_remote_code,
+                                            **spec.hub_kwargs())
     except (OSError, ValueError) as exc:
-        hint = " (a checkpoint shipped without one: pass --tokenizer)" if is_local(spec) else ""
+        hint = " (a checkpoint shipped without one: pass --tokenizer)" if spec.local else ""
         raise UserError(f"could not load the tokenizer of '{spec}': {first_line(exc)}{hint}") from None
     ensure_pad_token(tok)
     return tok
@@ -296,35 +249,34 @@ def given_tokenizer(opts: LoadOptions):
     return tok
 
 
-def model_config(spec: str | Path, opts: LoadOptions | None = None):
+def model_config(model: str | Path | ModelSpec, opts: LoadOptions | None = None):
     """The model's config, read without loading any weights (None for a .gguf file)."""
     from transformers import AutoConfig
 
-    opts = opts or LoadOptions()
-    spec = resolve_spec(spec)
-    if is_gguf(spec):
+    spec = resolve(model, opts)
+    if spec.kind is Kind.GGUF:
         return None
-    if is_adapter(spec):
-        return model_config(read_adapter(spec, opts.adapter_base).base, opts)
+    if spec.kind is Kind.ADAPTER:
+        return model_config(spec.base())
     try:
-        return AutoConfig.from_pretrained(str(spec), trust_remote_code=opts.trust_remote_code, **opts.hub_kwargs(spec))
+        return AutoConfig.from_pretrained(spec.name, trust_remote_code=spec.opts.trust_remote_code, **spec.hub_kwargs())
     except (OSError, ValueError) as exc:
         raise UserError(f"could not read the config of '{spec}': {first_line(exc)}") from None
 
 
-def model_vocab_size(spec: str | Path, opts: LoadOptions) -> int | None:
+def model_vocab_size(spec: ModelSpec) -> int | None:
     """The model's vocab_size from its config."""
-    config = model_config(spec, opts)
+    config = model_config(spec)
     vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
     return vocab if isinstance(vocab, int) else None
 
 
-def check_tokenizer_fits(tok, spec: str | Path, opts: LoadOptions) -> None:
+def check_tokenizer_fits(tok, spec: ModelSpec) -> None:
     """A tokenizer given for a model must not produce ids the model has no embedding for."""
-    vocab = model_vocab_size(spec, opts)
+    vocab = model_vocab_size(spec)
     largest = max(tok.get_vocab().values(), default=-1)
     if vocab is not None and largest >= vocab:
-        raise UserError(f"--tokenizer {opts.tokenizer} has token id {largest} but '{spec}' has vocab_size {vocab}: "
+        raise UserError(f"--tokenizer {spec.opts.tokenizer} has token id {largest} but '{spec}' has vocab_size {vocab}: "
                         "it is another model's tokenizer")
 
 
@@ -339,13 +291,14 @@ def ensure_pad_token(tok) -> None:
     tok.pad_token = fallback
 
 
-def model_fingerprint(spec: str | Path, revision: str | None = None) -> str:
+def model_fingerprint(model: str | Path | ModelSpec, revision: str | None = None) -> str:
     """Content hash of a local model (config + weights); hub ids hash their name and requested revision."""
-    path = Path(resolve_spec(spec))
+    spec = resolve(model)
+    path = spec.path
     if not path.exists():
         return hashlib.sha256((f"hub:{spec}" + (f"@{revision}" if revision else "")).encode()).hexdigest()
     h = hashlib.sha256()
-    if is_adapter(path):  # the adapter's files and its base's fingerprint (as named in its config)
+    if spec.kind is Kind.ADAPTER:  # the adapter's files and its base's fingerprint (as named in its config)
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
         h.update(model_fingerprint(base, revision).encode() if base else b"")
     if path.is_file():  # a GGUF file
@@ -368,6 +321,18 @@ def model_fingerprint(spec: str | Path, revision: str | None = None) -> str:
     return h.hexdigest()
 
 
+def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "fp32", opts: LoadOptions | None = None):
+    """Write a GGUF file's model and tokenizer as a safetensors folder (atomic); returns the tokenizer."""
+    from ..utils.io import atomic_dir
+
+    tok = load_tokenizer(gguf, opts)
+    model = load_model(gguf, dtype, opts)
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return tok
+
+
 def describe_dtypes(model) -> dict[str, int]:
     """How many parameters the model holds in each dtype (for provenance)."""
     counts: dict[str, int] = {}
@@ -375,12 +340,6 @@ def describe_dtypes(model) -> dict[str, int]:
         key = str(p.dtype).replace("torch.", "")
         counts[key] = counts.get(key, 0) + p.numel()
     return counts
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception message, so the CLI can print one line."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def read_model_json(folder: str | Path, name: str) -> dict | None:

@@ -90,15 +90,11 @@ def check_packaged(spec) -> Path:
     return path
 
 
-def resolve_packaged(spec) -> Path:
-    """The converted fp32 folder of a packaged model, converting it on first use (atomic, cached)."""
-    from .gguf import convert_gguf
-
-    gguf = check_packaged(spec)
-    folder = cache_dir() / "models" / f"{lookup(spec).folder}-{conversion_key(lookup(spec))}"
-    if not (folder / "config.json").is_file():
-        convert_gguf(gguf, folder, "fp32")
-    return folder
+def converted_folder(spec) -> Path:
+    """Where a packaged model's fp32 safetensors folder lives in the cache (models/loading.resolve converts
+    it there on first use), keyed by the versions that decide its weights."""
+    pkg = lookup(spec)
+    return cache_dir() / "models" / f"{pkg.folder}-{conversion_key(pkg)}"
 
 
 def conversion_key(pkg: Packaged) -> str:

@@ -63,7 +63,7 @@ class ShardedWeights:
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
             raise UserError(f"{self.folder} holds no *.safetensors weights; bins needs safetensors")
-        from ..models.loading import check_safetensors
+        from ..models.files import check_safetensors
 
         for f in files:
             check_safetensors(f)
@@ -502,9 +502,7 @@ def table(result: dict) -> str:
     lines.append(f"verdict ({result['scheme']}): {result['verdict']}")
     lines.append(f"forecast by the update's size: {1 - result['projected_survival']:.0%} back")
     if result.get("first_order"):
-        from .forecast import describe
-
-        lines.append(f"forecast by the forget loss's gradient: {describe(result['first_order'])}")
+        lines.append(f"forecast by the forget loss's gradient: {describe_first_order(result['first_order'])}")
     cov = result.get("coverage")
     if cov:
         left = sorted(cov["not_analysed"], key=lambda x: -x["update_mass_share"])
@@ -556,3 +554,18 @@ def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
              "table": atomic_write_text(out / "bins.md", table(result) + "\n"),
              "plot": plot(result, out / "bins.png")}
     return files
+
+
+def describe_first_order(result: dict) -> str:
+    """The first-order forecast (quantize/forecast.py) in one line for tables and the terminal."""
+    s = result.get("first_order_survival")
+    if s is None:
+        return "first-order forecast: -"
+    return (f"{result['scheme']}: {1 - s:.0%} back by the forget loss's gradient ({s:.0%} of the forgetting's "
+            f"first-order loss change survives; gradient at the target {fmt_share(result, 'target')}, at the "
+            f"unlearned model {fmt_share(result, 'unlearned')})")
+
+
+def fmt_share(result: dict, where: str) -> str:
+    v = result.get(f"survival_gradient_at_{where}")
+    return "-" if v is None else f"{1 - v:.0%} back"

@@ -103,18 +103,3 @@ def rounding_of(stored_t, stored_u, name: str) -> torch.dtype | None:
     if name in stored_t.where and name in stored_u.where:
         return comparison_dtype(stored_t.dtype(name), stored_u.dtype(name))
     return None
-
-
-def describe(result: dict) -> str:
-    """One line for tables and the terminal."""
-    s = result.get("first_order_survival")
-    if s is None:
-        return "first-order forecast: -"
-    return (f"{result['scheme']}: {1 - s:.0%} back by the forget loss's gradient ({s:.0%} of the forgetting's "
-            f"first-order loss change survives; gradient at the target {fmt_share(result, 'target')}, at the "
-            f"unlearned model {fmt_share(result, 'unlearned')})")
-
-
-def fmt_share(result: dict, where: str) -> str:
-    v = result.get(f"survival_gradient_at_{where}")
-    return "-" if v is None else f"{1 - v:.0%} back"

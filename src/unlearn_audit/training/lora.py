@@ -160,7 +160,7 @@ def save_base_reference(out: Path, model_path) -> None:
     """Name the base in adapter_config.json by absolute path (local) or as given (hub id, package:)."""
     import json
 
-    from ..models.loading import is_local
+    from ..models.files import is_local
     from ..utils.io import atomic_write_json
 
     path = out / "adapter_config.json"

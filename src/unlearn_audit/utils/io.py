@@ -55,9 +55,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def as_json(obj: Any) -> str:
+    """Paths and model specs (os.PathLike) are written as the path or name they stand for."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 def dumps_json(obj: Any) -> str:
     """Serialize deterministically (sorted keys are NOT used: key order is meaningful in our logs)."""
-    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=as_json) + "\n"
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -124,7 +131,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_json(obj: Any) -> str:
     """Content hash of a JSON-serialisable object, independent of key order."""
-    return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=as_json).encode("utf-8"))
 
 
 def sha256_files(paths: Iterable[Path], root: Path) -> str:
