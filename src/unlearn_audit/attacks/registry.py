@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -130,21 +131,17 @@ class AttackFamily:
         raise NotImplementedError
 
 
-FAMILIES: dict[str, type[AttackFamily]] = {}
+FAMILIES: Registry[type[AttackFamily]] = Registry("attack family", __package__, "@register_attack")
 
 
 def register_attack(cls: type) -> type:
-    FAMILIES[cls.family] = cls
+    """Class decorator: an attack family, found by its `family` name (a file of this folder)."""
+    FAMILIES.add(cls.family, cls)
     return cls
 
 
 def families() -> list[str]:
-    _load_families()
-    return sorted(FAMILIES)
-
-
-def _load_families() -> None:
-    from . import cast, noise, probe, prompt, prune, quant, relearn, steer  # noqa: F401  (registers the families)
+    return sorted(FAMILIES.names())
 
 
 def _convert(fam: str, p: Param, text: str) -> Any:
@@ -159,7 +156,6 @@ def _convert(fam: str, p: Param, text: str) -> Any:
 
 def parse_attack(spec: str) -> Attack:
     """`prune:magnitude:0.3` -> Attack('prune:magnitude:0.3', 'prune', {'method': 'magnitude', 'share': 0.3})."""
-    _load_families()
     name = spec.strip()
     fam, *parts = name.split(":")
     if fam not in FAMILIES:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..utils.io import sha256_files
+from ..utils.registry import Registry
 
 
 class Benchmark:
@@ -75,33 +76,25 @@ class Benchmark:
         return None
 
 
-BENCHMARKS: dict[str, Benchmark] = {}
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", __package__, "@register_benchmark")
 
 
 def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
-    BENCHMARKS[cls.name] = cls()
+    """Class decorator: one instance of the benchmark, found by its `name` (a file of this folder)."""
+    BENCHMARKS.add(cls.name, cls())
     return cls
 
 
-def _load() -> None:
-    from . import muse, tofu, wmdp  # noqa: F401  (registers the benchmarks)
-
-
 def benchmark_names() -> list[str]:
-    _load()
-    return list(BENCHMARKS)
+    return BENCHMARKS.names()
 
 
 def get_benchmark(name: str) -> Benchmark:
-    _load()
-    if name not in BENCHMARKS:
-        raise UserError(f"unknown benchmark '{name}'; choose one of {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name]
+    return BENCHMARKS.get(name)
 
 
 def benchmarks_in(corpus) -> list[str]:
     """The benchmarks whose files the corpus holds (the built-in world holds all three)."""
-    _load()
     return [name for name, b in BENCHMARKS.items() if b.present(corpus)]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from ..errors import UserError
 from ..models.loading import LoadOptions, load_model
 from ..utils.io import atomic_dir, atomic_write_json
+from ..utils.registry import Registry
 from .rtn import fake_quantize
 from .schemes import Scheme, parse_scheme
 
@@ -271,14 +273,14 @@ class Quantization:
     calibration_texts: list[str] | None = None
 
 
-BACKENDS: dict = {}  # scheme family -> function(spec, Quantization) -> quantized model
+BACKENDS: Registry[Callable] = Registry("quantization backend")  # scheme family -> fn(spec, Quantization)
 
 
 def register_backend(*families: str):
     """Register the function that loads and quantizes a model for these scheme families."""
     def add(fn):
         for family in families:
-            BACKENDS[family] = fn
+            BACKENDS.add(family, fn)
         return fn
     return add
 

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UserError
+from ..utils.registry import Registry
 from .codebook import codebook_groups, codebook_quantize, zero_bin_halfwidth
 from .rtn import RTNScheme, parse_rtn
 from .rtn import fake_quantize as rtn_fake_quantize
@@ -107,27 +109,54 @@ def float_spacing(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.exp2(exponent - MANTISSA_BITS[kind])
 
 
+SCHEME_FAMILIES: Registry[Callable[[str], Scheme | None]] = Registry("quantization scheme family")
+
+
+@SCHEME_FAMILIES.register("rtn")
+def _rtn(name: str) -> Scheme:
+    rtn = parse_rtn(name)
+    return Scheme(name, "rtn", rtn.bits, rtn.group_size, rtn=rtn)
+
+
+@SCHEME_FAMILIES.register("bnb")
+def _bnb(name: str) -> Scheme | None:
+    if name in ("bnb-fp4", "bnb-nf4"):
+        return Scheme(name, "bnb", 4, 64, kind=name[4:])
+    return Scheme(name, "bnb", 8, None, kind="int8") if name == "bnb-int8" else None
+
+
+@SCHEME_FAMILIES.register("cast")
+def _cast(name: str) -> Scheme | None:
+    """A 16-bit float format: round-to-nearest-even of every weight."""
+    return Scheme(name, "cast", 16, None, kind=name[5:]) if name in ("cast-bf16", "cast-fp16") else None
+
+
+def _library(name: str) -> Scheme | None:
+    """gptq-, awq- and hqq-intB-gG: the libraries' grouped integer schemes."""
+    m = LIB_PATTERN.match(name)
+    if not m:
+        return None
+    family, bits, group = m.group(1), int(m.group(2)), int(m.group(3))
+    if not 2 <= bits <= 8:
+        raise UserError(f"{name}: bits must be between 2 and 8")
+    return Scheme(name, family, bits, group)
+
+
+for _family in ("gptq", "awq", "hqq"):
+    SCHEME_FAMILIES.add(_family, _library)
+
+
 def parse_scheme(name: str) -> Scheme:
-    """Parse a scheme string; unknown names are one-line user errors listing examples."""
+    """Parse a scheme string by its family (the part before the first '-'); unknown names are one-line
+    user errors listing examples."""
     name = name.strip()
     if name == "full":
         raise UserError("'full' means no quantization; do not pass --quantize for it")
-    if name.startswith("rtn-"):
-        rtn = parse_rtn(name)
-        return Scheme(name, "rtn", rtn.bits, rtn.group_size, rtn=rtn)
-    if name in ("bnb-fp4", "bnb-nf4"):
-        return Scheme(name, "bnb", 4, 64, kind=name[4:])
-    if name == "bnb-int8":
-        return Scheme(name, "bnb", 8, None, kind="int8")
-    if name in ("cast-bf16", "cast-fp16"):  # a 16-bit float format: round-to-nearest-even of every weight
-        return Scheme(name, "cast", 16, None, kind=name[5:])
-    m = LIB_PATTERN.match(name)
-    if m:
-        family, bits, group = m.group(1), int(m.group(2)), int(m.group(3))
-        if not 2 <= bits <= 8:
-            raise UserError(f"{name}: bits must be between 2 and 8")
-        return Scheme(name, family, bits, group)
-    raise UserError(f"unknown quantization scheme '{name}'; examples: {EXAMPLES}")
+    family, dash, _ = name.partition("-")
+    parsed = SCHEME_FAMILIES[family](name) if dash and family in SCHEME_FAMILIES else None
+    if parsed is None:
+        raise UserError(f"unknown quantization scheme '{name}'; examples: {EXAMPLES}")
+    return parsed
 
 
 def precision_label(name: str) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
+from ..utils.registry import Registry
 from . import losses
 
 
@@ -93,14 +94,14 @@ class Component:
     options: type | None = None  # the dataclass of its options (fields of `UnlearnConfig`, CLI flags, YAML keys)
 
 
-FORGET_LOSSES: dict[str, Component] = {}
-REGULARIZERS: dict[str, Component] = {}
+FORGET_LOSSES: Registry[Component] = Registry("forget loss", __package__, "@register_forget_loss")
+REGULARIZERS: Registry[Component] = Registry("regularizer", __package__, "@register_regularizer")
 
 
 def register_forget_loss(name: str, needs_ref: bool, needs_retain: bool = False, prepare: Callable | None = None,
                          options: type | None = None) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        FORGET_LOSSES[name] = Component(name, fn, needs_ref, needs_retain, prepare, options)
+        FORGET_LOSSES.add(name, Component(name, fn, needs_ref, needs_retain, prepare, options))
         return fn
 
     return deco
@@ -108,7 +109,7 @@ def register_forget_loss(name: str, needs_ref: bool, needs_retain: bool = False,
 
 def register_regularizer(name: str, needs_ref: bool, options: type | None = None) -> Callable[[LossFn], LossFn]:
     def deco(fn: LossFn) -> LossFn:
-        REGULARIZERS[name] = Component(name, fn, needs_ref, options=options)
+        REGULARIZERS.add(name, Component(name, fn, needs_ref, options=options))
         return fn
 
     return deco
@@ -116,7 +117,6 @@ def register_regularizer(name: str, needs_ref: bool, options: type | None = None
 
 def registered_options() -> list[type]:
     """The option dataclasses of every registered loss (each once); `UnlearnConfig` is made of them."""
-    _load_method_files()
     return list(dict.fromkeys(c.options for c in (*FORGET_LOSSES.values(), *REGULARIZERS.values()) if c.options))
 
 
@@ -190,19 +190,13 @@ def is_wrapper(name: str) -> bool:
     return name in WRAPPERS
 
 
-def _load_method_files() -> None:
-    from . import rmu, simnpo  # noqa: F401  (each registers its forget loss)
-
-
 def method_names() -> list[str]:
     """Every registered combination, e.g. ga, ga_gdr, ga_klr, npo, ..."""
-    _load_method_files()
     return [f + (f"_{r}" if r else "") for f in FORGET_LOSSES for r in ("", *REGULARIZERS)]
 
 
 def resolve_method(name: str) -> Method:
     """'npo_klr' -> Method(npo, klr); unknown names are user errors listing the known ones."""
-    _load_method_files()
     forget, _, reg = name.partition("_")
     if forget not in FORGET_LOSSES or (reg and reg not in REGULARIZERS):
         raise UserError(f"unknown method '{name}'; choose one of {', '.join(method_names())}, or "

@@ -45,10 +45,8 @@ from ..utils.environment import environment
 from ..utils.progress import quiet_trainer_output
 from . import sure
 from .margin import MarginOptions, batch_margin_loss, derived_margin
-from .methods import WRAPPERS, Batch, Method, NPOOptions, RegularizerOptions, is_wrapper, resolve_method
+from .methods import WRAPPERS, Batch, Method, is_wrapper, registered_options, resolve_method
 from .qat import DEFAULT_THROUGH, FakeQuantized, ThroughOptions, parse_through
-from .rmu import RMUOptions
-from .simnpo import SimNPOOptions
 from .sure import SaliencyOptions
 
 DEFAULT_LR = 1e-5
@@ -96,13 +94,15 @@ class RunOptions:
                 "rounds each intermediate to bf16 in pure bf16; the two forget differently at small rates"})
 
 
-# The methods' options (each declared beside its loss and registered with it) and the add-ons any method
-# takes (SURE masking, training through a quantizer, the margin term). Dataclass fields come from the
-# last base first: the run's options lead the help, then each method's. tests/unlearn/test_trainer.py
-# checks that every registered method's options are here.
+# The add-ons any method takes (SURE masking, training through a quantizer, the margin term) and every
+# registered method's options (declared beside its loss and registered with it: a new method's file adds
+# its flags, nothing here changes). Dataclass fields come from the last base first: the run's options lead
+# the help, then each method's in the registry's order, then the add-ons.
+ADD_ONS = (lora.LeanOptions, SaliencyOptions, ThroughOptions, MarginOptions)
+
+
 @dataclass
-class UnlearnConfig(lora.LeanOptions, SaliencyOptions, ThroughOptions, MarginOptions, RMUOptions, SimNPOOptions,
-                    NPOOptions, RegularizerOptions, RunOptions):
+class UnlearnConfig(*ADD_ONS, *reversed(registered_options()), RunOptions):
     """How to unlearn (CLI flags and YAML keys have these names)."""
 
     def validate(self) -> None:
