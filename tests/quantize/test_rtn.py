@@ -90,3 +90,59 @@ def test_names_round_trip(name):
 def test_bad_names(name):
     with pytest.raises(UserError):
         parse_rtn(name)
+
+
+def test_the_scheme_refuses_what_it_cannot_quantize_with_a_sentence():
+    assert RTNScheme(2, "channel", None).qmin == -2 and RTNScheme(8, "group", 1).qmax == 127  # the bounds are allowed
+    for bits in (1, 9):
+        with pytest.raises(UserError, match=f"RTN supports 2 to 8 bits, not {bits}"):
+            RTNScheme(bits)
+    with pytest.raises(UserError, match="granularity must be one of tensor, channel, group"):
+        RTNScheme(4, "block")
+    for size in (0, None):
+        with pytest.raises(UserError, match="group-wise RTN needs a positive group size"):
+            RTNScheme(4, "group", size)
+    with pytest.raises(UserError, match="delta convention must be one of paper, maxq, ct"):
+        RTNScheme(4, delta="absmax")
+    with pytest.raises(UserError, match=r"RTN quantizes 2-D weights, got shape \(2, 2, 2\)"):
+        quantize(torch.zeros(2, 2, 2), RTNScheme(4))
+
+
+def test_asymmetric_scale_spans_min_to_max_and_an_all_zero_group_stays_zero():
+    w = torch.tensor([[-0.3, 0.0, 0.45, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    codes, deq, delta = quantize(w, RTNScheme(4, "channel", None, symmetric=False))
+    assert delta[0, 0].item() == pytest.approx(0.75 / 15)  # (max - min) / (2^N - 1)
+    assert codes[0].tolist() == [0.0, 6.0, 15.0, 8.0]  # zero point round(0.3 / 0.05) = 6
+    assert torch.allclose(deq[0], torch.tensor([-0.3, 0.0, 0.45, 0.1]), atol=0.025)
+    assert torch.equal(deq[1], torch.zeros(4)) and torch.equal(codes[1], torch.zeros(4))  # no 0 / 0
+
+
+def test_tensor_granularity_is_one_step_for_every_row():
+    w = torch.tensor([[0.8, 0.1], [0.05, -0.4]])
+    codes, deq, delta = quantize(w, RTNScheme(4, "tensor", None))
+    assert delta.shape == w.shape and torch.allclose(delta, torch.full_like(w, 0.1))
+    assert codes.tolist() == [[7.0, 1.0], [0.0, -4.0]] and torch.allclose(deq, torch.tensor([[0.7, 0.1], [0.0, -0.4]]))
+
+
+def test_each_row_has_its_own_step_and_a_positive_minimum_still_keeps_zero_exact():
+    w = torch.tensor([[0.8, -0.4], [0.08, 0.04]])
+    _, _, delta = quantize(w, RTNScheme(4, "channel", None))
+    assert torch.allclose(delta[:, 0], torch.tensor([0.1, 0.01]))
+    codes, deq, delta = quantize(torch.tensor([[0.2, 0.4, 0.6]]), RTNScheme(4, "channel", None, symmetric=False))
+    assert delta[0, 0].item() == pytest.approx(0.6 / 15) and codes.tolist() == [[5.0, 10.0, 15.0]]  # min clamps to 0
+
+
+def test_scheme_errors_are_exact_sentences():
+    with pytest.raises(UserError) as err:
+        RTNScheme(4, "group", 0)
+    assert str(err.value) == "group-wise RTN needs a positive group size"
+    with pytest.raises(UserError) as err:
+        parse_rtn("rtn-int4")
+    assert str(err.value) == "'rtn-int4' is not an RTN scheme (examples: rtn-int4-g128, rtn-int8-channel, rtn-int3-g64-asym)"
+
+
+def test_each_group_takes_the_maximum_of_its_own_inputs():
+    w = torch.zeros(1, 256)
+    w[0, 0], w[0, 129], w[0, 200] = 1.0, 0.5, 0.01  # group 1: max 1.0; group 2: max 0.5
+    _, _, delta = quantize(w, RTNScheme(4, "group", 128))
+    assert delta[0, 72].item() == pytest.approx(1 / 8) and delta[0, 200].item() == pytest.approx(0.5 / 8)

@@ -124,15 +124,11 @@ def quantize(w: torch.Tensor, scheme: RTNScheme) -> tuple[torch.Tensor, torch.Te
         raise UserError(f"RTN quantizes 2-D weights, got shape {tuple(w.shape)}")
     x = w.detach().float()
     codes_parts, deq_parts, delta_parts = [], [], []
-    for part in _grouped(x, scheme):
+    for part in _grouped(x, scheme):  # every part holds whole rows' groups (a tensor's one group: all rows)
         codes, scale, zero = _quantize_groups(part, scheme)
-        codes_parts.append(codes.reshape(x.shape[0], -1) if scheme.granularity != "tensor" else codes.reshape(x.shape))
-        deq = (codes - zero) * scale
-        deq_parts.append(deq.reshape(x.shape[0], -1) if scheme.granularity != "tensor" else deq.reshape(x.shape))
-        d = scale.expand_as(part)
-        delta_parts.append(d.reshape(x.shape[0], -1) if scheme.granularity != "tensor" else d.reshape(x.shape))
-    if scheme.granularity == "tensor":
-        return codes_parts[0], deq_parts[0], delta_parts[0]
+        codes_parts.append(codes.reshape(x.shape[0], -1))
+        deq_parts.append(((codes - zero) * scale).reshape(x.shape[0], -1))
+        delta_parts.append(scale.expand_as(part).reshape(x.shape[0], -1))
     return torch.cat(codes_parts, 1), torch.cat(deq_parts, 1), torch.cat(delta_parts, 1)
 
 
