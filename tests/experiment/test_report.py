@@ -3,7 +3,9 @@ their spread, retention against the same seed's target, and the per-method verdi
 
 import pytest
 
-from unlearn_audit.experiment import report
+from unlearn_audit.experiment.report import rows as report_rows
+from unlearn_audit.experiment.report import tables as report_tables
+from unlearn_audit.experiment.report import verdicts as verdicts_of
 
 
 def row(model, scheme, kf, vf, kr=90.0, dtype=None, seed=None, settings=None, model_seed=None, lr=None):
@@ -23,9 +25,9 @@ def world(returned: float, seeds=(0, 1, 2), per_seed_targets=True, epochs=(10,))
                 value = 20.0 + seed if scheme == "full" else returned
                 rows.append(row("npo_klr", scheme, value, value, 85.0, "bf16", seed,
                                 {"method": "npo_klr", "seed": seed, "epochs": ep, "alpha": 1.0}, ms, 1e-5))
-    report.label_rows(rows)
-    report.add_retention(rows)
-    report.add_recovery(rows)
+    report_rows.label_rows(rows)
+    report_rows.add_retention(rows)
+    report_rows.add_recovery(rows)
     return rows
 
 
@@ -38,14 +40,14 @@ def test_labels_name_every_varying_axis_and_seeds_share_a_label():
 
 
 def test_seeds_are_averaged_with_their_spread():
-    agg = report.aggregate(world(20.0))
+    agg = report_rows.aggregate(world(20.0))
     full = next(a for a in agg if a["model"] == "npo_klr" and a["scheme"] == "full")
     assert full["n"] == 3 and full["seeds"] == [0, 1, 2]
     assert full["knowmem_f"] == pytest.approx(21.0)
     assert full["sd"]["knowmem_f"] == pytest.approx(1.0)  # 20, 21, 22
     assert full["retained_knowmem_f"] == pytest.approx(21.0 / 80)
-    assert "21.0 ± 1.0" in report.paper_table(agg, ["full", "rtn-int4-g128"])
-    header = report.retention_table(agg, ["full", "rtn-int4-g128"]).splitlines()[0]
+    assert "21.0 ± 1.0" in report_tables.paper_table(agg, ["full", "rtn-int4-g128"])
+    header = report_tables.retention_table(agg, ["full", "rtn-int4-g128"]).splitlines()[0]
     assert "rtn-int4-g128: VerbMem / KnowMem" in header  # columns name the scheme
 
 
@@ -54,7 +56,7 @@ def test_retention_uses_the_target_of_the_same_seed():
     for r in rows:
         if r["model"] == "target" and r["seed"] == 1:
             r["knowmem_f"] = 40.0
-    report.add_retention(rows)
+    report_rows.add_retention(rows)
     seed1 = next(r for r in rows if r["model"] == "npo_klr" and r["seed"] == 1 and r["scheme"] == "full")
     assert seed1["retained_knowmem_f"] == pytest.approx(21.0 / 40)
 
@@ -62,8 +64,8 @@ def test_retention_uses_the_target_of_the_same_seed():
 @pytest.mark.parametrize("returned, verdict", [(70.0, "knowledge returns"), (22.0, "forgetting holds"),
                                                (40.0, "partly returns")])
 def test_verdict_per_method_from_the_recovery(returned, verdict):
-    agg = report.aggregate(world(returned))
-    (v,) = report.method_verdicts(agg, ["full", "rtn-int4-g128"])
+    agg = report_rows.aggregate(world(returned))
+    (v,) = verdicts_of.method_verdicts(agg, ["full", "rtn-int4-g128"])
     assert v["verdict"] == verdict
     rec = v["recovery"]["rtn-int4-g128"]
     per_seed = [(returned - (20 + s)) / (80 - (20 + s)) for s in (0, 1, 2)]  # (u_q - u) / (t_q - u), averaged
@@ -79,9 +81,9 @@ def test_a_quantizer_that_costs_the_target_is_not_recovery():
     for r in rows:
         if r["model"] == "target" and r["scheme"] == "rtn-int4-g128":
             r["knowmem_f"] = r["verbmem_f"] = 60.0
-    report.add_retention(rows)
-    report.add_recovery(rows)
-    (v,) = report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
+    report_rows.add_retention(rows)
+    report_rows.add_recovery(rows)
+    (v,) = verdicts_of.method_verdicts(report_rows.aggregate(rows), ["full", "rtn-int4-g128"])
     assert v["retained_under"]["rtn-int4-g128"] == pytest.approx(20 / 60)
     assert v["recovery"]["rtn-int4-g128"]["pooled"] == 0.0 and v["verdict"] == "forgetting holds"
 
@@ -90,34 +92,34 @@ def set_full(rows, value):
     for r in rows:
         if r["model"] == "npo_klr" and r["scheme"] == "full":
             r["knowmem_f"] = r["verbmem_f"] = value
-    report.add_retention(rows)
-    report.add_recovery(rows)
-    return report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
+    report_rows.add_retention(rows)
+    report_rows.add_recovery(rows)
+    return verdicts_of.method_verdicts(report_rows.aggregate(rows), ["full", "rtn-int4-g128"])
 
 
 def test_shallow_forgetting_is_named_and_too_little_is_not_judged():
     (v,) = set_full(world(80.0), 70.0)  # 87.5% retained at full precision, all of it back after int4
     assert v["verdict"] == "knowledge returns" and v["verdict_text"] == "knowledge returns (shallow forgetting)"
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"])
     assert "PARTLY AGREES" in line
     (v,) = set_full(world(80.0), 79.0)
     assert v["verdict"] == "forgot too little to judge"
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"])
     assert "NOT COMPARABLE" in line
 
 
 def test_tiny_models_name_the_shallow_form_and_why_instead_of_disagreeing():
     (v,) = set_full(world(80.0), 70.0)  # shallow: 87.5% retained, all of it back after int4
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"], tiny=True)
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"], tiny=True)
     assert "SHALLOW FORM" in line and "AGREES" not in line and "findings.md" in line
-    (v,) = report.method_verdicts(report.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"], tiny=True)  # deep even on tiny models: agrees
+    (v,) = verdicts_of.method_verdicts(report_rows.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"], tiny=True)  # deep even on tiny models: agrees
     assert "AGREES with the paper's failure" in line and "SHALLOW" not in line
 
 
 def test_regime_line_agrees_when_deep_bf16_forgetting_returns():
-    (v,) = report.method_verdicts(report.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    (v,) = verdicts_of.method_verdicts(report_rows.aggregate(world(70.0)), ["full", "rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"])
     assert line.count("AGREES") == 1 and "DISAGREES" not in line and "PARTLY" not in line
 
 
@@ -126,10 +128,10 @@ def test_deep_forgetting_that_costs_the_utility_is_not_the_papers_failure():
     for r in rows:
         if r["model"] == "npo_klr":
             r["knowmem_r"] = 60.0  # 67% of the target's 90: not utility-preserving
-    report.add_retention(rows)
-    report.add_recovery(rows)
-    (v,) = report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    report_rows.add_retention(rows)
+    report_rows.add_recovery(rows)
+    (v,) = verdicts_of.method_verdicts(report_rows.aggregate(rows), ["full", "rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"])
     assert "PARTLY AGREES" in line and "mean utility kept 67%" in line
 
 
@@ -138,25 +140,25 @@ def test_fp32_regime_agrees_when_forgetting_holds():
     for r in rows:
         if r["dtype"]:
             r["dtype"] = "fp32"
-    (v,) = report.method_verdicts(report.aggregate(rows), ["full", "rtn-int4-g128"])
-    (line,) = report.regime_lines([v], ["rtn-int4-g128"])
+    (v,) = verdicts_of.method_verdicts(report_rows.aggregate(rows), ["full", "rtn-int4-g128"])
+    (line,) = verdicts_of.regime_lines([v], ["rtn-int4-g128"])
     assert "AGREES with the paper's contrast" in line and "DISAGREES" not in line
 
 
 def test_bins_prediction_sits_beside_the_measurement():
-    agg = report.aggregate(world(70.0))
+    agg = report_rows.aggregate(world(70.0))
     bins = {"NPO_KLR (bf16, lr 1e-05)": {"scheme": "rtn-int4-g128", "n": 3, "erased_mass_share": 0.9,
                                           "projected_survival": 0.05}}
-    verdicts = report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins)
-    table = report.verdict_table(verdicts, ["full", "rtn-int4-g128"])
+    verdicts = verdicts_of.method_verdicts(agg, ["full", "rtn-int4-g128"], bins)
+    table = report_tables.verdict_table(verdicts, ["full", "rtn-int4-g128"])
     assert "knowledge returns" in table
     # measured: (70 - 21) / (80 - 21) = 83% back (seeds averaged); forecast 95%: right within 25 points
     assert "rtn-int4-g128: 95% back by the update's size (5% of the update survives; 90% of its mass erased) | yes |" in table
     bins["NPO_KLR (bf16, lr 1e-05)"]["projected_survival"] = 0.7  # forecast 30% back: wrong
-    table = report.verdict_table(report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
+    table = report_tables.verdict_table(verdicts_of.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
     assert "rtn-int4-g128: 30% back" in table and table.rstrip().endswith("| no |")
     bins["NPO_KLR (bf16, lr 1e-05)"]["first_order_survival"] = 0.2  # by the gradient: 80% back
-    table = report.verdict_table(report.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
+    table = report_tables.verdict_table(verdicts_of.method_verdicts(agg, ["full", "rtn-int4-g128"], bins), ["full", "rtn-int4-g128"])
     assert "rtn-int4-g128: 80% back by the forget loss's gradient; 30% back by the update's size" in table
     assert table.rstrip().endswith("| no |")  # shown beside it, but judged by the forecast from the weights
 
@@ -166,13 +168,13 @@ def test_recovery_of_almost_nothing_forgotten_is_not_printed():
     print '-'."""
     (v,) = set_full(world(80.0), 78.0)
     assert v["recovery"]["rtn-int4-g128"]["knowmem_f"] is None
-    table = report.verdict_table([v], ["full", "rtn-int4-g128"])
+    table = report_tables.verdict_table([v], ["full", "rtn-int4-g128"])
     assert "| - / - (-) |" in table and "100%" not in table.split("|")[3]
-    assert "rtn-int4-g128: " not in report.robustness_table([v], ["full", "rtn-int4-g128"])
+    assert "rtn-int4-g128: " not in report_tables.robustness_table([v], ["full", "rtn-int4-g128"])
 
 
 def test_environment_section_names_the_machine_and_a_mixed_resume(tmp_path):
-    from unlearn_audit.experiment.report import environment_lines
+    from unlearn_audit.experiment.report.tables import environment_lines
     from unlearn_audit.utils.environment import record_environment
 
     assert environment_lines(tmp_path) == []  # a folder from before environments were recorded
@@ -186,7 +188,7 @@ def test_environment_section_names_the_machine_and_a_mixed_resume(tmp_path):
 def test_utility_constrained_methods_are_those_with_a_retain_term():
     """The paper's headline is over utility-constrained runs: a retain term (GDR, KLR, RMU's retain loss)
     or SURE; plain GA/NPO/SimNPO and unknown methods are not."""
-    from unlearn_audit.experiment.report import constrained
+    from unlearn_audit.experiment.report.verdicts import constrained
 
     assert [m for m in ("ga", "ga_gdr", "npo_klr", "rmu", "simnpo", "simnpo_gdr", "sure", "qat", "bogus")
             if constrained(m)] == ["ga_gdr", "npo_klr", "rmu", "simnpo_gdr", "sure"]
