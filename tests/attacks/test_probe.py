@@ -42,9 +42,15 @@ def test_the_linear_probe_recovers_a_planted_linear_map():
 def test_the_linear_probe_on_the_world(micro_target, micro_world):
     model, tok = load_model(micro_target), load_tokenizer(micro_target)
     corpus = Corpus(micro_world)
-    acc, layer = probe.linear_probe_accuracy(model, tok, probe.candidate_items(corpus, "retain"),
-                                             probe.candidate_items(corpus, "forget"), seed=0)
-    assert 0 <= acc <= 1 and 0 <= layer < model.config.num_hidden_layers
+    retain, forget = probe.candidate_items(corpus, "retain"), probe.candidate_items(corpus, "forget")
+    acc, layer = probe.linear_probe_accuracy(model, tok, retain, forget, seed=0)
+    assert 0 <= layer < model.config.num_hidden_layers
+    answers = np.array([it["answer"] for it in forget])
+    own = float((probe.logit_lens_choices(model, tok, forget)[:, -1] == answers).mean())
+    chance = float(np.mean([1 / len(it["choices"]) for it in forget]))
+    last, _ = probe.linear_probe_accuracy(model, tok, retain, forget, seed=0, layer=model.config.num_hidden_layers - 1)
+    assert last == pytest.approx(own, abs=1.5 / len(forget))  # at the last layer the lens is the model's own output
+    assert own > chance + 0.2 and acc >= chance  # the target knows its forget facts; the probe reads them
 
 
 @pytest.mark.parametrize("attack, message", [("probe:linear:layer=99", "out of range"), ("probe:gaze", "kind=")])

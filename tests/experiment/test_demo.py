@@ -30,10 +30,12 @@ def test_quick_demo_produces_the_paper_table(quick_demo):
         assert ("target", None, scheme) in cells and ("retrained", None, scheme) in cells
         assert ("ga", "bf16", scheme) in cells and ("npo", "bf16", scheme) in cells
     for r in rows:
-        for key in ("verbmem_f", "knowmem_f", "knowmem_r", "privleak"):
-            assert r[key] is None or 0 <= r[key] <= 100 or key == "privleak"
+        for key in ("verbmem_f", "knowmem_f", "knowmem_r"):
+            assert r[key] is None or 0 <= r[key] <= 100
+        assert r["privleak"] is None or r["privleak"] >= -100  # (AUC - AUC_retrain) / AUC_retrain, AUC >= 0
     target = next(r for r in rows if r["model"] == "target" and r["scheme"] == "full")
     retrained = next(r for r in rows if r["model"] == "retrained" and r["scheme"] == "full")
+    assert retrained["privleak"] == 0.0 and target["privleak"] < -50  # the reference itself; the target leaks
     assert target["knowmem_f"] > retrained["knowmem_f"] + 50  # the target knows the forget set, retrained not
     report = (folder / "report.md").read_text()
     assert "Against the paper" in report and "Weight bins" in report
