@@ -218,3 +218,10 @@ def test_means_and_spreads_over_seeds_skip_missing_values():
     assert spread([1.0, 3.0, None]) == pytest.approx(math.sqrt(2.0))  # sample (n - 1) deviation
     assert spread([2.0, 4.0, 9.0]) == pytest.approx(math.sqrt(13.0))
     assert spread([5.0]) is None and spread([5.0, math.nan]) is None
+
+
+def test_one_percent_formatter_with_decimals():
+    from unlearn_audit.scoring import percent
+
+    assert percent(0.1234) == "12%" and percent(0.1234, 1) == "12.3%" and percent(None, 1) == "-"
+    assert percent(-0.0004, 1) == "0.0%" and percent(-0.25) == "-25%" and percent(math.nan) == "-"

@@ -49,3 +49,26 @@ def test_the_check_finds_a_division_by_the_target(tmp_path):
                                    "k = ratio(u.get(m), t.get(m))\nx = 1 / n\ny = ratio(a, b)\n")
     hits = [h.split(": ", 1)[1] for h in score_divisions(tmp_path / "m.py")]
     assert hits == ["u['knowmem_r'] / t['knowmem_r']", "a / base['target'].get(k)", "ratio(u.get(m), t.get(m))"]
+
+
+def percent_specs(path: Path) -> list[str]:
+    """f-string fields formatted as a percentage (`{x:.0%}`) instead of through `scoring.percent`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
+            spec = "".join(v.value for v in node.format_spec.values if isinstance(v, ast.Constant))
+            if spec.endswith("%"):
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node.value)}:{spec}")
+    return found
+
+
+def test_percentages_have_one_formatter():
+    """Every share is printed by `scoring.percent` ('-' for a missing value, never '-0%')."""
+    offenders = [hit for path in sorted(SRC.rglob("*.py")) if path.name != "scoring.py" for hit in percent_specs(path)]
+    assert not offenders, offenders
+
+
+def test_the_percent_check_finds_format_specs(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text('x = 0.5\nprint(f"{x:.0%} and {x * 2:.1%} but not {x:.2f}")\n')
+    assert [h.split(": ")[1] for h in percent_specs(probe)] == ["x:.0%", "x * 2:.1%"]

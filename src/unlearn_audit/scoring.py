@@ -268,9 +268,22 @@ def spread(xs: Iterable[float | None]) -> float | None:
 def fmt(x: float | None, pct: bool = False, digits: int = 1) -> str:
     """A score (`digits` decimals) or a share (whole percent); '-' for a missing or undefined value (PrivLeak
     with AUC_retrain = 0), never '-0%'."""
+    if pct:
+        return percent(x)
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    text = f"{100 * x:.0f}%" if pct else f"{x:.{digits}f}"
+    return unsigned_zero(f"{x:.{digits}f}")
+
+
+def percent(x: float | None, digits: int = 0) -> str:
+    """A share as a percentage with `digits` decimals (the one percent formatter: tables, verdict lines,
+    messages); '-' for a missing value, never '-0%'."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return unsigned_zero(f"{100 * x:.{digits}f}%")
+
+
+def unsigned_zero(text: str) -> str:
     return text[1:] if text.startswith("-") and text.strip("-0.%") == "" else text
 
 

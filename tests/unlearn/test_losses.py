@@ -67,3 +67,21 @@ def test_registry_has_the_six_paper_methods():
     assert not resolve_method("ga_gdr").needs_ref
     with pytest.raises(UserError, match="unknown method 'ga_xyz'"):
         resolve_method("ga_xyz")
+
+
+def kl(p_logits, q_logits):
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+
+
+def test_klr_averages_over_the_scored_tokens_of_a_padded_batch():
+    """Two sequences of 4 positions, a vocabulary of 3, the second padded after its first scored token:
+    the mean is over the 4 scored tokens (not the 6 positions, nor per sequence)."""
+    g = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(2, 4, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    labels = torch.tensor([[0, 1, 2, 0], [1, 2, -100, -100]])
+    scored = [(0, 0), (0, 1), (0, 2), (1, 0)]  # position t predicts label t + 1
+    expected = sum(kl(ref[b, t].tolist(), logits[b, t].tolist()) for b, t in scored) / len(scored)
+    assert losses.klr_loss(logits, ref, labels).item() == pytest.approx(expected, abs=1e-6)
+    one = torch.tensor([[0, 1, -100, -100]])  # a single scored token: divided by 1
+    assert losses.klr_loss(logits[:1], ref[:1], one).item() == pytest.approx(kl(ref[0, 0].tolist(), logits[0, 0].tolist()), abs=1e-6)

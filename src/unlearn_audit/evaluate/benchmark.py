@@ -14,12 +14,26 @@ A benchmark declares
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..utils.io import sha256_files
 from ..utils.registry import Registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric as every table, plot and scorecard shows it, declared once beside its benchmark:
+    its label, what unlearning should do to it (`goal`: 'down' for the forget set's knowledge, 'up' for a
+    score that rises as the model stops telling a fact from its perturbations, 'keep' for utility,
+    'reference' for a score relative to the retrained model: PrivLeak 0, forget quality 1) and its scale
+    (a 0-1 fraction, else x100)."""
+
+    label: str
+    goal: str
+    fraction: bool = False
 
 
 class Benchmark:
@@ -29,15 +43,23 @@ class Benchmark:
     title: str = ""
     source: str = ""
     parts: str = ""  # corpus sub-folder holding the benchmark's files ("" = the corpus root)
-    labels: dict[str, str] = {}  # metric -> label, in table order
+    specs: dict[str, Metric] = {}  # metric -> its declaration, in table order
     knowledge: tuple[str, ...] = ()
     utility: str = ""
     reference_metric: str | None = None  # the metric whose value on the retrained model is fixed by definition
-    fractions: tuple[str, ...] = ()  # metrics reported on a 0-1 scale (the others: x100)
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return tuple(self.labels)
+        return tuple(self.specs)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {k: m.label for k, m in self.specs.items()}
+
+    @property
+    def fractions(self) -> tuple[str, ...]:
+        """The metrics reported on a 0-1 scale (the others: x100)."""
+        return tuple(k for k, m in self.specs.items() if m.fraction)
 
     def label(self, metric: str) -> str:
         return self.labels.get(metric, metric)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from ..models.generation import token_logprobs
-from .benchmark import Benchmark, register_benchmark
+from .benchmark import Benchmark, Metric, register_benchmark
 from .knowmem import evaluate_knowmem
 from .privleak import SPLITS, auc_table, key_needs, privleak, published_auc_retrain, text_scores
 from .verbmem import evaluate_verbmem
@@ -113,7 +113,8 @@ class Muse(Benchmark):
     title = "MUSE"
     source = "Shi et al. 2024, MUSE: Machine Unlearning Six-Way Evaluation (muse-bench)"
     parts = ""
-    labels = {"verbmem_f": "VerbMem_f", "knowmem_f": "KnowMem_f", "knowmem_r": "KnowMem_r", "privleak": "PrivLeak"}
+    specs = {"verbmem_f": Metric("VerbMem_f", "down"), "knowmem_f": Metric("KnowMem_f", "down"),
+             "knowmem_r": Metric("KnowMem_r", "keep"), "privleak": Metric("PrivLeak", "reference")}
     knowledge = ("verbmem_f", "knowmem_f")
     utility = "knowmem_r"
     reference_metric = "privleak"

@@ -36,7 +36,7 @@ from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
 from ..models.generation import continuation_logprobs, greedy_generate
 from ..utils.io import read_json
-from .benchmark import Benchmark, register_benchmark
+from .benchmark import Benchmark, Metric, register_benchmark
 from .knowmem import STOP_WORDS, cut_answer
 from .muse import take
 from .rouge import rouge_l_recall_stemmed
@@ -243,13 +243,13 @@ class Tofu(Benchmark):
     title = "TOFU"
     source = "Maini et al. 2024, TOFU: A Task of Fictitious Unlearning for LLMs; as open-unlearning computes it"
     parts = "tofu"
-    labels = {"forget_quality": "Forget quality", "model_utility": "Model utility", "forget_prob": "Prob_f",
-              "forget_rouge": "ROUGE_f", "forget_truth_ratio": "Truth ratio_f",
-              "extraction_strength": "ES_f", "exact_memorization": "EM_f"}
+    specs = {"forget_quality": Metric("Forget quality", "reference", fraction=True),
+             "model_utility": Metric("Model utility", "keep", fraction=True), "forget_prob": Metric("Prob_f", "down"),
+             "forget_rouge": Metric("ROUGE_f", "down"), "forget_truth_ratio": Metric("Truth ratio_f", "up", fraction=True),
+             "extraction_strength": Metric("ES_f", "down"), "exact_memorization": Metric("EM_f", "down")}
     knowledge = ("forget_rouge", "forget_prob")
     utility = "model_utility"
     reference_metric = "forget_quality"
-    fractions = ("forget_quality", "model_utility", "forget_truth_ratio")
 
     def present(self, corpus) -> bool:
         return {"forget", "retain"} <= set(corpus.tofu_splits())

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models.generation import continuation_logprobs
-from .benchmark import Benchmark, register_benchmark
+from .benchmark import Benchmark, Metric, register_benchmark
 from .mc_template import LETTERS, mc_prompt
 from .muse import take
 
@@ -48,7 +48,7 @@ class Wmdp(Benchmark):
     title = "WMDP"
     source = "Li et al. 2024, The WMDP Benchmark (cais/wmdp); MMLU (Hendrycks et al. 2021) as utility"
     parts = "wmdp"
-    labels = {"forget_acc": "Acc_f", "utility_acc": "Acc_utility"}
+    specs = {"forget_acc": Metric("Acc_f", "down"), "utility_acc": Metric("Acc_utility", "keep")}
     knowledge = ("forget_acc",)
     utility = "utility_acc"
 

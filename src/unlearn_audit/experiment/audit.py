@@ -56,6 +56,7 @@ from ..scoring import (
     hidden_or_gone,
     knowledge_recovery,
     over_unlearned,
+    percent,
     place_of,
     retained_worst,
     untested_places,
@@ -274,7 +275,7 @@ def verdict(full: dict, rows: list[dict], max_retained: float, min_utility: floa
     utility = bench.label(bench.utility)
     if gate is Gate.HOLDS and over_unlearned(full.get("utility_kept"), min_utility):
         gate, line = Gate.OVER_UNLEARNED, (f"over-unlearned: {line}, but the model lost its utility (below "
-                                           f"{min_utility:.0%} of the target's {utility})")
+                                           f"{percent(min_utility)} of the target's {utility})")
     return gate, f"{line}; {utility_words(full.get('utility_kept'), utility)}"
 
 
@@ -282,8 +283,8 @@ def forgetting_verdict(full: dict, rows: list[dict], max_retained: float, knowle
     """Does the knowledge stay gone: at full precision, then under every attack?"""
     kept = full["retained"]
     if kept > max_retained:
-        return Gate.NOT_REMOVED, (f"unlearning did not remove the knowledge: {kept:.0%} of the target's forget-set "
-                                  f"knowledge remains at full precision (threshold {max_retained:.0%})")
+        return Gate.NOT_REMOVED, (f"unlearning did not remove the knowledge: {percent(kept)} of the target's forget-set "
+                                  f"knowledge remains at full precision (threshold {percent(max_retained)})")
     failing = [r for r in rows if r["holds"] is False]
     if failing:
         worst = max(failing, key=lambda r: r["retained"])
@@ -291,14 +292,14 @@ def forgetting_verdict(full: dict, rows: list[dict], max_retained: float, knowle
                           f"(target {worst['target'][m]:.1f}"
                           + (f", control {worst['control'][m]:.1f})" if worst["control"] else ")")
                           for m in worst.get("knowledge", knowledge) if m in worst["unlearned"])
-        back = "" if worst["recovery"] is None else f"{worst['recovery']:.0%} of the forgotten knowledge returns, "
-        return Gate.RETURNS, (f"forgetting does not survive {worst['attack']}: {back}{worst['retained']:.0%} of the "
+        back = "" if worst["recovery"] is None else f"{percent(worst['recovery'])} of the forgotten knowledge returns, "
+        return Gate.RETURNS, (f"forgetting does not survive {worst['attack']}: {back}{percent(worst['retained'])} of the "
                               f"target's knowledge remains ({moves})")
     defined = [r for r in rows if r["retained"] is not None]
     if not defined:
-        return Gate.HOLDS, f"forgetting holds at full precision ({kept:.0%} of the target's knowledge remains)"
+        return Gate.HOLDS, f"forgetting holds at full precision ({percent(kept)} of the target's knowledge remains)"
     worst = max(defined, key=lambda r: r["retained"])
-    return Gate.HOLDS, (f"forgetting holds under every attack tested: at most {worst['retained']:.0%} of the "
+    return Gate.HOLDS, (f"forgetting holds under every attack tested: at most {percent(worst['retained'])} of the "
                         f"target's knowledge remains ({worst['attack']})")
 
 
@@ -327,8 +328,8 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
         auditor.full(corpus)  # the cheap decisive evaluations first
         bins = run_bins(str(target), str(unlearned), attacks, cfg.lr, Path(out) if out else None)
         for name, r in bins.items():
-            say(f"bins {name}: {r['verdict']} (changed {r['changed_share']:.1%}, "
-                f"same code {r['same_code_share']:.1%})")
+            say(f"bins {name}: {r['verdict']} (changed {percent(r['changed_share'], 1)}, "
+                f"same code {percent(r['same_code_share'], 1)})")
         rows = []
         for a in attacks:
             rows.append(auditor.row(a, bins))

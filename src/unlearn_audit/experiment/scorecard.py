@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..scoring import KNOWLEDGE, Gate, Hidden, fmt, markdown_table
+from ..evaluate.benchmark import get_benchmark
+from ..scoring import KNOWLEDGE, Gate, Hidden, fmt, markdown_table, percent
 from ..utils.io import atomic_write_text, save_figure
 
-MUSE_METRICS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak", "knowmem_r": "KnowMem_r"}
+MUSE_METRICS = get_benchmark("muse").labels  # audits written before the benchmark was recorded were MUSE's
 
 
 def columns(report: dict) -> tuple[list[tuple[str, str]], list[str]]:
@@ -71,8 +72,8 @@ def render(report: dict) -> str:
              report["verdict"], "", f"Hidden or gone? {hidden_line(report)}", "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
              f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}, benchmark {bench}; threshold: "
-             f"forgetting holds when at most {cfg['max_retained']:.0%} of the target's knowledge remains and the model "
-             f"keeps at least {cfg.get('min_utility', 0):.0%} of the target's {utility}", "",
+             f"forgetting holds when at most {percent(cfg['max_retained'])} of the target's knowledge remains and the model "
+             f"keeps at least {percent(cfg.get('min_utility', 0))} of the target's {utility}", "",
              *table(report), "",
              "Scores on the evaluation set of each attack (the forget set; for relearn:forget-part the "
              f"held-out part; docs/benchmarks.md gives each metric's scale). retained = max over {knowledge} of "

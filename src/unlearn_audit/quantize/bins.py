@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..scoring import percent
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from . import bins_kernel
 from .schemes import Scheme, group_views, parse_scheme, quantize_groups
@@ -477,14 +478,14 @@ def verdict(summary: dict, scheme: Scheme) -> str:
         return "no weight changed: the models are identical"
     share, survival = summary["erased_mass_share"], summary["projected_survival"]
     kept = summary.get("not_quantized_sq_share") or 0.0
-    where = (f"; {kept:.0%} of |update|^2 lies in tensors the quantizer keeps (embeddings, norms)"
+    where = (f"; {percent(kept)} of |update|^2 lies in tensors the quantizer keeps (embeddings, norms)"
              if kept >= 0.005 else "")
     if summary["same_value_share"] == 1.0 and not where:
         return f"quantized unlearned model equals the quantized target: update is erased by {how} in 100% of its mass"
     if survival < 0.5:
-        return (f"update is erased by {how}: {survival:.0%} of it survives along its direction "
-                f"({share:.0%} of the quantized tensors' mass erased{where})")
-    return (f"update survives {how} ({survival:.0%} along its direction; {share:.0%} of the quantized tensors' "
+        return (f"update is erased by {how}: {percent(survival)} of it survives along its direction "
+                f"({percent(share)} of the quantized tensors' mass erased{where})")
+    return (f"update survives {how} ({percent(survival)} along its direction; {percent(share)} of the quantized tensors' "
             f"mass erased{where})")
 
 
@@ -495,19 +496,19 @@ def table(result: dict) -> str:
     rows = list(result["layers"].items()) + [("OVERALL", result)]
     for name, r in rows:
         med = r["dw_over_delta"]["p50"]
-        lines.append(f"| {name} | {r['changed_share']:.1%} | {r['same_code_share']:.1%} | "
-                     f"{r['zero_bin_share']:.1%} | {r['erased_mass_share']:.1%} | "
+        lines.append(f"| {name} | {percent(r['changed_share'], 1)} | {percent(r['same_code_share'], 1)} | "
+                     f"{percent(r['zero_bin_share'], 1)} | {percent(r['erased_mass_share'], 1)} | "
                      f"{'-' if med is None else f'{med:.3g}'} |")
     lines.append("")
     lines.append(f"verdict ({result['scheme']}): {result['verdict']}")
-    lines.append(f"forecast by the update's size: {1 - result['projected_survival']:.0%} back")
+    lines.append(f"forecast by the update's size: {percent(1 - result['projected_survival'])} back")
     if result.get("first_order"):
         lines.append(f"forecast by the forget loss's gradient: {describe_first_order(result['first_order'])}")
     cov = result.get("coverage")
     if cov:
         left = sorted(cov["not_analysed"], key=lambda x: -x["update_mass_share"])
-        lines.append(f"analysed: {cov['analysed_update_mass_share']:.1%} of the update mass; not analysed: "
-                     + (", ".join(f"{x['tensor']} {x['update_mass_share']:.1%} ({x['reason'].split(':')[0]})"
+        lines.append(f"analysed: {percent(cov['analysed_update_mass_share'], 1)} of the update mass; not analysed: "
+                     + (", ".join(f"{x['tensor']} {percent(x['update_mass_share'], 1)} ({x['reason'].split(':')[0]})"
                                   for x in left[:4] if x["update_mass_share"] > 0) or "nothing that changed")
                      + (f" and {len(left) - 4} more" if len(left) > 4 else ""))
         if cov["tied_output_head"]:
@@ -518,8 +519,8 @@ def table(result: dict) -> str:
                      f"(first: {name}, {width}): their last group has its own step, as RTN quantizes it")
     if result.get("bf16_cap"):
         lines.append(f"bf16 cap at lr {result['lr']:g}: |w| < {result['bf16_cap']:.4g}; movable share "
-                     f"{result['bf16_movable_share']:.1%}; weights whose zero bin contains the cap "
-                     f"{result['cap_inside_zero_bin_share']:.1%}")
+                     f"{percent(result['bf16_movable_share'], 1)}; weights whose zero bin contains the cap "
+                     f"{percent(result['cap_inside_zero_bin_share'], 1)}")
     return "\n".join(lines)
 
 
@@ -561,11 +562,11 @@ def describe_first_order(result: dict) -> str:
     s = result.get("first_order_survival")
     if s is None:
         return "first-order forecast: -"
-    return (f"{result['scheme']}: {1 - s:.0%} back by the forget loss's gradient ({s:.0%} of the forgetting's "
+    return (f"{result['scheme']}: {percent(1 - s)} back by the forget loss's gradient ({percent(s)} of the forgetting's "
             f"first-order loss change survives; gradient at the target {fmt_share(result, 'target')}, at the "
             f"unlearned model {fmt_share(result, 'unlearned')})")
 
 
 def fmt_share(result: dict, where: str) -> str:
     v = result.get(f"survival_gradient_at_{where}")
-    return "-" if v is None else f"{1 - v:.0%} back"
+    return "-" if v is None else f"{percent(1 - v)} back"

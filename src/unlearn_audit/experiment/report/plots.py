@@ -8,6 +8,7 @@ from pathlib import Path
 from ...quantize.schemes import precision_label
 from ...scoring import (
     FORGOT_ENOUGH,
+    percent,
 )
 from ...utils.io import save_figure
 from .rows import is_quantization
@@ -73,7 +74,7 @@ def plot_retained_bars(verdicts: list[dict], schemes: list[str], path: Path) -> 
             ax.bar(xs, [100 * y if y is not None else float("nan") for y in ys], width, color=colours[j],
                    label="full precision" if scheme == "full" else f"{precision_label(scheme)} ({scheme})")
         ax.axhline(100, color="k", ls="--", lw=0.8, label="the target")
-        ax.axhline(FORGOT_ENOUGH * 100, color="grey", ls=":", lw=0.8, label=f"{FORGOT_ENOUGH:.0%}: deep forgetting")
+        ax.axhline(FORGOT_ENOUGH * 100, color="grey", ls=":", lw=0.8, label=f"{percent(FORGOT_ENOUGH)}: deep forgetting")
         ax.set_xticks(range(len(runs)), [v["label"].replace(" (", "\n(", 1) for v in runs], fontsize=7)
         ax.set_title(f"{dtype} unlearning", fontsize=10)
         ax.set_ylim(0, 130)

@@ -14,6 +14,7 @@ from ...scoring import (
     RETURNS,
     SURVIVES,
     UTILITY_KEPT,
+    percent,
 )
 from ...utils.io import atomic_write_json, atomic_write_text
 from ..ledger import Ledger, PlannedCells
@@ -84,10 +85,10 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
           f"towards the quantized target's t_q (100% = it scores as the quantized target: the paper's "
           f"fallback; 0% = unchanged), per metric where t_q - u >= {MIN_RECOVERABLE:g} points, and pooled "
           f"(sum of the gains over sum of the gaps; ± its spread over seeds); "
-          f"'knowledge returns' = at most {FORGOT_ENOUGH:.0%} retained at full precision and at least {RETURNS:.0%} "
-          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {HOLDS:.0%} recovered; 'over-unlearned' = "
-          f"KnowMem_r below {UTILITY_KEPT:.0%} of the target's (forgetting then holds trivially); '-' where full "
-          f"precision forgot less than {1 - FORGOT_SOMETHING:.0%} (a share of almost nothing is noise). The bins "
+          f"'knowledge returns' = at most {percent(FORGOT_ENOUGH)} retained at full precision and at least {percent(RETURNS)} "
+          f"recovered under every 4-bit scheme; 'forgetting holds' = at most {percent(HOLDS)} recovered; 'over-unlearned' = "
+          f"KnowMem_r below {percent(UTILITY_KEPT)} of the target's (forgetting then holds trivially); '-' where full "
+          f"precision forgot less than {percent(1 - FORGOT_SOMETHING)} (a share of almost nothing is noise). The bins "
           "prediction reads the weights alone: the share of the update that does not survive quantization along "
           "its own direction, 1 - <Q(u) - Q(t), u - t> / |u - t|^2.", "", pieces["verdicts"], ""]
     if any(not is_quantization(x) for x in schemes):
@@ -99,7 +100,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
     md += ["## Which methods survive every quantizer and attack?", "",
            f"Per method (seeds averaged): the retained share at full precision, the utility kept (KnowMem_r of "
            f"the target), the attack or quantizer that brings back the most, and every one that brings back "
-           f"more than {SURVIVES:.0%} of what was forgotten.", "", pieces["robustness"], "",
+           f"more than {percent(SURVIVES)} of what was forgotten.", "", pieces["robustness"], "",
            "## Against the paper (21% retained at full precision -> 83% after 4-bit)", ""]
     md += [f"- {line}" for line in pieces["agreement"]] or ["- (no unlearned models evaluated yet)"]
     if pieces["target_quantized"]:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...attacks import target_reference
+from ...evaluate.benchmark import benchmark_names, get_benchmark
 from ...quantize.schemes import precision_label
 from ...scoring import (
     KNOWLEDGE,
@@ -16,6 +17,7 @@ from ...scoring import (
     knowledge_recovery,
     markdown_table,
     mean,
+    percent,
     share,
     utility_kept,
 )
@@ -23,8 +25,9 @@ from ...utils.io import read_json
 from .rows import is_quantization, ordered_labels, runs_by_label
 from .verdicts import judged_recovery, prediction_agrees, retrained_gain
 
-METRIC_COLUMNS = [("verbmem_f", "M1 VerbMem D_f"), ("knowmem_f", "M2 KnowMem D_f"), ("privleak", "M3 PrivLeak"),
-                  ("knowmem_r", "M4 KnowMem D_r")]
+MUSE = get_benchmark("muse")
+# the paper's table: MUSE's metrics M1-M4 in the paper's order, labelled as MUSE declares them
+METRIC_COLUMNS = [(k, f"M{i} {MUSE.label(k)}") for i, k in enumerate(("verbmem_f", "knowmem_f", "privleak", "knowmem_r"), 1)]
 
 
 def cell(a: dict, key: str, pct: bool = False) -> str:
@@ -74,7 +77,7 @@ def verdict_table(verdicts: list[dict], schemes: list[str]) -> str:
     head = ["Unlearned model", "retained at full: VerbMem / KnowMem (mean)"]
     head += [f"{s}: recovery VerbMem / KnowMem (pooled)" for s in quantized]
     head += ["KnowMem_r kept", "measured verdict", "bins forecast of the recovery (by the forget loss's gradient, where given; by the update's size, judged)",
-             f"prediction within {PREDICTION_TOLERANCE:.0%}?"]
+             f"prediction within {percent(PREDICTION_TOLERANCE)}?"]
     rows = []
     for v in verdicts:
         r = v["retained"]
@@ -104,7 +107,7 @@ def robustness_table(verdicts: list[dict], columns: list[str]) -> str:
     quantizer evaluated (the question 'which method survives everything?')."""
     attacks = [c for c in columns if c != "full"]
     head = ["Unlearned model", "retained at full (mean)", "KnowMem_r kept", "worst attack: recovery (pooled)",
-            f"attacks bringing back > {SURVIVES:.0%}"]
+            f"attacks bringing back > {percent(SURVIVES)}"]
     rows = []
     for v in verdicts:
         recs = {a: judged_recovery(v, a, "pooled") for a in attacks}
@@ -133,8 +136,8 @@ def bins_lines(brows: list[dict]) -> list[str]:
     rows = []
     for r in sorted(brows, key=lambda r: (r["label"], r["scheme"], r["seed"] or 0)):
         cap = f"; bf16 cap {r['bf16_cap']:.3g}" if r.get("bf16_cap") else ""
-        rows.append([r["label"], str(r["seed"]), r["scheme"], f"{r['changed_share']:.1%}", f"{r['same_code_share']:.1%}",
-                     f"{r['zero_bin_share']:.1%}", f"{r['erased_mass_share']:.1%}{cap}",
+        rows.append([r["label"], str(r["seed"]), r["scheme"], f"{percent(r['changed_share'], 1)}", f"{percent(r['same_code_share'], 1)}",
+                     f"{percent(r['zero_bin_share'], 1)}", f"{percent(r['erased_mass_share'], 1)}{cap}",
                      fmt(r.get("projected_survival"), True), r["verdict"]])
     head = ["Unlearned model", "seed", "scheme", "changed", "same code", "in zero bin", "erased mass",
             "survival along update", "verdict"]
@@ -183,8 +186,6 @@ def benchmark_table(rows: list[dict], bench, schemes: list[str]) -> str:
 
 def other_benchmarks(rows: list[dict], schemes: list[str]) -> dict[str, str]:
     """The tables of the benchmarks other than MUSE whose metrics the eval cells hold."""
-    from ...evaluate.benchmark import benchmark_names, get_benchmark
-
     out = {}
     for name in benchmark_names():
         bench = get_benchmark(name)
@@ -205,8 +206,7 @@ def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
         q = target.get(s)
         if s != "full" and q and is_quantization(s):
             out.append(f"target under {s}: " + ", ".join(
-                f"{name} {fmt(full[key])} -> {fmt(q[key])}" for key, name in
-                (("verbmem_f", "VerbMem_f"), ("knowmem_f", "KnowMem_f"), ("knowmem_r", "KnowMem_r"))))
+                f"{MUSE.label(key)} {fmt(full[key])} -> {fmt(q[key])}" for key in ("verbmem_f", "knowmem_f", "knowmem_r")))
     return out
 
 

@@ -22,6 +22,7 @@ from ...scoring import (
     forgot_too_little,
     mean,
     over_unlearned,
+    percent,
     quantization_verdict,
     verdict_text,
 )
@@ -154,9 +155,9 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
             else:
                 word = "DISAGREES with the paper's failure"
             parts.append(f"{word}: in {len(hits)} of {len(expect_return)} "
-                         f"utility-constrained runs at least {RETURNS:.0%} of the forgotten knowledge returns "
+                         f"utility-constrained runs at least {percent(RETURNS)} of the forgotten knowledge returns "
                          f"({len(deep)} of them forgot as deeply as the paper, retaining at most "
-                         f"{FORGOT_ENOUGH:.0%} at full precision while keeping at least {UTILITY_KEPT:.0%} of the "
+                         f"{percent(FORGOT_ENOUGH)} at full precision while keeping at least {percent(UTILITY_KEPT)} of the "
                          f"target's KnowMem_r; mean retained here {fmt(full, True)}, paper 21%; mean utility kept "
                          f"{fmt(utility, True)})")
             if tiny and len(deep) < max(1, (len(expect_return) + 1) // 2):
@@ -165,13 +166,13 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
             held = [v for v in expect_hold if v["verdict"] is Verdict.HOLDS]
             word = "AGREES" if len(held) == len(expect_hold) else "DISAGREES"
             over = [v for v in held if over_unlearned(v["utility_kept"])]
-            parts.append(f"{word} with the paper's contrast: forgetting holds (at most {HOLDS:.0%} back) for "
+            parts.append(f"{word} with the paper's contrast: forgetting holds (at most {percent(HOLDS)} back) for "
                          f"{len(held)} of {len(expect_hold)} runs expected to hold"
-                         + (f" ({len(over)} of them over-unlearned: KnowMem_r below {UTILITY_KEPT:.0%} of the "
+                         + (f" ({len(over)} of them over-unlearned: KnowMem_r below {percent(UTILITY_KEPT)} of the "
                             "target's, so their forgetting holds trivially)" if over else ""))
         too_little = [v["label"] for v in vs if v["verdict"] is Verdict.TOO_LITTLE]
         if too_little:
-            parts.append(f"NOT COMPARABLE: {len(too_little)} run(s) kept more than {FORGOT_SOMETHING:.0%} of the "
+            parts.append(f"NOT COMPARABLE: {len(too_little)} run(s) kept more than {percent(FORGOT_SOMETHING)} of the "
                          "knowledge at full precision; raise the learning rate or the epochs")
         lines.append(". ".join(parts))
     return lines
