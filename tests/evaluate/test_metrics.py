@@ -108,3 +108,74 @@ def test_verbmem_continuation_matches_a_short_ground_truth(monkeypatch, gt_words
     assert len(rows[0]["response"].split()) == kept
     _, rows, _ = verbmem.evaluate_verbmem(None, WordTokenizer(), [{"prompt": "p", "gt": gt}])  # MUSE's default
     assert seen["max_new_tokens"] == 128 and len(rows[0]["response"].split()) == 178
+
+
+def test_min_k_and_text_scores_at_the_edges():
+    assert math.isnan(min_k_score([], 0.4)) and min_k_score([-2.0], 0.4) == 2.0  # one token: itself
+    s = text_scores("Abc", np.array([-1.0, -2.0, -3.0]), np.array([-0.5, -0.5, -0.5]))
+    assert s["PPL/lower"] == pytest.approx(4.0)  # NLL(text) / NLL(lowercased)
+    assert [k for k in s if k.startswith("Min-")] == ["Min-5%", "Min-10%", "Min-20%", "Min-30%", "Min-40%",
+                                                      "Min-50%", "Min-60%"]
+    assert s["Min-40%"] == pytest.approx(3.0)  # int(3 * 0.4) = 1 lowest
+    empty = text_scores("x", np.array([]), np.array([]))
+    assert math.isnan(empty["PPL"]) and math.isnan(empty["PPL/lower"]) and math.isnan(empty["Min-40%"])
+    assert math.isnan(text_scores("x", np.array([-1.0]), np.array([0.0]))["PPL/lower"])  # NLL 0: no ratio
+    assert "PPL/lower" not in text_scores("x", np.array([-1.0]), None)
+
+
+def test_mia_auc_needs_both_groups_and_propagates_nan():
+    assert mia_auc([2.0], [1.0]) == 1.0 and mia_auc([1], [2]) == 0.0  # one of each is enough; ints are scores
+    for non, mem in (([], [1.0]), ([1.0], [])):
+        with pytest.raises(ValueError) as err:
+            mia_auc(non, mem)
+        assert str(err.value) == "mia_auc needs at least one member and one nonmember score"
+    assert math.isnan(mia_auc([1.0, float("nan")], [2.0]))
+
+
+def test_privleak_is_undefined_without_a_retrained_auc():
+    assert privleak(0.5, 0.0) is None and privleak(0.5, 1.0) == -50.0 and privleak(0.75, 0.5) == 50.0
+
+
+def test_auc_keys_name_the_splits_and_the_score():
+    from unlearn_audit.evaluate.privleak import auc_table, key_needs, published_auc_retrain
+
+    log = {"forget": [{"PPL": 1.0, "Min-40%": 1.0}, {"PPL": 2.0, "Min-40%": 3.0}],
+           "holdout": [{"PPL": 3.0, "Min-40%": 2.0}, {"PPL": 4.0, "Min-40%": 4.0}]}
+    table = auc_table(log)
+    assert sorted(table) == sorted(f"{a}_{b}_{k}" for a in ("forget", "holdout") for b in ("forget", "holdout")
+                                   for k in ("PPL", "Min-40%"))
+    assert table["forget_holdout_PPL"] == 0.0 and table["holdout_forget_PPL"] == 1.0
+    assert table["forget_holdout_Min-40%"] == 0.25 and table["forget_forget_PPL"] == 0.5
+    assert key_needs("forget_holdout_Min-40%") == (["forget", "holdout"], False)
+    assert key_needs("retain_retain_PPL/lower") == (["retain"], True)
+    for bad in ("forget_holdout_Min-45%", "forget_train_PPL", "test_holdout_PPL"):
+        with pytest.raises(ValueError, match=f"not an AUC key: {bad}"):
+            key_needs(bad)
+    assert published_auc_retrain("MUSE-News") == (0.4772, "MUSE published AUC_retrain for NEWS (0.4772)")
+    assert published_auc_retrain("books_forget")[0] == 0.5393 and published_auc_retrain("world") is None
+
+
+def test_bootstrap_intervals_are_seeded_percentiles_of_shared_resamples():
+    from unlearn_audit.evaluate.rouge import bootstrap_cis
+
+    rng = np.random.default_rng(7)
+    a, b = rng.random(20).tolist(), rng.random(20).tolist()
+    cis = bootstrap_cis({"a": a, "const": [0.1] * 3, "b": b})
+    idx = np.random.default_rng(0).integers(0, 20, size=(9999, 20))  # seed 0, 9999 resamples, shared
+    for key, vals in (("a", a), ("b", b)):
+        assert cis[key] == tuple(np.percentile(np.asarray(vals)[idx].mean(axis=1), [2.5, 97.5]))
+    assert cis["const"] == (0.1, 0.1)  # a constant column is its value, not a mean of resampled copies
+    lo, hi = bootstrap_cis({"two": [0.0, 1.0]})["two"]
+    assert lo == 0.0 and hi == 1.0  # two distinct values are resampled, not a constant
+    assert bootstrap_cis({"one": [0.7]})["one"] == (0.7, 0.7)
+
+
+def test_aggregate_needs_rows_and_tofu_rouge_stems():
+    from unlearn_audit.evaluate.rouge import rouge_l_recall_stemmed
+
+    with pytest.raises(ValueError) as err:
+        aggregate([])
+    assert str(err.value) == "aggregate() needs at least one row"
+    assert rouge_l_recall_stemmed("the cats were running", "a cat runs") == pytest.approx(0.5)  # cat, run
+    assert rouge_l_recall_stemmed("cats running", "the dog") == 0.0
+    assert rouge(gt="the cats were running", output="a cat runs")["rougeL_recall"] == 0.0  # MUSE's: no stemmer

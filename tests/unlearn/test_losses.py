@@ -32,7 +32,17 @@ def test_padding_is_ignored():
 
 
 def test_npo_at_the_reference_is_2_log2_over_beta():
-    assert losses.npo_loss(LOGITS, LOGITS, LABELS, beta=0.1).item() == pytest.approx(20 * math.log(2), abs=1e-5)
+    assert losses.npo_loss(LOGITS, LOGITS, LABELS, beta=0.5).item() == pytest.approx(4 * math.log(2), abs=1e-5)
+    assert losses.npo_loss(LOGITS, LOGITS, LABELS).item() == pytest.approx(20 * math.log(2), abs=1e-5)  # beta 0.1
+
+
+def test_npo_scores_each_sequence_of_a_batch_on_its_own():
+    ref = torch.zeros(2, 3, 2)
+    logits = torch.cat([LOGITS, torch.zeros(1, 3, 2)])  # the second sequence sits at the reference
+    labels = torch.cat([LABELS, LABELS])
+    ratio = log_softmax([0.0, 1.0])[1] + log_softmax([2.0, 0.0])[0] - 2 * math.log(0.5)
+    expected = -(2 / 0.5) * (math.log(1 / (1 + math.exp(0.5 * ratio))) + math.log(0.5)) / 2
+    assert losses.npo_loss(logits, ref, labels, beta=0.5).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_npo_hand_value():
@@ -85,3 +95,22 @@ def test_klr_averages_over_the_scored_tokens_of_a_padded_batch():
     assert losses.klr_loss(logits, ref, labels).item() == pytest.approx(expected, abs=1e-6)
     one = torch.tensor([[0, 1, -100, -100]])  # a single scored token: divided by 1
     assert losses.klr_loss(logits[:1], ref[:1], one).item() == pytest.approx(kl(ref[0, 0].tolist(), logits[0, 0].tolist()), abs=1e-6)
+
+
+def test_simnpo_is_npo_on_the_length_normalised_likelihood_without_a_reference():
+    """SimNPO (Fan et al. 2024): L = -(2/beta) * mean_x log sigmoid(-beta * mean_t log p(y_t) - gamma), the
+    mean over each sequence's scored tokens (padding excluded), then over sequences."""
+    from unlearn_audit.unlearn.simnpo import simnpo_loss
+
+    logits = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]]])
+    labels = torch.tensor([[0, 1, 0], [0, 0, -100]])  # the second sequence has one scored token
+    first = (log_softmax([0.0, 1.0])[1] + log_softmax([2.0, 0.0])[0]) / 2
+    second = log_softmax([1.0, 0.0])[0]
+    beta, gamma = 2.5, 0.3
+
+    def term(m):
+        return math.log(1 / (1 + math.exp(beta * m + gamma)))
+
+    expected = -(2 / beta) * (term(first) + term(second)) / 2
+    assert simnpo_loss(logits, labels, beta, gamma).item() == pytest.approx(expected, abs=1e-6)
+    assert simnpo_loss(logits[:1], labels[:1], 1.0, 0.0).item() == pytest.approx(-2 * math.log(1 / (1 + math.exp(first))), abs=1e-6)
