@@ -179,3 +179,71 @@ def test_aggregate_needs_rows_and_tofu_rouge_stems():
     assert rouge_l_recall_stemmed("the cats were running", "a cat runs") == pytest.approx(0.5)  # cat, run
     assert rouge_l_recall_stemmed("cats running", "the dog") == 0.0
     assert rouge(gt="the cats were running", output="a cat runs")["rougeL_recall"] == 0.0  # MUSE's: no stemmer
+
+
+class SpecialTokenizer:
+    """Word tokenizer whose every option is visible: a BOS "<s>" when special tokens are added, dropped when
+    skipped; cleaning up tokenization spaces joins " ," into ","."""
+
+    def __call__(self, text, *, add_special_tokens):
+        assert isinstance(add_special_tokens, bool)
+        return types.SimpleNamespace(input_ids=["<s>"] * add_special_tokens + text.split())
+
+    def decode(self, ids, *, skip_special_tokens, clean_up_tokenization_spaces):
+        assert isinstance(skip_special_tokens, bool) and isinstance(clean_up_tokenization_spaces, bool)
+        text = " ".join(i for i in ids if not (skip_special_tokens and i == "<s>"))
+        return text.replace(" ,", ",") if clean_up_tokenization_spaces else text
+
+
+def fake_generation(monkeypatch, module, outputs):
+    """Replace the model's greedy generation in `module` by fixed outputs; returns what it was called with."""
+    calls = {}
+
+    def generate(model, tok, prompts, max_new_tokens, **kwargs):
+        calls.update(model=model, tok=tok, prompts=list(prompts), max_new_tokens=max_new_tokens, **kwargs)
+        return outputs, 3
+
+    monkeypatch.setattr(module, "greedy_generate", generate)
+    return calls
+
+
+def test_verbmem_cuts_the_ground_truth_as_muse_does(monkeypatch):
+    """MUSE tokenizes the ground truth with special tokens, keeps the window's ids and decodes without them."""
+    from unlearn_audit.evaluate import verbmem
+
+    tok = SpecialTokenizer()
+    assert verbmem.window(tok, "a , b c", 3) == ("a,", 3)  # "<s>" counts towards the window
+    assert verbmem.cut_ground_truth(tok, "a , b c", 4) == "a, b"
+    assert verbmem.cut_continuation(tok, "x , y z", 2) == "x,"  # generated text: no special tokens added
+    assert verbmem.cut_continuation(tok, "x <s> y z", 3) == "x y"  # special tokens it holds are skipped
+    items = [{"prompt": "p1", "gt": "a"}, {"prompt": "p2", "gt": "c d e"}]
+    calls = fake_generation(monkeypatch, verbmem, ["a b z z z", "c d e"])
+    agg, rows, truncated = verbmem.evaluate_verbmem("model", tok, items, batch_size=5, progress=print,
+                                                    max_new_tokens=3, reference_length=True)
+    assert calls == {"model": "model", "tok": tok, "prompts": ["p1", "p2"], "max_new_tokens": 3, "batch_size": 5,
+                     "progress": print, "heal_space": False}
+    assert truncated == 3 and [r["prompt"] for r in rows] == ["p1", "p2"]
+    # "a" is 2 ids with "<s>", shorter than the window: the continuation is cut to 2 tokens
+    assert rows[0] == {"prompt": "p1", "gt": "a", "response": "a b", **rouge("a", "a b")}
+    assert rows[1]["gt"] == "c d" and rows[1]["response"] == "c d e"  # the window's 3 ids: "<s>" c d
+    assert agg["mean_rougeL"] == pytest.approx((rouge("a", "a b")["rougeL"] + rouge("c d", "c d e")["rougeL"]) / 2)
+    verbmem.evaluate_verbmem("model", tok, items, heal_space=True)
+    assert calls["heal_space"] is True and calls["max_new_tokens"] == 128
+
+
+def test_knowmem_asks_muse_prompts_and_scores_the_cut_answers(monkeypatch):
+    from unlearn_audit.evaluate import knowmem
+
+    questions, icl = [QA("Q1?", "Paris"), QA("Q2?", "blue sky")], [QA("q", "a")]
+    calls = fake_generation(monkeypatch, knowmem, ["Paris\n\nQuestion: more", "blue\nQuestion: x"])
+    agg, rows, truncated = knowmem.evaluate_knowmem("model", "tok", questions, icl, batch_size=2, progress=print)
+    assert calls == {"model": "model", "tok": "tok", "prompts": knowmem.build_prompts(questions, icl),
+                     "max_new_tokens": 32, "stop_strings": knowmem.STOP_WORDS, "batch_size": 2, "progress": print,
+                     "heal_space": False}
+    assert truncated == 3
+    assert rows[0] == {"prompt": calls["prompts"][0], "gt": "Paris", "response": "Paris", **rouge("Paris", "Paris"),
+                       "question": "Q1?"}
+    assert rows[1]["response"] == "blue" and rows[1]["question"] == "Q2?"
+    assert agg["mean_rougeL"] == pytest.approx((1.0 + rouge("blue sky", "blue")["rougeL"]) / 2)
+    knowmem.evaluate_knowmem("model", "tok", questions, icl, max_new_tokens=8, heal_space=True)
+    assert calls["max_new_tokens"] == 8 and calls["heal_space"] is True
