@@ -66,8 +66,11 @@ def smollm2(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Keep the tests' model cache out of the user's cache dir."""
-    path = tmp_path_factory.mktemp("cache")
+    """Keep the tests' model cache out of the user's cache dir: a fresh one per session, or the folder
+    UNLEARN_AUDIT_TEST_CACHE names (repeated runs, e.g. mutation testing, reuse its tiny models)."""
+    kept = os.environ.get("UNLEARN_AUDIT_TEST_CACHE")
+    path = Path(kept) if kept else tmp_path_factory.mktemp("cache")
+    path.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("UNLEARN_AUDIT_CACHE")
     os.environ["UNLEARN_AUDIT_CACHE"] = str(path)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -102,3 +102,104 @@ def test_reference_log_of_open_unlearning(tmp_path):
     assert ref.values == [0.25, 0.5]
     with pytest.raises(UserError, match="2 forget items; the forget set here has 3"):
         tofu.reference_from_log(str(tmp_path / "TOFU_EVAL.json"), 3)
+
+
+class FakeCorpus:
+    """Just what the TOFU benchmark reads of a corpus: its name, its sets and their items."""
+
+    def __init__(self, name="tofu-forget10", sets=("forget", "retain"), items=None):
+        self.name, self.sets, self.root = name, sets, "corpus"
+        self.items = items or [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
+
+    def tofu_splits(self):
+        return list(self.sets)
+
+    def tofu(self, split):
+        return self.items
+
+
+def test_eos_is_scored_after_the_answer_as_open_unlearning_does_except_on_the_world():
+    from unlearn_audit.data.synthetic import WORLD_NAME
+
+    world, real = FakeCorpus(WORLD_NAME), FakeCorpus("tofu-forget10")
+    assert [tofu.uses_eos(EvalConfig(tofu_eos=e), c) for e in ("auto", "yes", "no") for c in (world, real)] == [
+        False, True, True, True, False, False]
+
+
+def test_generated_answers_stop_at_the_next_question_on_the_qa_template(monkeypatch):
+    calls = {}
+
+    def generate(model, tok, prompts, max_new_tokens, **kwargs):
+        calls.update(model=model, prompts=prompts, max_new_tokens=max_new_tokens, **kwargs)
+        return [" Paris\n\nQuestion: next ", " blue \nQuestion"], 0
+
+    monkeypatch.setattr(tofu, "greedy_generate", generate)
+    cfg = EvalConfig(batch_size=3, tofu_max_new_tokens=7)
+    items = [{"question": "Q1?"}, {"question": "Q2?"}]
+    assert tofu.generated("model", None, items, "forget", cfg, True, False) == ["Paris", "blue"]
+    assert calls["model"] == "model" and calls["prompts"] == ["Question: Q1?\nAnswer: ", "Question: Q2?\nAnswer: "]
+    assert calls["max_new_tokens"] == 7 and calls["stop_strings"] == tofu.STOP_WORDS and calls["batch_size"] == 3
+    assert calls["heal_space"] is True and callable(calls["progress"])
+
+
+def test_each_model_computes_a_sets_work_once():
+    class Model:
+        pass
+
+    model, computed = Model(), []
+    first = tofu.memo(model, ("forced", 1), lambda: computed.append(1) or "scores")
+    again = tofu.memo(model, ("forced", 1), lambda: computed.append(2) or "other")
+    other = tofu.memo(model, ("forced", 2), lambda: computed.append(3) or "new")
+    assert (first, again, other, computed) == ("scores", "scores", "new", [1, 3])
+    assert tofu.memo(Model(), ("forced", 1), lambda: "fresh") == "fresh"  # kept on the model object
+
+
+def test_set_scores_read_the_forced_pass_and_log_per_item(monkeypatch):
+    class Tok:
+        eos_token = "</s>"
+
+    class Model:
+        pass
+
+    corpus = FakeCorpus(items=[{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"},
+                               {"question": "Q3?", "answer": "A3"}])
+    cfg = EvalConfig(limit=2, tofu_eos="yes")
+    forced = {"answer_loss": [1.0, 2.0], "correct_loss": [1.0, 1.0], "perturbed_loss": [[2.0, 2.0], [0.5]]}
+    for split, expected in (("forget", np.exp(-np.array([1.0, 2.0]))),
+                            ("real_authors", tofu.normalised_probability([1.0, 2.0], [[2.0, 2.0], [0.5]]))):
+        scores = tofu.SetScores(Model(), Tok(), corpus, split, cfg, show=False)
+        assert scores.items == corpus.items[:2] and scores.eos == "</s>" and scores.heal is False
+        assert scores.key == (split, "qa", "</s>", False, 2, 200)
+        scores.model.__dict__["_unlearn_audit_tofu"] = {("forced", *scores.key): forced}
+        assert np.allclose(scores.probabilities(), expected)
+    rows = scores.log(prob=np.array([0.25, 0.5]), note=["x", None])
+    assert rows == [{"index": 0, "question": "Q1?", "answer": "A1", "prob": 0.25, "note": "x"},
+                    {"index": 1, "question": "Q2?", "answer": "A2", "prob": 0.5, "note": None}]
+    assert type(rows[0]["prob"]) is float
+    assert tofu.SetScores(Model(), Tok(), corpus, "forget", EvalConfig(tofu_eos="no"), False).eos == ""
+
+
+def test_the_benchmark_reads_its_sets_and_its_reference():
+    bench = tofu.Tofu()
+    assert bench.present(FakeCorpus()) and not bench.present(FakeCorpus(sets=("forget",)))
+    with pytest.raises(UserError, match=r"corpus/tofu lacks retain.json"):
+        bench.check(FakeCorpus(sets=("forget", "real_authors")), ["forget_quality"])
+    bench.check(FakeCorpus(), ["forget_quality"])
+    ref = bench.reference_from({"forget_quality": {"truth_ratios": [0.5, 0.25]}})
+    assert ref.values == [0.5, 0.25] and ref.source == "measured on the retrained model"
+    assert bench.reference_from({}) is None and bench.reference_value() == 1.0
+
+
+def test_a_retain_log_is_read_in_index_order_and_checked(tmp_path):
+    log = tmp_path / "TOFU_EVAL.json"
+    by_index = {str(i): {"score": i / 10} for i in (0, 1, 2, 10, 11)}
+    log.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": by_index}}))
+    ref = tofu.reference_from_log(str(log))
+    assert ref.values == [0.0, 0.1, 0.2, 1.0, 1.1] and ref.source == f"open-unlearning retain log {log}"
+    assert tofu.reference_from_log(str(log), 5).values == ref.values
+    with pytest.raises(UserError) as err:
+        tofu.reference_from_log(str(log), 4)
+    assert str(err.value) == f"{log} holds truth ratios of 5 forget items; the forget set here has 4"
+    log.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {"0": {}}}}))
+    with pytest.raises(UserError, match=r"not an open-unlearning TOFU log \(needs forget_truth_ratio"):
+        tofu.reference_from_log(str(log))
