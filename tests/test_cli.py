@@ -10,7 +10,8 @@ from unlearn_audit.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
-NOT_OURS = {"--no-deps": "pip's", "--flag": "config.py's docstring names the pattern, not a flag"}
+NOT_OURS = {"--no-deps": "pip's", "--flag": "config.py's docstring names the pattern, not a flag",
+            "--max-children": "mutmut's (docs/testing.md)", "--all": "mutmut's (docs/testing.md)"}
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

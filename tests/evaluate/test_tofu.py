@@ -118,6 +118,10 @@ class FakeCorpus:
         return self.items
 
 
+def test_a_vanishing_answer_probability_stays_non_negative():
+    assert 0.0 <= tofu.normalised_probability([700.0], [[]])[0] < 1e-290  # p / (p + 0 + EPS), not p / (p - EPS)
+
+
 def test_eos_is_scored_after_the_answer_as_open_unlearning_does_except_on_the_world():
     from unlearn_audit.data.synthetic import WORLD_NAME
 
@@ -200,6 +204,118 @@ def test_a_retain_log_is_read_in_index_order_and_checked(tmp_path):
     with pytest.raises(UserError) as err:
         tofu.reference_from_log(str(log), 4)
     assert str(err.value) == f"{log} holds truth ratios of 5 forget items; the forget set here has 4"
+    with pytest.raises(UserError) as err:
+        tofu.reference_from_log(str(tmp_path / "none.json"))
+    assert str(err.value) == f"missing file: open-unlearning retain log ({tmp_path / 'none.json'})"
     log.write_text(json.dumps({"forget_truth_ratio": {"value_by_index": {"0": {}}}}))
     with pytest.raises(UserError, match=r"not an open-unlearning TOFU log \(needs forget_truth_ratio"):
         tofu.reference_from_log(str(log))
+
+
+def scored_model(cfg, corpus, tok, sets):
+    """A model object whose forced and generated passes per set are already in its memo."""
+    class Model:
+        pass
+
+    model = Model()
+    store = model.__dict__.setdefault("_unlearn_audit_tofu", {})
+    for split, (forced, answers) in sets.items():
+        key = tofu.SetScores(model, tok, corpus, split, cfg, False).key
+        store[("forced", *key)], store[("generated", *key)] = forced, answers
+    return model
+
+
+def test_each_metric_reads_the_pass_it_needs_and_logs_it():
+    class Tok:
+        eos_token = "</s>"
+
+    corpus, cfg = FakeCorpus(), EvalConfig()
+    forget = {"correct_loss": [1.0, 2.0], "perturbed_loss": [[2.0, 3.0], [1.0]], "answer_loss": [0.5, 1.5],
+              "hits": [np.array([False, True, True]), np.array([True, True])], "truncated": 4}
+    retain = {"correct_loss": [1.0, 1.0], "perturbed_loss": [[2.0], [3.0]], "answer_loss": [1.0, 0.2],
+              "hits": [np.array([True])], "truncated": 0}
+    model = scored_model(cfg, corpus, Tok(), {"forget": (forget, ["A1", "nothing"]), "retain": (retain, ["A1", "A2"])})
+    bench = tofu.Tofu()
+
+    def run(name, ref=None):
+        return bench.run_metric(name, model, Tok(), corpus, cfg, ref, False)
+
+    tr = tofu.truth_ratio(forget["correct_loss"], forget["perturbed_loss"])
+    value, extra, files = run("forget_truth_ratio")
+    assert value == tofu.forget_truth_ratio(tr) and extra == {"truncated": 4}
+    assert [r["truth_ratio"] for r in files["log.json"]] == pytest.approx(list(tr))
+    assert files["log.json"][1]["paraphrased_loss"] == 2.0 and files["log.json"][0]["perturbed_loss"] == [2.0, 3.0]
+    value, extra, files = run("forget_quality")
+    assert value is None and extra["reference"].startswith("none: forget quality needs the retain model")
+    assert extra["truth_ratios"] == pytest.approx(list(tr)) and "log.json" in files
+    ref = tofu.RetainTruthRatios([0.1, 0.9], "retain log")
+    value, extra, _ = run("forget_quality", ref)
+    assert value == pytest.approx(ks_2samp(tr, [0.1, 0.9]).pvalue) and extra["reference"] == "retain log"
+    with pytest.raises(UserError) as err:
+        run("forget_quality", tofu.RetainTruthRatios([0.1], "short"))
+    assert str(err.value) == "the reference holds 1 forget truth ratios; this forget set has 2"
+    value, _, files = run("forget_prob")
+    assert value == pytest.approx(100 * np.mean(np.exp(-np.array([0.5, 1.5]))))
+    assert files["log.json"][1]["avg_loss"] == 1.5
+    value, _, files = run("forget_rouge")
+    assert value == pytest.approx(50.0) and [r["generation"] for r in files["log.json"]] == ["A1", "nothing"]
+    assert [r["rougeL_recall"] for r in files["log.json"]] == [1.0, 0.0]
+    value, _, files = run("exact_memorization")
+    assert value == pytest.approx(100 * (2 / 3 + 1) / 2) and files["log.json"][0]["exact_memorization"] == pytest.approx(2 / 3)
+    assert run("extraction_strength")[0] == pytest.approx(100 * (2 / 3 + 1) / 2)  # 1 - 1/3 and 1 - 0/2
+    value, extra, files = run("model_utility")
+    part = extra["parts"]["retain"]
+    assert part["probability"] == pytest.approx(np.mean(np.exp(-np.array([1.0, 0.2])))) and part["rouge"] == 1.0
+    assert value == pytest.approx(tofu.harmonic_mean(list(part.values()))) and set(files) == {"retain_log.json", "agg.json"}
+
+
+def test_chat_template_answers_are_neither_stopped_nor_cut(monkeypatch):
+    class ChatTok:
+        chat_template, bos_token = "{{ messages }}", "<s>"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert tokenize is False and add_generation_prompt is True
+            return f"<s><user>{messages[0]['content']}</user><assistant>"
+
+    calls = {}
+
+    def generate(model, tok, prompts, max_new_tokens, **kwargs):
+        calls.update(prompts=prompts, **kwargs)
+        return [" Paris\n\nQuestion: next "], 0
+
+    monkeypatch.setattr(tofu, "greedy_generate", generate)
+    cfg = EvalConfig(tofu_template="chat")
+    assert tofu.generated("model", ChatTok(), [{"question": "Q?"}], "forget", cfg, False, False) == [
+        "Paris\n\nQuestion: next"]
+    assert calls["prompts"] == ["<user>Q?</user><assistant>"] and calls["stop_strings"] == ()  # BOS left to encoding
+
+
+def test_teacher_forcing_scores_each_answer_as_a_direct_forward_pass_does(micro):
+    """L(answer), L(paraphrased answer), L(each perturbed answer) and the greedy hits, against the model's own
+    log-probabilities computed here one sequence at a time (EOS appended and its hit dropped)."""
+    import torch
+
+    from unlearn_audit.models.generation import split_continuation
+
+    model, tok, corpus = micro
+    items = corpus.tofu("forget")[:2]
+    eos = tok.eos_token
+    out = tofu.teacher_forced(model, tok, items, "forget", EvalConfig(batch_size=3).for_benchmark("tofu"), eos, False)
+
+    def direct(prompt, text):
+        p, c = split_continuation(tok, prompt, text)
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1:-1].float()
+        lp = torch.log_softmax(logits, -1)[torch.arange(len(c)), torch.tensor(c)]
+        return float(-lp.mean()), (logits.argmax(-1) == torch.tensor(c)).numpy()
+
+    for i, it in enumerate(items):
+        prompt = f"Question: {it['question']}\nAnswer: "
+        loss, hits = direct(prompt, it["answer"] + eos)
+        assert out["answer_loss"][i] == pytest.approx(loss, abs=1e-4)
+        assert out["hits"][i].tolist() == hits[:-1].tolist()  # the EOS position is not an answer token
+        assert out["correct_loss"][i] == pytest.approx(direct(prompt, it["paraphrased_answer"] + eos)[0], abs=1e-4)
+        assert out["perturbed_loss"][i] == pytest.approx([direct(prompt, t + eos)[0] for t in it["perturbed_answer"]], abs=1e-4)
+    assert out["truncated"] == 0
+    unparaphrased = tofu.teacher_forced(model, tok, items, "real_authors", EvalConfig().for_benchmark("tofu"), "", False)
+    assert unparaphrased["correct_loss"] == pytest.approx(unparaphrased["answer_loss"])  # their "correct" is the answer
