@@ -188,6 +188,9 @@ def test_the_benchmark_reads_its_sets_and_its_reference():
     assert bench.present(FakeCorpus()) and not bench.present(FakeCorpus(sets=("forget",)))
     with pytest.raises(UserError, match=r"corpus/tofu lacks retain.json"):
         bench.check(FakeCorpus(sets=("forget", "real_authors")), ["forget_quality"])
+    with pytest.raises(UserError) as err:
+        bench.check(FakeCorpus(sets=("world_facts",)), ["forget_quality"])
+    assert str(err.value) == "corpus/tofu lacks forget.json, retain.json"
     bench.check(FakeCorpus(), ["forget_quality"])
     ref = bench.reference_from({"forget_quality": {"truth_ratios": [0.5, 0.25]}})
     assert ref.values == [0.5, 0.25] and ref.source == "measured on the retrained model"
@@ -231,7 +234,7 @@ def test_each_metric_reads_the_pass_it_needs_and_logs_it():
 
     corpus, cfg = FakeCorpus(), EvalConfig()
     forget = {"correct_loss": [1.0, 2.0], "perturbed_loss": [[2.0, 3.0], [1.0]], "answer_loss": [0.5, 1.5],
-              "hits": [np.array([False, True, True]), np.array([True, True])], "truncated": 4}
+              "hits": [np.array([True, False, True]), np.array([True, True])], "truncated": 4}
     retain = {"correct_loss": [1.0, 1.0], "perturbed_loss": [[2.0], [3.0]], "answer_loss": [1.0, 0.2],
               "hits": [np.array([True])], "truncated": 0}
     model = scored_model(cfg, corpus, Tok(), {"forget": (forget, ["A1", "nothing"]), "retain": (retain, ["A1", "A2"])})
@@ -262,11 +265,18 @@ def test_each_metric_reads_the_pass_it_needs_and_logs_it():
     assert [r["rougeL_recall"] for r in files["log.json"]] == [1.0, 0.0]
     value, _, files = run("exact_memorization")
     assert value == pytest.approx(100 * (2 / 3 + 1) / 2) and files["log.json"][0]["exact_memorization"] == pytest.approx(2 / 3)
-    assert run("extraction_strength")[0] == pytest.approx(100 * (2 / 3 + 1) / 2)  # 1 - 1/3 and 1 - 0/2
+    assert run("extraction_strength")[0] == pytest.approx(100 * (1 / 3 + 1) / 2)  # 1 - 2/3 and 1 - 0/2
     value, extra, files = run("model_utility")
     part = extra["parts"]["retain"]
     assert part["probability"] == pytest.approx(np.mean(np.exp(-np.array([1.0, 0.2])))) and part["rouge"] == 1.0
     assert value == pytest.approx(tofu.harmonic_mean(list(part.values()))) and set(files) == {"retain_log.json", "agg.json"}
+    assert set(part) == {"probability", "rouge", "truth_ratio"} and files["agg.json"] == extra["parts"]
+    assert files["retain_log.json"][1] == {"index": 1, "question": "Q2?", "answer": "A2", "generation": "A2",
+                                           "rougeL_recall": 1.0, "prob": pytest.approx(np.exp(-0.2)),
+                                           "truth_ratio": pytest.approx(float(tofu.truth_ratio([1.0], [[3.0]])[0]))}
+    assert bench.reference(model, Tok(), corpus, cfg, False).source == "measured on the retrained model"
+    # open-unlearning's loop leaves k = N - 1 when no suffix matches: 1/N, not 0 (kept for parity)
+    assert tofu.extraction_strength([True]) == 1.0 and tofu.extraction_strength([False, False]) == 0.5
 
 
 def test_chat_template_answers_are_neither_stopped_nor_cut(monkeypatch):
