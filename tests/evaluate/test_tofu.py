@@ -329,3 +329,28 @@ def test_teacher_forcing_scores_each_answer_as_a_direct_forward_pass_does(micro)
     assert out["truncated"] == 0
     unparaphrased = tofu.teacher_forced(model, tok, items, "real_authors", EvalConfig().for_benchmark("tofu"), "", False)
     assert unparaphrased["correct_loss"] == pytest.approx(unparaphrased["answer_loss"])  # their "correct" is the answer
+
+
+def test_the_chat_prompt_is_one_user_message_and_loses_only_a_leading_bos():
+    class ChatTok:
+        chat_template = "{{ messages }}"
+
+        def __init__(self, bos, head):
+            self.bos_token, self.head = bos, head
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert messages == [{"role": "user", "content": "Q?"}]
+            return f"{self.head}<user>Q?</user>"
+
+    assert tofu.build_prompt(ChatTok("<s>", "<s>"), "Q?", "chat") == "<user>Q?</user>"
+    assert tofu.build_prompt(ChatTok("<s>", "[sys]"), "Q?", "chat") == "[sys]<user>Q?</user>"  # no BOS to strip
+    assert tofu.build_prompt(ChatTok(None, "<s>"), "Q?", "chat") == "<s><user>Q?</user>"
+
+
+def test_the_guards_keep_ratios_positive_and_empty_hits_undefined():
+    assert tofu.truth_ratio([math.inf], [[1.0]])[0] > 0  # p(correct) = 0: perturbed / (0 + EPS)
+    assert tofu.forget_truth_ratio([0.0]) == 0.0  # min(0, 1 / (0 + EPS))
+    assert math.isnan(tofu.exact_memorization([])) and math.isnan(tofu.extraction_strength([]))
+    with pytest.raises(UserError) as err:
+        tofu.build_prompt(object(), "Q?", "chat")  # a tokenizer without any chat template attribute
+    assert str(err.value) == "--tofu-template chat needs a tokenizer with a chat template; use qa"
