@@ -377,8 +377,8 @@ def cmd_audit(args) -> int:
                       max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit,
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
-    result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, model_spec(args, "retrained"), args.out, load_options(args),
-                   show=not args.quiet)
+    result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, model_spec(args, "retrained"),
+                   args.out, load_options(args), show=not args.quiet)
     from .experiment.scorecard import hidden_line, table
 
     print()

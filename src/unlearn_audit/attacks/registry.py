@@ -141,7 +141,7 @@ def register_attack(cls: type) -> type:
 
 
 def families() -> list[str]:
-    return sorted(FAMILIES.names())
+    return FAMILIES.names()
 
 
 def _convert(fam: str, p: Param, text: str) -> Any:

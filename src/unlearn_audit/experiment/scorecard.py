@@ -8,12 +8,10 @@ from ..evaluate.benchmark import get_benchmark
 from ..scoring import KNOWLEDGE, Gate, Hidden, fmt, markdown_table, percent
 from ..utils.io import atomic_write_text, save_figure
 
-MUSE_METRICS = get_benchmark("muse").labels  # audits written before the benchmark was recorded were MUSE's
-
 
 def columns(report: dict) -> tuple[list[tuple[str, str]], list[str]]:
     """(metric, label) of the benchmark's metrics the audit measured, and its knowledge metrics."""
-    labels = report.get("metrics") or MUSE_METRICS
+    labels = report.get("metrics") or get_benchmark("muse").labels  # audits written before benchmarks were recorded
     present = [(k, label) for k, label in labels.items() if k in report["full"]["unlearned"]]
     return present, list(report.get("knowledge") or KNOWLEDGE)
 
@@ -49,7 +47,7 @@ def wording(report: dict) -> tuple[str, str, str]:
     labels = dict(present)
     utility = report.get("utility") or "knowmem_r"
     return ((report.get("benchmark") or "muse").upper(), ", ".join(labels.get(k, k) for k in knowledge),
-            labels.get(utility, MUSE_METRICS.get(utility, utility)))
+            labels.get(utility, get_benchmark("muse").label(utility)))
 
 
 def hidden_line(report: dict) -> str:

@@ -25,9 +25,12 @@ from ...utils.io import read_json
 from .rows import is_quantization, ordered_labels, runs_by_label
 from .verdicts import judged_recovery, prediction_agrees, retrained_gain
 
-MUSE = get_benchmark("muse")
-# the paper's table: MUSE's metrics M1-M4 in the paper's order, labelled as MUSE declares them
-METRIC_COLUMNS = [(k, f"M{i} {MUSE.label(k)}") for i, k in enumerate(("verbmem_f", "knowmem_f", "privleak", "knowmem_r"), 1)]
+PAPER_METRICS = ("verbmem_f", "knowmem_f", "privleak", "knowmem_r")  # the paper's Table 1, M1-M4 in its order
+
+
+def muse_label(metric: str) -> str:
+    """A MUSE metric's label as its benchmark declares it (looked up when a table is drawn, not on import)."""
+    return get_benchmark("muse").label(metric)
 
 
 def cell(a: dict, key: str, pct: bool = False) -> str:
@@ -45,8 +48,8 @@ def paper_table(agg: list[dict], schemes: list[str]) -> str:
     for label in ordered_labels(agg):
         for a in sorted((a for a in agg if a["label"] == label), key=lambda a: order.get(a["scheme"], 99)):
             name = label if a["scheme"] == "full" else f"{label} + {precision_label(a['scheme'])} ({a['scheme']})"
-            rows.append([name, *(cell(a, k) for k, _ in METRIC_COLUMNS)])
-    return markdown_table(["Method", *(c for _, c in METRIC_COLUMNS)], rows)
+            rows.append([name, *(cell(a, k) for k in PAPER_METRICS)])
+    return markdown_table(["Method", *(f"M{i} {muse_label(k)}" for i, k in enumerate(PAPER_METRICS, 1))], rows)
 
 
 def retention_table(agg: list[dict], schemes: list[str]) -> str:
@@ -206,7 +209,7 @@ def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
         q = target.get(s)
         if s != "full" and q and is_quantization(s):
             out.append(f"target under {s}: " + ", ".join(
-                f"{MUSE.label(key)} {fmt(full[key])} -> {fmt(q[key])}" for key in ("verbmem_f", "knowmem_f", "knowmem_r")))
+                f"{muse_label(key)} {fmt(full[key])} -> {fmt(q[key])}" for key in ("verbmem_f", "knowmem_f", "knowmem_r")))
     return out
 
 
