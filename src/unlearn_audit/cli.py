@@ -334,6 +334,8 @@ def cmd_demo(args) -> int:
     from .experiment.config import demo_config
 
     variant = demo_variant(args)
+    if args.targets is not None:
+        return cmd_study(args, variant)
     try:
         cfg = demo_config(variant)
     except UserError as exc:
@@ -353,6 +355,33 @@ def cmd_demo(args) -> int:
 
         print(lock_notice(environment()))
     return run_and_report(cfg, out, args.quiet)
+
+
+def cmd_study(args, variant: str) -> int:
+    """`demo --targets N`: the study over targets (experiment/study.py; $UNLEARN_AUDIT_STUDY_CONFIG replaces
+    its grid)."""
+    import os
+
+    from .experiment.study import STUDY, run_study, study_grids
+    from .utils.environment import environment, lock_notice
+
+    if variant != "smollm2":
+        raise UserError("--targets runs the study over SmolLM2 targets; it does not combine with --tiny, --quick or --full")
+    path = os.environ.get("UNLEARN_AUDIT_STUDY_CONFIG") or STUDY
+    grids = study_grids(args.targets, path)  # validated before any work
+    for _, grid in grids:
+        apply_run_flags(grid, args)
+    out = Path(args.out or "unlearn-audit-targets")
+    print(f"demo --targets {args.targets}: {', '.join(name for name, _ in grids)}, each a grid of "
+          f"{len(grids[0][1].runs)} unlearning runs in {out}/<target>/ (re-run to resume); the verdict over targets "
+          "follows docs/findings.md section 14")
+    print(lock_notice(environment()))
+    started = time.time()
+    result = run_study(args.targets, out, args.quiet, path, grids=grids)
+    print("", result["table"], "", "* " + result["line"], "",
+          f"report: {out / 'study.md'}  results: {out / 'study.json'}  plot: {out / 'study.png'}", sep="\n")
+    print(f"finished in {time.time() - started:.0f}s")
+    return 1 if any(r["failed_cells"] for r in result["rows"]) else 0
 
 
 def cmd_report(args) -> int:
@@ -507,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the CI-sized tiny grid (about 1.5 minutes)")
     p.add_argument("--full", action="store_true",
                    help="SmolLM2 with every method and 3 seeds (sized for a GPU; docs/scaling.md)")
+    p.add_argument("--targets", type=int, metavar="N",
+                   help="the study over N independently fine-tuned SmolLM2 targets (seeds 0-2, then a per-tensor-AdamW "
+                        "target, then more seeds), each under the schedule rule, with one verdict over them "
+                        "(docs/findings.md section 14; about 35 minutes a target on 2 cores; default folder "
+                        "./unlearn-audit-targets)")
     add_run_flags(p)
     p.set_defaults(func=cmd_demo)
 

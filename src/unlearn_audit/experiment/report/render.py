@@ -66,6 +66,8 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "counts": ledger.counts(),
             "seeds": sorted({r["seed"] for r in rows if r["seed"] is not None}),
             "environment": environment_lines(run_dir),
+            "verdict_rows": verdicts,
+            "aggregated": agg,
         }
         plot = plot_knowledge(agg, schemes, run_dir / "knowledge_vs_precision.png")
         bars = plot_retained_bars(verdicts, schemes, run_dir / "retained_by_method.png")

@@ -126,6 +126,48 @@ SHALLOW_AT_THIS_SIZE = (
     "5); `unlearn-audit demo` shows the deep form on SmolLM2-135M")
 
 
+def expected_failures(verdicts: list[dict]) -> list[dict]:
+    """The runs the paper's failure is about: judged, utility-constrained, pure bf16, not SURE."""
+    return [v for v in verdicts if v["verdict"].judged and v["dtype"] == "bf16" and constrained(v["method"])
+            and v["method"] != "sure"]
+
+
+def returned(runs: list[dict]) -> list[dict]:
+    """The runs whose forgotten knowledge 4-bit brings back (at least RETURNS of it)."""
+    return [v for v in runs if v["verdict"] is Verdict.RETURNS]
+
+
+def deep_failures(runs: list[dict]) -> list[dict]:
+    """The paper's failure in its deep form: the knowledge returns although the run retained at most
+    FORGOT_ENOUGH at full precision and kept at least UTILITY_KEPT of the target's utility."""
+    return [v for v in returned(runs) if v["retained"]["mean"] <= FORGOT_ENOUGH
+            and (v["utility_kept"] is None or v["utility_kept"] >= UTILITY_KEPT)]
+
+
+def failure_form(runs: list[dict]) -> str:
+    """One target's form of the paper's failure over its expected runs: 'deep' when at least half of them
+    fail deeply, 'shallow' when some knowledge returns otherwise, 'none' when none returns
+    (docs/findings.md section 14, rule 2)."""
+    if runs and len(deep_failures(runs)) >= max(1, (len(runs) + 1) // 2):
+        return "deep"
+    return "shallow" if returned(runs) else "none"
+
+
+OVER_TARGETS = 2 / 3  # the share of targets the verdict over targets needs (findings section 14, rule 3)
+
+
+def verdict_over_targets(forms: list[str]) -> str:
+    """The study's verdict over n targets from each target's failure form: AGREES when at least two thirds
+    fail deeply, PARTLY AGREES when the knowledge returns on at least two thirds, else DISAGREES."""
+    if not forms:
+        raise UserError("a verdict over targets needs at least one target with evaluated runs")
+    deep = sum(f == "deep" for f in forms)
+    back = sum(f in ("deep", "shallow") for f in forms)
+    if deep >= OVER_TARGETS * len(forms):
+        return "AGREES"
+    return "PARTLY AGREES" if back >= OVER_TARGETS * len(forms) else "DISAGREES"
+
+
 def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> list[str]:
     """Per training precision: which runs show the paper's failure, and whether that agrees with the
     paper (pure bf16 at a small learning rate: knowledge returns; fp32, mixed and SURE: it holds).
@@ -138,15 +180,14 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
         returns = [v for v in judged if v["verdict"] is Verdict.RETURNS]
         parts = [f"{dtype} regime, 4-bit = {', '.join(four) or 'none'}: knowledge returns for {len(returns)} of "
                  f"{len(vs)} runs" + (f" ({'; '.join(v['label'] for v in returns)})" if returns else "")]
-        expect_return = [v for v in judged if dtype == "bf16" and constrained(v["method"]) and v["method"] != "sure"]
+        expect_return = expected_failures(judged) if dtype == "bf16" else []
         expect_hold = [v for v in judged if v not in expect_return and (dtype != "bf16" or v["method"] == "sure")]
         if expect_return:
-            hits = [v for v in expect_return if v["verdict"] is Verdict.RETURNS]
+            hits, deep = returned(expect_return), deep_failures(expect_return)
             full = mean([v["retained"]["mean"] for v in expect_return])
-            deep = [v for v in hits if v["retained"]["mean"] <= FORGOT_ENOUGH
-                    and (v["utility_kept"] is None or v["utility_kept"] >= UTILITY_KEPT)]
             utility = mean([v["utility_kept"] for v in expect_return])
-            if len(deep) >= max(1, (len(expect_return) + 1) // 2):
+            form = failure_form(expect_return)
+            if form == "deep":
                 word = "AGREES with the paper's failure"
             elif tiny and hits:
                 word = "SHALLOW FORM of the paper's failure, as expected at this size"
@@ -160,7 +201,7 @@ def regime_lines(verdicts: list[dict], four: list[str], tiny: bool = False) -> l
                          f"{percent(FORGOT_ENOUGH)} at full precision while keeping at least {percent(UTILITY_KEPT)} of the "
                          f"target's KnowMem_r; mean retained here {fmt(full, True)}, paper 21%; mean utility kept "
                          f"{fmt(utility, True)})")
-            if tiny and len(deep) < max(1, (len(expect_return) + 1) // 2):
+            if tiny and form != "deep":
                 parts.append(SHALLOW_AT_THIS_SIZE)
         if expect_hold:
             held = [v for v in expect_hold if v["verdict"] is Verdict.HOLDS]
