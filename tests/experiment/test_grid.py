@@ -16,7 +16,7 @@ from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.errors import UserError
 from unlearn_audit.experiment import grid as grid_mod
 from unlearn_audit.experiment.config import GridConfig, build_config, demo_config, load_grid
-from unlearn_audit.experiment.ledger import Ledger
+from unlearn_audit.experiment.ledger import Ledger, located
 from unlearn_audit.experiment.report import render
 from unlearn_audit.scoring import fmt
 
@@ -150,7 +150,7 @@ def test_a_grid_utility_floor_stops_unlearning(micro_world, micro_target, micro_
     runner = grid_mod.GridRunner(build_config(GridConfig, grid), tmp_path / "run", show=False)
     assert runner.run() == {"done": len(runner.cells)}
     unlearned = next(c for c in runner.ledger.cells("unlearn"))
-    info = read_model_json(unlearned.result["path"], "unlearn.json")
+    info = read_model_json(located(tmp_path / "run", unlearned.result)["path"], "unlearn.json")
     assert info["chosen_epoch"] == 1 and "fell below the utility floor 101.00" in info["chosen_reason"]
     assert [e["epoch"] for e in info["epochs"]] == [1] and "knowmem_r" in info["epochs"][0]["metrics"]
 
@@ -356,7 +356,7 @@ def test_grid_from_a_pretrained_base_fine_tunes_its_target_and_control(run_cli, 
     corpus = Corpus(micro_world)
     retain, forget = len(corpus.raw("retain")), len(corpus.raw("forget"))
     for role, texts in (("target", forget + retain), ("retrained", retain)):
-        info = json.loads((Path(models[role].result["path"]) / "finetune.json").read_text())
+        info = json.loads((Path(located(tmp_path / "run", models[role].result)["path"]) / "finetune.json").read_text())
         assert (info["role"], info["base_model"], info["texts"]) == (role, str(micro_target), texts)
     assert all(c.status == "done" for c in ledger.cells())
     with pytest.raises(UserError, match="not both"):
@@ -465,3 +465,26 @@ def test_a_grid_run_as_shards_merges_into_the_single_process_report(run_cli, mic
         assert (tmp_path / "merged" / name).read_text() == (tmp_path / "whole" / name).read_text(), name
     with pytest.raises(UserError, match="holds shard 0/3"):  # a folder keeps the shard it was made for
         grid_mod.run_grid(cfg, tmp_path / "shard0", show=False, shard=(1, 3))
+
+
+def test_a_run_folder_resumes_from_another_working_directory_and_after_a_move(run_cli, micro_world, micro_target,
+                                                                             micro_retrained, tmp_path, monkeypatch):
+    """The ledger keeps the paths of what a grid wrote relative to its run folder: a relative --out resumed
+    from elsewhere, or a moved folder, finds its models instead of training them again."""
+    import re
+    import shutil
+
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga_gdr"], schemes=["full"],
+                                                               bins_schemes=[])))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("grid", "--config", "g.yaml", "--out", "run", "--quiet")[0] == 0
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    (unlearned,) = ledger.cells("unlearn")
+    ledger.close()
+    assert not Path(unlearned.result["path"]).is_absolute() and (tmp_path / "run" / unlearned.result["path"]).is_dir()
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "moved")
+    assert code == 0 and not re.search(r"^\[\d+/\d+\]", out, re.M), out  # no cell ran again
+    assert "GA_GDR" in (tmp_path / "moved" / "report.md").read_text()

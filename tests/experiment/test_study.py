@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from unlearn_audit.errors import UserError
-from unlearn_audit.experiment.ledger import Ledger
+from unlearn_audit.experiment.ledger import Ledger, located
 from unlearn_audit.experiment.report.verdicts import failure_form, verdict_over_targets
 from unlearn_audit.experiment.study import study_grids, summarise, target_name, target_options
 from unlearn_audit.scoring import Verdict
@@ -111,7 +111,7 @@ def test_demo_targets_runs_each_target_in_its_folder_and_judges_over_them(run_cl
     assert [t["target"] for t in result["targets"]] == ["seed0", "seed1"]
     for seed, name in enumerate(("seed0", "seed1")):
         ledger = Ledger(tmp_path / "study" / name / "ledger.sqlite")
-        infos = [json.loads((Path(c.result["path"]) / "finetune.json").read_text())
+        infos = [json.loads((Path(located(tmp_path / "study" / name, c.result)["path"]) / "finetune.json").read_text())
                  for c in ledger.cells() if c.kind == "model"]
         ledger.close()
         assert sorted((i["role"], i["config"]["seed"]) for i in infos) == [("retrained", seed), ("target", seed)]

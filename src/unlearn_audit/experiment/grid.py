@@ -30,7 +30,7 @@ from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 from ..utils.threads import default_threads, torch_threads
 from .config import GridConfig
-from .ledger import Ledger, PlannedCells
+from .ledger import Ledger, PlannedCells, located, portable
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class GridRunner:
         cell = self.ledger.get(cell_id)
         if cell.status != "done":
             raise RuntimeError(f"cell {cell_id} is not finished")
-        return cell.result
+        return located(self.run_dir, cell.result)
 
     def run(self) -> dict[str, int]:
         """Run until every cell is done or failed; returns the ledger's status counts.
@@ -306,7 +306,7 @@ class GridRunner:
         except Exception as exc:  # a bug: keep the traceback in the ledger and go on with the other cells
             return self.failed(c, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         seconds = time.time() - started
-        self.ledger.finish(c.id, result, seconds)
+        self.ledger.finish(c.id, portable(self.run_dir, result), seconds)
         done = self.counts().get("done", 0)  # counted at finish: right with long cells and several workers
         self.say(f"[{done}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s){self.eta()}")
         return "ran"
@@ -341,7 +341,7 @@ class GridRunner:
 
     def outputs_present(self, cell) -> bool:
         """A finished model cell whose folder was deleted (e.g. a cleared cache) must run again."""
-        path = (cell.result or {}).get("path")
+        path = located(self.run_dir, cell.result).get("path")
         if cell.kind in ("model", "unlearn") and path and not Path(path).is_dir():
             self.ledger.reset(cell.id)
             return False

@@ -183,3 +183,24 @@ class PlannedCells:
         for c in self.cells():
             out[c.status] = out.get(c.status, 0) + 1
         return out
+
+
+def located(run_dir: Path, result: dict | None) -> dict:
+    """A stored result whose `path` is relative to its run folder, with that path made usable from any
+    working directory (a path stored before results were portable, relative to where it ran, is kept)."""
+    path = (result or {}).get("path")
+    if not path or Path(path).is_absolute() or not (Path(run_dir) / path).exists():
+        return result or {}
+    return {**result, "path": str(Path(run_dir) / path)}
+
+
+def portable(run_dir: Path, result: dict) -> dict:
+    """The result as the ledger stores it: a `path` inside the run folder relative to it, so the folder can
+    be resumed from another working directory, or moved."""
+    path = result.get("path") if isinstance(result, dict) else None
+    if not path:
+        return result
+    try:
+        return {**result, "path": str(Path(path).resolve().relative_to(Path(run_dir).resolve()))}
+    except ValueError:  # outside the run folder (the user's own model or corpus): as given
+        return result

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from ...errors import UserError
 from ...utils.io import atomic_write_json, atomic_write_text, read_json
-from ..ledger import Ledger
+from ..ledger import Ledger, located
 
 
 def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
     """`report --out OUT RUN...`: one run folder holding the cells of several (the shards of one grid):
     every finished or failed cell, the grid's config and the bins plots; refuses folders of other grids."""
+    import dataclasses
     import shutil
 
     from ..config import load_grid
@@ -33,7 +34,8 @@ def merge_run_folders(out: str | Path, runs: list[str | Path]) -> Path:
     for r in runs:
         for cell in Ledger(r / "ledger.sqlite").cells():
             if cell.status in ("done", "failed"):  # in the grid's own order, as one process would list them
-                merged.copy_in(cell, order.get(cell.id, len(order)))
+                here = dataclasses.replace(cell, result=located(r.resolve(), cell.result) if cell.result else None)
+                merged.copy_in(here, order.get(cell.id, len(order)))  # models stay in the shard's folder
         if (r / "bins").is_dir():
             shutil.copytree(r / "bins", out / "bins", dirs_exist_ok=True)
     atomic_write_text(out / "config.yaml", (runs[0] / "config.yaml").read_text())
