@@ -488,3 +488,34 @@ def test_a_run_folder_resumes_from_another_working_directory_and_after_a_move(ru
     code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "moved")
     assert code == 0 and not re.search(r"^\[\d+/\d+\]", out, re.M), out  # no cell ran again
     assert "GA_GDR" in (tmp_path / "moved" / "report.md").read_text()
+
+
+def test_degrid_fine_tunes_the_base_on_another_world_first_and_reports_how_far_it_moved(run_cli, micro_world,
+                                                                                      micro_target, tmp_path):
+    """`degrid:` moves the base off its grid before the target and control are fine-tuned from it: on a world
+    of another seed (none of the grid's texts), with the loss and the weights' movement in the report."""
+    ft = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64}
+    cfg = micro_grid(micro_world, recipe={}, base=str(micro_target), methods=["ga"], schemes=["full"], bins_schemes=[],
+                     finetune=ft, degrid={**ft, "world_seed": 7})
+    cfg.update(corpus=None, world={"people": 20, "seed": 3})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    cells = ledger.cells("model")
+    (moved,) = [c for c in cells if c.config.get("degrid")]
+    corpus = {c.id: c for c in ledger.cells("corpus")}
+    assert corpus[moved.config["corpus"]].config["world"]["seed"] == 7  # not the grid's world
+    others = [c for c in cells if c is not moved]
+    assert len(others) == 2 and all(c.config["base_cell"] == moved.id and moved.id in c.deps for c in others)
+    for c in others:  # the target and the control start from the de-gridded base
+        info = json.loads((Path(located(tmp_path / "run", c.result)["path"]) / "finetune.json").read_text())
+        assert info["base_model"] == located(tmp_path / "run", moved.result)["path"]
+    d = moved.result["degrid"]
+    ledger.close()
+    assert len(d["loss"]) == 1 and 0 < d["changed_share"] <= 1 and d["relative_change"] > 0
+    assert "## The base moved off its quantization grid" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(UserError, match="world_seed must differ"):
+        planned({**cfg, "degrid": {**ft, "world_seed": 3}})
+    with pytest.raises(UserError, match="need `base`"):
+        planned({**cfg, "base": None, "finetune": {}})

@@ -43,7 +43,7 @@ def corpus_cell(runner, cell) -> dict:
         from ..config import build_config
 
         world = build_config(WorldConfig, dict(cell.config["world"]), source="grid world options")
-        corpus = Corpus(write_world(world, runner.run_dir / "corpus"))
+        corpus = Corpus(write_world(world, runner.run_dir / cell.config.get("folder", "corpus")))
     return {"path": str(corpus.root), "name": corpus.name, "content_hash": corpus.content_hash}
 
 
@@ -71,8 +71,37 @@ def finetuned_model(runner, cell, corpus: Corpus) -> dict:
 
     cfg = cell.config
     ft = build_config(FinetuneConfig, {**cfg["finetune"], "role": cfg["role"]}, source="grid finetune options")
-    path = finetune(cfg["base"], corpus, ft, runner.run_dir / "models" / cell.id, show=False)
-    return {"path": str(path), "role": cfg["role"], "seed": ft.seed, "base": cfg["base"]}
+    base = runner.result(cfg["base_cell"])["path"] if "base_cell" in cfg else cfg["base"]
+    path = finetune(base, corpus, ft, runner.run_dir / "models" / cell.id, show=False)
+    result = {"path": str(path), "role": cfg["role"], "seed": ft.seed, "base": cfg["base"]}
+    if cfg.get("degrid"):
+        result["degrid"] = degrid_record(cfg["base"], path)
+    return result
+
+
+def degrid_record(base: str, moved: Path) -> dict:
+    """What the de-gridding fine-tune did: its loss per epoch, and how far the weights moved from the base's
+    (relative L2 change, and the share of weights that changed at all: those still on the base's grid)."""
+    from ..models.loading import read_model_json, resolve
+    from ..quantize.bins import ShardedWeights
+
+    loss = [e.get("text_loss") for e in read_model_json(moved, "train.json").get("epochs", [])]
+    folder = Path(str(resolve(base)))
+    if not folder.is_dir():  # a hub id or a .gguf file: no local weights to compare with
+        return {"loss": loss, "changed_share": None, "relative_change": None}
+    before, after = ShardedWeights(folder), ShardedWeights(moved)
+    changed = total = 0
+    diff2 = norm2 = 0.0
+    for name in after.names():
+        if name not in before.names():
+            continue
+        a, b = before.tensor(name).float(), after.tensor(name).float()
+        changed += int((a != b).sum())
+        total += a.numel()
+        diff2 += float(((b - a) ** 2).sum())
+        norm2 += float((a ** 2).sum())
+    return {"loss": loss, "changed_share": changed / max(total, 1),
+            "relative_change": (diff2 / norm2) ** 0.5 if norm2 else None}
 
 
 def matched_recipe(target: str, corpus: Corpus) -> TinyRecipe:

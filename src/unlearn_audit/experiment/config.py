@@ -15,6 +15,7 @@ from ..errors import UserError
 
 HERE = Path(__file__).parent
 RUN_KEYS = ("method", "dtype", "learning_rate", "seeds")  # what each explicit run of `runs:` must name
+DEGRID_WORLD_SEED = 1000  # the world a de-gridding fine-tune reads: not the grid's (its seed is small)
 
 
 @dataclass
@@ -31,6 +32,11 @@ class GridConfig:
         "help": "a pretrained model (hub id, folder, .gguf, package:smollm2) the grid fine-tunes into its target (forget + "
                 "retain texts) and retrained model (retain texts only), instead of training tiny models"})
     finetune: dict = field(default_factory=dict, metadata={"help": "fine-tuning options for `base` (see `finetune --help`)"})
+    degrid: dict = field(default_factory=dict, metadata={
+        "help": "move `base` off the quantization grid it ships on (package:smollm2 is Q4_1) before fine-tuning: "
+                "fine-tune it on a world the grid does not use (the same generator with `world_seed`, default "
+                f"{DEGRID_WORLD_SEED}) with these fine-tuning options, e.g. {{epochs: 1, learning_rate: 1.0e-4}}; the "
+                "target and retrained model start from it, and the report shows its loss and how far it moved"})
     methods: list[str] = field(default_factory=lambda: ["ga_gdr", "npo_klr"])
     learning_rates: list[float] = field(default_factory=lambda: [1e-5])
     dtypes: list[str] = field(default_factory=lambda: ["bf16"])
@@ -157,8 +163,8 @@ class GridConfig:
     def validate_base(self) -> None:
         """`base` replaces the tiny models: it excludes your own target and the tiny recipe."""
         if self.base is None:
-            if self.finetune:
-                raise UserError("finetune options need `base` (the pretrained model to fine-tune)")
+            if self.finetune or self.degrid:
+                raise UserError("finetune and degrid options need `base` (the pretrained model to fine-tune)")
             return
         from ..models.packaged import check_packaged, is_packaged
 
@@ -175,6 +181,23 @@ class GridConfig:
         if "role" in opts:
             raise UserError("finetune: `role` is set by the grid (it fine-tunes both the target and the retrained model)")
         build_config(FinetuneConfig, opts, source="grid finetune options").validate()
+        if self.degrid:
+            self.validate_degrid()
+
+    def validate_degrid(self) -> None:
+        from ..config import build_config
+        from ..training.finetune import FinetuneConfig
+
+        opts = {k: v for k, v in self.degrid.items() if k != "world_seed"}
+        if "role" in opts:
+            raise UserError("degrid: `role` is set by the grid (the de-gridding fine-tune reads every text of its world)")
+        if self.degrid_world().get("seed") == self.world.get("seed", 0) and self.corpus is None:
+            raise UserError("degrid: world_seed must differ from the grid's world seed (the base must not see its texts)")
+        build_config(FinetuneConfig, opts, source="grid degrid options").validate()
+
+    def degrid_world(self) -> dict:
+        """The world options of the de-gridding fine-tune: the grid's world under another seed, no validation split."""
+        return {**self.world, "seed": self.degrid.get("world_seed", DEGRID_WORLD_SEED), "validation_share": 0.0}
 
     @property
     def tiny_models(self) -> bool:

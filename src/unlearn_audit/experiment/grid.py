@@ -95,10 +95,22 @@ def axis_points(cfg: GridConfig) -> list[dict]:
     return points
 
 
+def degrid_cells(cfg: GridConfig) -> list[CellSpec]:
+    """The world and the fine-tune that move `base` off its quantization grid (none without `degrid`)."""
+    if not cfg.degrid:
+        return []
+    world = spec("corpus", {"world": cfg.degrid_world(), "folder": "corpus-degrid"}, [], "de-gridding world")
+    options = {k: v for k, v in cfg.degrid.items() if k != "world_seed"}
+    model = spec("model", {"role": "target", "base": cfg.base, "finetune": options, "corpus": world.id, "degrid": True},
+                 [world.id], "de-gridded base")
+    return [world, model]
+
+
 def model_cells(cfg: GridConfig, corpus: CellSpec, seed: int) -> dict[str, CellSpec]:
     """The target and retrained model cells a run of this seed starts from."""
     recipe = {**cfg.recipe, "seed": seed} if cfg.seed_scope == "all" else cfg.recipe
     tag = f" seed={seed}" if cfg.seed_scope == "all" else ""
+    degrid = degrid_cells(cfg)[1:]
     out = {}
     for role in ("target", "retrained"):
         own = getattr(cfg, role)
@@ -106,12 +118,12 @@ def model_cells(cfg: GridConfig, corpus: CellSpec, seed: int) -> dict[str, CellS
             config = {"role": role, "path": own}
         elif cfg.base:  # the seed of fine-tuning is the data order; seed_scope 'all' re-draws it
             config = {"role": role, "base": cfg.base, "finetune": {**cfg.finetune, **({"seed": seed} if tag else {})},
-                      "corpus": corpus.id}
+                      "corpus": corpus.id, **({"base_cell": degrid[0].id} if degrid else {})}
         elif role == "retrained" and cfg.target:  # trained with the recipe the user's tiny target records
             config = {"role": role, "matched_to": cfg.target, "corpus": corpus.id}
         else:
             config = {"role": role, "recipe": recipe, "corpus": corpus.id}
-        out[role] = spec("model", config, [corpus.id], role + tag)
+        out[role] = spec("model", config, [corpus.id, *(c.id for c in degrid if "base_cell" in config)], role + tag)
     return out
 
 
@@ -120,6 +132,7 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     cells: list[CellSpec] = []
     corpus = spec("corpus", {"path": cfg.corpus} if cfg.corpus else {"world": cfg.world}, [], "corpus")
     cells.append(corpus)
+    cells.extend(degrid_cells(cfg))
     model_seeds = cfg.seeds if cfg.seed_scope == "all" else cfg.seeds[:1]
     models = {seed: model_cells(cfg, corpus, seed) for seed in model_seeds}
     for pair in models.values():

@@ -23,6 +23,7 @@ from .rows import aggregate, bins_by_label, bins_rows, is_quantization, label_ro
 from .tables import (
     attack_table,
     bins_lines,
+    degrid_lines,
     environment_lines,
     failures,
     model_quality,
@@ -60,6 +61,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "agreement": regime_lines(verdicts, four_bit(schemes), tiny),
             "bins": bins_lines(brows),
             "quality": model_quality(ledger),
+            "degrid": degrid_lines(ledger),
             "target_quantized": target_under_quantization(agg, schemes),
             "failures": failures(ledger),
             "benchmarks": other_benchmarks(rows, schemes),
@@ -119,6 +121,8 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
         md += ["", "## Weight bins: does the update survive quantization?", ""] + pieces["bins"]
     if pieces["quality"]:
         md += ["", "## Tiny models", ""] + pieces["quality"]
+    if pieces["degrid"]:
+        md += ["", "## The base moved off its quantization grid", ""] + pieces["degrid"]
     if plot:
         md += ["", "## Plots", ""]
         md += [f"![retained by method and precision]({bars.name})", ""] if bars else []

@@ -224,6 +224,19 @@ def model_quality(ledger) -> list[str]:
     return out
 
 
+def degrid_lines(ledger) -> list[str]:
+    """The de-gridded base (grid option `degrid`): its fine-tune's loss per epoch and how far it moved."""
+    out = []
+    for cell in ledger.cells("model"):
+        d = (cell.result or {}).get("degrid") if cell.status == "done" else None
+        if d:
+            moved = ("" if d["changed_share"] is None else f"; {percent(d['changed_share'])} of its weights changed, "
+                     f"relative L2 change {d['relative_change']:.2e}")
+            out.append(f"- `{cell.result['base']}` fine-tuned on a world the grid does not use before the target and "
+                       f"the retrained model: loss per epoch {', '.join(f'{x:.3f}' for x in d['loss'])}{moved}")
+    return out
+
+
 def failures(ledger) -> list[str]:
     """Failed cells with their error, and planned cells no run has finished (a shard not merged, a run
     stopped early): listed, never silently dropped."""
