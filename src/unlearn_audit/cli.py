@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bins", help="weight-bin analysis: does the unlearning update survive quantization?")
     p.add_argument("--target", required=True, help="target model folder (safetensors)")
     p.add_argument("--unlearned", required=True, help="unlearned model folder (safetensors)")
-    p.add_argument("--scheme", default="rtn-int4-g128", help="rtn-* or bnb-* scheme (default rtn-int4-g128)")
+    p.add_argument("--scheme", default="rtn-int4-g128", help="a scheme bins can reproduce from the weights: rtn-*, bnb-*, gguf-* without an imatrix, fp8-e4m3, fp8-e4m3-tensor, mxfp4, nvfp4 (default rtn-int4-g128)")
     p.add_argument("--lr", type=float, help="unlearning learning rate: reports the bf16 cap against the bins")
     p.add_argument("--out", help="folder for bins.json, bins.md and bins.png")
     p.add_argument("--corpus", help="corpus whose forget texts weight the update by the forget loss's gradient: "

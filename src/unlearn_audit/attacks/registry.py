@@ -110,6 +110,11 @@ class AttackFamily:
         """Refuse, before any model is loaded, an attack the corpus cannot support (one-line UserError)."""
 
     @classmethod
+    def reads_config(cls, attack: Attack) -> bool:
+        """Whether `check_model` needs the model's config (loaded once, before any evaluation)."""
+        return "layer" in attack.params
+
+    @classmethod
     def check_model(cls, attack: Attack, config) -> None:
         """Refuse, from the model's config alone, a `layer` parameter beyond the model's blocks."""
         layer, layers = attack.params.get("layer"), getattr(config, "num_hidden_layers", None)

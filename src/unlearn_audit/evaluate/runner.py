@@ -328,6 +328,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
               "details": res["details"], "model_hash": identity["model"], "corpus_hash": corpus.content_hash,
               "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
               "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": adapter,
+              "quantization": getattr(model, "quantization_record", None),
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
               "unlearn_audit_version": __version__, "environment": environment()}
     atomic_write_json(out / "metrics.json", record)

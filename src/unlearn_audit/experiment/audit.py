@@ -309,7 +309,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
     Returns the report with `exit_code`."""
     bench = resolve_benchmark(cfg.benchmark, corpus)
     attacks = cfg.validate(retrained is not None, bench, say)
-    config = model_config(target, load) if any("layer" in a.params for a in attacks) else None
+    config = model_config(target, load) if any(a.impl.reads_config(a) for a in attacks) else None
     for a in attacks:
         a.impl.check_corpus(a, corpus, bench)
         a.impl.check_model(a, config)

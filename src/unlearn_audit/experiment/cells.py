@@ -209,8 +209,9 @@ def eval_cell(runner, cell) -> dict:
         res["metrics"]["privleak"] = 0.0
     for name in cfg.get("benchmarks", []):
         add_benchmark(res, name, model, tok, corpus, ecfg, runner, cell)
+    applied = getattr(model, "quantization_record", None)  # per tensor for gguf schemes
     return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
-            "details": res["details"], "seconds": res["seconds"]}
+            "details": res["details"], "seconds": res["seconds"], **({"quantization": applied} if applied else {})}
 
 
 def add_benchmark(res: dict, name: str, model, tok, corpus, ecfg: EvalConfig, runner, cell) -> None:

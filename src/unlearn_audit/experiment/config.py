@@ -93,7 +93,8 @@ class GridConfig:
             self.check_attack(a)
         for s in self.bins_schemes:
             if not parse_scheme(s).analysable:
-                raise UserError(f"bins_schemes: {s} depends on calibration data; use rtn-* or bnb-* schemes")
+                raise UserError(f"bins_schemes: {s} depends on calibration data or activations; use a scheme bins can "
+                                "reproduce from the weights (rtn-*, bnb-*, gguf-* without an imatrix, fp8-e4m3, mxfp4, nvfp4)")
         unknown = set(self.method_overrides) - set(self.methods)
         if unknown:
             raise UserError(f"method_overrides names method(s) not in the grid: {', '.join(sorted(unknown))}")

@@ -7,7 +7,12 @@
           load_in_8bit.
   gptq-*, awq-*  llmcompressor `oneshot`, calibrated on the corpus's retain texts (no hub data).
   hqq-*   HQQ's calibration-free quantizer.
-Libraries are imported lazily; a missing one is a one-line error naming the extra to install.
+  gguf-*  every weight replaced by what llama-quantize's file type holds (gguf.py; `gguf` package for the
+          dequantizer), with an importance matrix from the corpus's retain or forget texts or a file.
+  fp8-*, mxfp4, nvfp4  Linear weights replaced by their float-format quantize-dequantize (floats.py);
+          fp8-dynamic also casts each Linear's input per token at run time.
+Libraries are imported lazily; a missing one is a one-line error naming the extra to install. A model
+quantized here carries `quantization_record` (what was applied, per tensor for gguf) for the records.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from .schemes import Scheme, parse_scheme
 log = logging.getLogger(__name__)
 
 EXTRAS = {"bnb": ("bitsandbytes", "bnb"), "gptq": ("llmcompressor", "gptq"), "awq": ("llmcompressor", "gptq"),
-          "hqq": ("hqq", "hqq")}
+          "hqq": ("hqq", "hqq"), "gguf": ("gguf", "gguf")}
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,51 @@ def load_hqq(spec, q: Quantization):
     return apply_hqq(load_model(spec, q.dtype, q.load, q.device), q.scheme)
 
 
+@register_backend("gguf")
+def load_gguf_twin(spec, q: Quantization):
+    from . import gguf
+    from .bins import stored_dtype
+
+    require("gguf")
+    gguf.check_model(spec, q.load)  # a model llama.cpp's converter does not know: refused before loading
+    stored = stored_dtype(spec, q.load)
+    model = load_model(spec, q.dtype, q.load, q.device)
+    matrix, info = importance_matrix(model, q)
+    types = gguf.apply_gguf(model, q.scheme, stored, matrix)
+    model.quantization_record = {
+        "scheme": q.scheme.name, "gguf_types": types, "applied": gguf.applied_label(q.scheme.name, types),
+        "gguf_source_type": gguf.source_type(stored), "llama_cpp_commit": gguf.LLAMA_CPP_COMMIT,
+        "imatrix": None if matrix is None else {"source": q.scheme.imatrix, **info}}
+    return model
+
+
+def importance_matrix(model, q: Quantization) -> tuple[dict | None, dict]:
+    """The scheme's importance matrix for the loaded (unquantized) model: computed on the calibration texts
+    (the corpus part it names) or read from its file; (None, {}) without one."""
+    from . import imatrix
+
+    source = q.scheme.imatrix
+    if source is None:
+        return None, {}
+    if source not in ("retain", "forget"):
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        return imatrix.imatrix_for_model(source, shapes), {"file": str(source)}
+    if q.tokenizer is None or not q.calibration_texts:
+        raise UserError(f"{q.scheme.name} computes its importance matrix on the corpus's {source} texts: pass a corpus")
+    return imatrix.compute_imatrix(model, q.tokenizer, q.calibration_texts)
+
+
+@register_backend("fp8", "mxfp4", "nvfp4")
+def load_float(spec, q: Quantization):
+    from .floats import apply_float
+
+    model = load_model(spec, q.dtype, q.load, q.device)
+    formats = apply_float(model, q.scheme.kind, target_linears(model, q.opts))
+    model.quantization_record = {"scheme": q.scheme.name, "formats": formats,
+                                 "activations": "fp8 e4m3 per token, at run time" if q.scheme.kind == "dynamic" else None}
+    return model
+
+
 @register_backend("gptq", "awq")
 def load_llmcompressor(spec, q: Quantization):
     if q.tokenizer is None or not q.calibration_texts:
@@ -336,23 +386,38 @@ def quantized_model(
 
 def quantization_record(model, scheme: Scheme, opts: QuantizeOptions) -> dict:
     """What `quantize` writes to quantization.json about the layers: which were quantized and which a
-    group-wise scheme could not cover with whole groups."""
+    group-wise scheme could not cover with whole groups; for gguf schemes the type of every tensor
+    (`gguf_types`) and the label of what was applied."""
+    twin = scheme.family in ("rtn", "gguf", "fp8", "mxfp4", "nvfp4")
+    gguf = scheme.family == "gguf"  # llama.cpp quantizes the embeddings and the head (or the tied embedding)
     return {"scheme": scheme.name, "family": scheme.family, "bits": scheme.bits, "group_size": scheme.group_size,
-            "embeddings_quantized": opts.include_embeddings, "lm_head_quantized": opts.include_lm_head,
-            "storage": "dequantized weights (quantize-dequantize)" if scheme.family == "rtn" else "library format",
-            "partial_last_group": partial_groups(model, scheme, opts) if scheme.family == "rtn" else {}}
+            "embeddings_quantized": gguf or opts.include_embeddings, "lm_head_quantized": gguf or opts.include_lm_head,
+            "storage": "dequantized weights (quantize-dequantize)" if twin else "library format",
+            "partial_last_group": partial_groups(model, scheme, opts) if scheme.family == "rtn" else {},
+            **getattr(model, "quantization_record", {})}
 
 
 def calibration_for(scheme: str | Scheme, corpus) -> list[str] | None:
-    """Retain texts (never the forget set) for schemes that calibrate (GPTQ/AWQ); None for the others."""
+    """Retain texts (never the forget set) for schemes that calibrate (GPTQ/AWQ); for a gguf scheme's importance
+    matrix the part it names (retain or forget); None for the others. A missing part is refused here, before
+    any model is loaded."""
     if scheme == "full":
         return None
     s = parse_scheme(scheme) if isinstance(scheme, str) else scheme
-    if s.family not in ("gptq", "awq"):
+    part = "retain" if s.family in ("gptq", "awq") else s.imatrix if s.imatrix in ("retain", "forget") else None
+    if part is None:
         return None
     if corpus is None:
-        raise UserError(f"{s.name} calibrates on data: pass --calibration CORPUS (its retain texts are used)")
-    return corpus.raw("retain")
+        raise UserError(f"{s.name} calibrates on data: pass --calibration CORPUS (its {part} texts are used)")
+    check_calibration_part(s, corpus, part)
+    return corpus.raw(part)
+
+
+def check_calibration_part(s: Scheme, corpus, part: str) -> None:
+    """One line naming the corpus file a calibrated scheme needs when the corpus lacks it."""
+    path = corpus.root / "raw" / f"{part}.json"
+    if not path.is_file():
+        raise UserError(f"{s.name} calibrates on the corpus's {part} texts, but {path} does not exist")
 
 
 def model_at(spec: str | Path, scheme: str, load: LoadOptions | None = None, opts: QuantizeOptions | None = None,
@@ -390,6 +455,9 @@ def quantize_to_folder(model_path, scheme: Scheme, out: str | Path, opts, qopts:
     from .. import __version__
     from ..models.loading import model_fingerprint
 
+    if scheme.kind == "dynamic":
+        raise UserError(f"{scheme.name} casts activations at run time, which a folder of weights cannot hold; "
+                        f"evaluate it directly (eval --quantize {scheme.name}, audit quant:{scheme.name})")
     started = time.time()
     model = quantized_model(model_path, scheme, opts, qopts, dtype, device, tokenizer, calibration)
     record = {**quantization_record(model, scheme, qopts), "source_model": str(model_path),

@@ -17,6 +17,14 @@ the safetensors shards (a 7B pair needs a few chunk buffers, not whole models):
   histograms of |dw| / Delta and |w_t| / Delta over the changed weights (Delta: the target's step)
 With `lr`, the bf16 cap: an AdamW step of size lr only survives bf16 rounding for |w| below
 2^ceil(log2(lr) + 8); when that cap lies inside the zero bin, the bf16 update cannot leave it.
+
+Which tensors and how follow the scheme (`select_tensors`, `TensorSchemes`): RTN, bitsandbytes and the
+float formats quantize the Linear weights (embeddings and the head on request); a gguf scheme every tensor
+llama-quantize changes, each with its own ggml type (embeddings and the head included); fp8-e4m3-tensor and
+nvfp4 first read each tensor's absmax (nvfp4: over q/k/v and gate/up together), since their scale is
+tensor-wide. For gguf and the float formats Delta is the step of the code a weight lands on (block and
+sub-block scale for gguf, the floating-point spacing times the scale for FP8 / FP4), and gguf codes are the
+dequantized values.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from ..errors import UserError
 from ..scoring import percent
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from . import bins_kernel
-from .schemes import Scheme, group_views, parse_scheme, quantize_groups
+from .schemes import Scheme, group_views, parse_scheme, precision_label, quantize_groups
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
 CHUNK_ELEMENTS = 1 << 19  # per chunk and model: a few MiB of float32 temporaries
@@ -130,6 +138,26 @@ class MergedWeights(ShardedWeights):
         return self.tensor(name)[start:stop]
 
 
+def stored_dtype(spec, load=None):
+    """The dtype the checkpoint at `spec` stores its weights in (what convert_hf_to_gguf reads): from the
+    safetensors headers of a local folder (its first weight matrix), else the config's dtype."""
+    from pathlib import Path
+
+    from ..models.loading import model_config, resolve
+    from ..models.spec import Kind
+
+    resolved = resolve(spec, load)
+    if resolved.kind is Kind.GGUF:
+        return "gguf"  # llama-quantize --allow-requantize dequantizes to f32
+    if resolved.kind in (Kind.FOLDER, Kind.ADAPTER) and Path(resolved.name).is_dir():
+        weights = open_weights(resolved.name)
+        matrices = [n for n in weights.names() if len(weights.shape(n)) >= 2]
+        if matrices:
+            return weights.dtype(matrices[0])
+    config = model_config(resolved)
+    return getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+
+
 def open_weights(folder: str | Path, merge_dtype: str = "auto"):
     """A model folder's tensors; a LoRA adapter folder's are its base's with the adapter merged exactly as
     loading merges it (models/adapters.py), so the forecast reads the weights evaluation runs."""
@@ -153,8 +181,28 @@ def quantized_by(name: str, shape, opts: BinsOptions) -> bool:
     return "lm_head" not in name or opts.include_lm_head
 
 
-def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> list[str]:
-    """2-D weights present in both models that the scheme quantizes (Linear layers by default)."""
+def config_tied(folder: Path) -> bool:
+    """Whether a model folder's config ties the output head to the token embedding."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and bool(__import__("json").loads(config.read_text()).get("tie_word_embeddings"))
+
+
+def first_matrix_dtype(w: ShardedWeights) -> str | None:
+    """The stored dtype of a model's first weight matrix (what convert_hf_to_gguf decides its output type by)."""
+    return next((w.dtype(n) for n in w.names() if len(w.shape(n)) >= 2), None)
+
+
+def gguf_types(s: Scheme, w: ShardedWeights) -> dict[str, str]:
+    """{tensor: ggml type} a gguf scheme gives the tensors of model folder `w`."""
+    from .gguf import types_for
+
+    shapes = {n: tuple(w.shape(n)) for n in w.names()}
+    return types_for(shapes, s.kind, config_tied(w.folder), s.imatrix is not None)
+
+
+def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions, scheme: Scheme | None = None) -> list[str]:
+    """2-D weights present in both models that the scheme quantizes (Linear layers by default; for a gguf
+    scheme every tensor llama-quantize changes)."""
     common = [n for n in a.names() if n in b.where]
     if not common:
         raise UserError("the two models share no tensor names; are they the same architecture?")
@@ -163,7 +211,11 @@ def select_tensors(a: ShardedWeights, b: ShardedWeights, opts: BinsOptions) -> l
         n = mismatched[0]
         raise UserError(f"{len(mismatched)} tensor(s) differ in shape between the two models (first: {n}, "
                         f"{a.shape(n)} vs {b.shape(n)}); compare an unlearned model with its own target")
-    picked = [n for n in common if quantized_by(n, a.shape(n), opts)]
+    if scheme is not None and scheme.family == "gguf":
+        types = gguf_types(scheme, a)
+        picked = [n for n in common if types.get(n, "f32") != "f32"]
+    else:
+        picked = [n for n in common if quantized_by(n, a.shape(n), opts)]
     if not picked:
         raise UserError("no quantizable 2-D weights found in both models")
     return picked
@@ -197,7 +249,7 @@ def update_mass(a: ShardedWeights, b: ShardedWeights, name: str, budget: int) ->
 
 
 def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_mass: float,
-             opts: BinsOptions) -> dict:
+             opts: BinsOptions, scheme: Scheme | None = None) -> dict:
     """What the analysis leaves out and how much of the update that is: every other tensor of the pair,
     with its share of the total update mass (sum |w_u - w_t|), and tied output heads stored only once."""
     left = []
@@ -208,14 +260,13 @@ def coverage(a: ShardedWeights, b: ShardedWeights, picked: list[str], analysed_m
     total = analysed_mass + sum(x["update_mass"] for x in left)
     for x in left:
         x["update_mass_share"] = x.pop("update_mass") / total if total > 0 else 0.0
-    config = a.folder / "config.json"
-    tied = config.is_file() and bool(__import__("json").loads(config.read_text()).get("tie_word_embeddings"))
     heads = [n for n in a.names() if "lm_head" in n]
     note = None
-    if tied and not heads:
+    if config_tied(a.folder) and not heads:
         embed = next((n for n in a.names() if "embed_tokens" in n or "wte" in n), "the input embedding")
-        note = (f"the output head is tied to {embed} (stored once): its update is that embedding's, "
-                "reported above, and quantizers keep it in full precision")
+        kept = ("llama.cpp quantizes that tensor as the head, analysed above" if scheme is not None
+                and scheme.family == "gguf" else "quantizers keep it in full precision")
+        note = f"the output head is tied to {embed} (stored once): its update is that embedding's, reported above, and {kept}"
     return {"analysed_update_mass_share": analysed_mass / total if total > 0 else 1.0,
             "not_analysed": left, "not_analysed_sq": sum(x["update_sq"] for x in left), "tied_output_head": note}
 
@@ -312,14 +363,16 @@ def fused(scheme: Scheme) -> bool:
     return scheme.family == "rtn" and bins_kernel.available()
 
 
-def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
-    """Statistics of one chunk of rows (target and unlearned, float32, or both bf16 for the fused kernel)."""
+def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None,
+                scheme_u: Scheme | None = None) -> Tally:
+    """Statistics of one chunk of rows (target and unlearned, float32, or both bf16 for the fused kernel);
+    `scheme_u`: the unlearned model's own resolution of the scheme where it differs (tensor-wide scales)."""
     if fused(scheme) and wt.dtype == wu.dtype:
         return tally_rtn_fused(wt, wu, scheme, cap)
     wt, wu = wt.float(), wu.float()
     t = Tally()
     for xt, xu in zip(group_views(wt, scheme), group_views(wu, scheme)):
-        tally_groups(t, xt, xu, scheme, cap)
+        tally_groups(t, xt, xu, scheme, cap, scheme_u)
     return t
 
 
@@ -368,13 +421,14 @@ def tally_rtn_fused(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: flo
     return t
 
 
-def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, cap: float | None) -> None:
+def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, cap: float | None,
+                 scheme_u: Scheme | None = None) -> None:
     """Add the statistics of groups (n, g) of target / unlearned weights to `t`.
 
     Few passes over the chunk: sums of masked values are dot products (BLAS, no gathered copies),
     and weights that did not change contribute zeros to every update sum without a mask."""
     ct, qt, step, half = quantize_groups(xt, scheme)
-    cu, qu, _, _ = quantize_groups(xu, scheme)
+    cu, qu, _, _ = quantize_groups(xu, scheme_u or scheme)
     delta = (xu - xt).reshape(-1)
     changed = delta != 0
     same_value = (qt == qu).reshape(-1)
@@ -398,7 +452,7 @@ def tally_groups(t: Tally, xt: torch.Tensor, xu: torch.Tensor, scheme: Scheme, c
         add_histograms(t, dw[sel], at.reshape(-1)[sel], unit.expand_as(xt)[sel // g, sel % g], n_changed)
     if cap is not None:
         t.movable += count(at < cap)
-        t.cap_inside += count(half > cap) * xt.shape[1]
+        t.cap_inside += count(half.expand_as(xt) > cap)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -424,13 +478,16 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
     opts = opts or BinsOptions()
     s = parse_scheme(scheme)
     if not s.analysable:
-        raise UserError(f"bins cannot analyse {s.name}: it depends on calibration data; use an rtn-* or bnb-* scheme")
+        why = "it quantizes activations at run time" if s.kind == "dynamic" else "it depends on calibration data"
+        raise UserError(f"bins cannot analyse {s.name}: {why}; use an rtn-*, bnb-*, gguf-* (without imatrix), "
+                        "fp8-e4m3, mxfp4 or nvfp4 scheme")
     if s.family == "rtn" and s.rtn.granularity == "tensor":
         raise UserError("bins streams row chunks; per-tensor RTN needs whole tensors: use -channel or -gN")
     if lr is not None and lr <= 0:
         raise UserError("--lr must be positive")
     a, b = open_weights(target), open_weights(unlearned)
-    names = select_tensors(a, b, opts)
+    names = select_tensors(a, b, opts, s)
+    resolve = TensorSchemes(s, a, b, opts)
     # a merged adapter's update was not made of capped bf16 steps on the weights: no cap applies
     cap = bf16_cap(lr) if lr and s.family != "cast" and not isinstance(b, MergedWeights) else None
     total, layers = Tally(), {}
@@ -440,14 +497,15 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         per = chunk_rows(shape, s, opts.chunk_elements)
         tensor = Tally()
         rounding = comparison_dtype(a.dtype(name), b.dtype(name))
+        st, su = resolve.target(name, rounding), resolve.unlearned(name)
         for wt, wu in chunk_pairs(a, b, name, per, rounding, raw=fused(s)):  # the kernel reads bf16 directly
-            tensor.add(tally_chunk(wt, wu, s, cap))
+            tensor.add(tally_chunk(wt, wu, st, cap, su))
         layers[name] = tensor.summary(cap is not None)
         total.add(tensor)
         if progress:
             progress(1)
     overall = total.summary(cap is not None)
-    cover = coverage(a, b, names, total.mass, opts)
+    cover = coverage(a, b, names, total.mass, opts, s)
     overall["projected_survival_quantized"] = overall["projected_survival"]
     overall["projected_survival"], overall["not_quantized_sq_share"] = whole_model_survival(total, cover, s)
     result = {
@@ -467,13 +525,64 @@ def analyse(target: str | Path, unlearned: str | Path, scheme: str, lr: float | 
         "partial_last_group": {n: a.shape(n)[1] for n in names
                                if s.family == "rtn" and s.rtn.granularity == "group" and a.shape(n)[1] % s.group_size},
     }
+    if s.family == "gguf":
+        from .gguf import applied_label
+
+        result["gguf_types"] = gguf_types(s, a)
+        result["applied"] = applied_label(s.name, result["gguf_types"])
     return result
+
+
+class TensorSchemes:
+    """The scheme resolved for each tensor of the target and of the unlearned model: a gguf tensor's type and
+    the converted file's type (each model's own, from its stored dtype), a tensor-wide absmax (each model's
+    own; for nvfp4 over its fused q/k/v or gate/up group) where the scale is tensor-wide."""
+
+    def __init__(self, scheme: Scheme, a: ShardedWeights, b: ShardedWeights, opts: BinsOptions):
+        from .floats import fused_groups
+
+        self.scheme, self.a, self.b, self.budget = scheme, a, b, opts.chunk_elements
+        self.types = gguf_types(scheme, a) if scheme.family == "gguf" else {}
+        self.groups = fused_groups(a.names()) if scheme.kind == "nvfp4" else {}
+        self.amax: dict = {}
+
+    def resolved(self, w: ShardedWeights, name: str, rounding: torch.dtype | None) -> Scheme:
+        from dataclasses import replace
+
+        from .gguf import source_type
+
+        s = self.scheme
+        if s.family == "gguf":
+            return replace(s, qtype=self.types[name], source=source_type(rounding or first_matrix_dtype(w)))
+        if not s.whole_tensor:
+            return s
+        top = max(self.absmax(w, n, rounding) for n in self.groups.get(name, [name]))
+        return replace(s, tensor_amax=top)
+
+    def absmax(self, w: ShardedWeights, name: str, rounding: torch.dtype | None) -> float:
+        """max |w| of one tensor as the analysis reads it (rounded like its rows), streamed by rows."""
+        key = (id(w), name, rounding)
+        if key not in self.amax:
+            rows, cols = w.shape(name)
+            per = max(1, self.budget // max(cols, 1))
+            self.amax[key] = max(float(w.rows(name, r, r + per, rounding).abs().max()) for r in range(0, rows, per))
+        return self.amax[key]
+
+    def target(self, name: str, rounding: torch.dtype | None) -> Scheme:
+        """The target's tensor, read rounded to `rounding` when the unlearned model is stored more coarsely."""
+        return self.resolved(self.a, name, rounding)
+
+    def unlearned(self, name: str) -> Scheme:
+        """The unlearned model's tensor, as stored."""
+        return self.resolved(self.b, name, None)
 
 
 def verdict(summary: dict, scheme: Scheme) -> str:
     """One line: does the update survive N-bit quantization? Decided by the survival along the update
     (it predicted the demo's measured recovery better than the erased mass: docs/findings.md)."""
     how = f"casting to {scheme.kind}" if scheme.family == "cast" else f"{scheme.bits}-bit quantization"
+    if scheme.family in ("gguf", "fp8", "mxfp4", "nvfp4"):
+        how = f"{precision_label(scheme.name)} quantization"
     if summary["changed_share"] == 0:
         return "no weight changed: the models are identical"
     share, survival = summary["erased_mass_share"], summary["projected_survival"]

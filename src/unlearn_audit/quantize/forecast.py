@@ -11,8 +11,9 @@ gradient g (its first-order Taylor term) asks instead how much of the *loss chan
     survival = <g, Q(u) - Q(t)> / <g, u - t>,   forecast = 1 - survival
 
 with g the mean of the gradients at t and at u (the trapezoid rule along the update, exact for a quadratic
-loss). Q is the same torch twin `bins` uses (RTN, bitsandbytes' FP4/NF4 codebooks, casts), applied to the
-2-D weights the quantizer quantizes; the other tensors keep their update (Q = identity). It needs one
+loss). Q is the same torch twin `bins` uses (RTN, bitsandbytes' FP4/NF4 codebooks, casts, gguf file types,
+FP8 / MXFP4 / NVFP4), resolved per tensor as `bins` resolves it, applied to the tensors the quantizer
+quantizes; the other tensors keep their update (Q = identity). It needs one
 forward and backward pass of the forget texts through each model, and both models with their gradients in
 memory (4 x 4 bytes a parameter in fp32).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .bins import BinsOptions, comparison_dtype, open_weights, quantized_by
+from .bins import BinsOptions, TensorSchemes, comparison_dtype, gguf_types, open_weights, quantized_by
 from .schemes import fake_quantize, parse_scheme
 
 
@@ -63,6 +64,8 @@ def first_order_forecast(target: str | Path, unlearned: str | Path, scheme: str,
     models = {"t": load_model(target, "fp32"), "u": load_model(unlearned, "fp32")}
     grads = {k: forget_gradient(m, tok, texts, batch_size) for k, m in models.items()}
     weights_t = dict(models["t"].named_parameters())
+    resolve = TensorSchemes(s, stored_t, stored_u, opts)
+    types = gguf_types(s, stored_t) if s.family == "gguf" else {}
     # per gradient (at t, at u, their mean): [<g, Q(u) - Q(t)>, <g, u - t>]; and <g_mid, u - t> where Q keeps u
     sums = {"at_t": [0.0, 0.0], "at_u": [0.0, 0.0], "mid": [0.0, 0.0]}
     kept = 0.0
@@ -75,8 +78,12 @@ def first_order_forecast(target: str | Path, unlearned: str | Path, scheme: str,
             if rounding is not None:  # an fp32 target against a bf16 unlearned model: storage is not the update
                 wt = wt.to(rounding).float()
             d = wu.float() - wt
-            rounded = s.family == "cast" or quantized_by(name, d.shape, opts)  # a cast rounds every tensor
-            q = fake_quantize(wu, s) - fake_quantize(wt, s) if rounded else d
+            if s.family == "gguf":
+                rounded = types.get(name, "f32") != "f32"
+            else:
+                rounded = s.family == "cast" or quantized_by(name, d.shape, opts)  # a cast rounds every tensor
+            q = fake_quantize(wu, resolve.unlearned(name)) - fake_quantize(wt, resolve.target(name, rounding)) \
+                if rounded else d
             g_mid = (grads["t"][name] + grads["u"][name]) / 2
             for key, g in (("at_t", grads["t"][name]), ("at_u", grads["u"][name]), ("mid", g_mid)):
                 sums[key][0] += float((g * q).sum(dtype=torch.float64))

@@ -5,6 +5,8 @@
     gptq-int4-g128, awq-int4-g128                         (llmcompressor, calibrated on retain texts)
     hqq-int4-g64                                          (HQQ, calibration-free)
     cast-bf16, cast-fp16                                  (a 16-bit float format; the `cast:` attack)
+    gguf-q4_k_m, gguf-q8_0, ... [-imatrix-retain|forget|FILE]   (llama-quantize's file types: gguf.py)
+    fp8-e4m3, fp8-e4m3-tensor, fp8-dynamic, mxfp4, nvfp4  (floating-point formats: floats.py)
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import torch
 
 from ..errors import UserError
 from ..utils.registry import Registry
+from . import floats, gguf
 from .codebook import codebook_groups, codebook_quantize, zero_bin_halfwidth
+from .floats import float_spacing
 from .rtn import RTNScheme, parse_rtn
 from .rtn import fake_quantize as rtn_fake_quantize
 
 LIB_PATTERN = re.compile(r"^(gptq|awq|hqq)-int(\d)-g(\d+)$")
-EXAMPLES = "rtn-int4-g128, rtn-int8-channel, bnb-fp4, bnb-nf4, bnb-int8, gptq-int4-g128, awq-int4-g128, hqq-int4-g64"
+EXAMPLES = ("rtn-int4-g128, rtn-int8-channel, bnb-fp4, bnb-nf4, bnb-int8, gptq-int4-g128, awq-int4-g128, hqq-int4-g64, "
+            "gguf-q4_k_m, gguf-q8_0-imatrix-retain, fp8-e4m3, mxfp4, nvfp4")
+FLOAT_SCHEMES = {"fp8-e4m3": ("fp8", "e4m3"), "fp8-e4m3-tensor": ("fp8", "e4m3-tensor"),
+                 "fp8-dynamic": ("fp8", "dynamic"), "mxfp4": ("mxfp4", "mxfp4"), "nvfp4": ("nvfp4", "nvfp4")}
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,26 @@ class Scheme:
     bits: int
     group_size: int | None = None
     rtn: RTNScheme | None = None
-    kind: str | None = None  # bnb: fp4 / nf4 / int8
+    kind: str | None = None  # bnb: fp4 / nf4 / int8; gguf: the file type (q4_k_m); floats: e4m3, mxfp4, ...
+    imatrix: str | None = None  # gguf: the importance matrix's source (retain, forget or a file)
+    # resolved for one tensor (gguf.planned, bins): its ggml type, the converted file's type, the absmax that
+    # sets a tensor-wide scale (fp8-e4m3-tensor, nvfp4) when only some of its rows are at hand
+    qtype: str | None = None
+    source: str | None = None
+    tensor_amax: float | None = None
 
     @property
     def analysable(self) -> bool:
-        """Whether `bins` can reproduce the quantizer from the weights alone (no calibration data)."""
-        return self.family in ("rtn", "bnb", "cast")
+        """Whether `bins` can reproduce the quantizer from the weights alone (no calibration data, no
+        activations)."""
+        if self.family == "gguf":
+            return self.imatrix is None
+        return self.family in ("rtn", "bnb", "cast", "mxfp4", "nvfp4") or self.kind in ("e4m3", "e4m3-tensor")
+
+    @property
+    def whole_tensor(self) -> bool:
+        """Whether a tensor-wide statistic sets the scale (`bins` then reads each tensor's absmax first)."""
+        return self.kind in ("e4m3-tensor", "nvfp4")
 
 
 def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
@@ -49,7 +70,7 @@ def group_views(w: torch.Tensor, scheme: Scheme) -> list[torch.Tensor]:
         flat = w.reshape(-1)  # bitsandbytes blocks of 64 run over the flattened row-major tensor
         full = (flat.numel() // 64) * 64
         return [v for v in (flat[:full].reshape(-1, 64), flat[full:].reshape(1, -1)) if v.numel()]
-    if scheme.family in ("bnb", "cast") or scheme.rtn.granularity == "channel":
+    if scheme.family in ("bnb", "cast", "gguf", "fp8", "mxfp4", "nvfp4") or scheme.rtn.granularity == "channel":
         return [w]
     if scheme.rtn.granularity == "tensor":
         return [w.reshape(1, -1)]
@@ -68,6 +89,8 @@ def fake_quantize(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:
         return rtn_fake_quantize(w, scheme.rtn)
     if scheme.family == "bnb" and scheme.kind in ("fp4", "nf4"):
         return codebook_quantize(w, scheme.kind)[1]
+    if scheme.family == "gguf":
+        return gguf.quantize(w, scheme.qtype, scheme.source)[0]
     x = w.detach().float()
     flat = x.reshape(1, -1) if scheme.family == "cast" else x
     return quantize_groups(flat, scheme)[1].reshape(x.shape)
@@ -83,6 +106,12 @@ def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torc
     if scheme.family == "cast":
         deq = x.to(CAST_DTYPES[scheme.kind]).float()
         return deq, deq, float_spacing(deq, scheme.kind), float_spacing(deq, scheme.kind) / 2
+    if scheme.family == "gguf":  # codes: the dequantized values (block scales differ between models)
+        deq, step = gguf.quantize(x, scheme.qtype, scheme.source)
+        return deq, deq, step, step / 2
+    if scheme.family in ("fp8", "mxfp4", "nvfp4"):
+        codes, deq, step = floats.quantize_rows(x, scheme.kind, scheme.tensor_amax)
+        return codes, deq, step, step / 2
     rtn = scheme.rtn if scheme.family == "rtn" else RTNScheme(8, "channel", None, True, "maxq")
     if rtn.symmetric:
         scale = x.abs().amax(dim=1, keepdim=True).div_(rtn.divisor)
@@ -99,14 +128,6 @@ def quantize_groups(x: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torc
 
 
 CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-MANTISSA_BITS = {"bf16": 7, "fp16": 10}
-SMALLEST_EXPONENT = {"bf16": -126, "fp16": -14}  # of the normal numbers; below, the spacing is constant
-
-
-def float_spacing(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The distance between neighbouring values of the 16-bit format at x (its 'quantization step')."""
-    exponent = torch.floor(torch.log2(x.abs().clamp(min=1e-38))).clamp(min=SMALLEST_EXPONENT[kind])
-    return torch.exp2(exponent - MANTISSA_BITS[kind])
 
 
 SCHEME_FAMILIES: Registry[Callable[[str], Scheme | None]] = Registry("quantization scheme family")
@@ -146,21 +167,45 @@ for _family in ("gptq", "awq", "hqq"):
     SCHEME_FAMILIES.add(_family, _library)
 
 
+@SCHEME_FAMILIES.register("gguf")
+def _gguf(name: str) -> Scheme | None:
+    """llama-quantize's file types, optionally calibrated by an importance matrix (gguf.py)."""
+    parsed = gguf.parse(name)
+    if parsed is None:
+        return None
+    ftype, source = parsed
+    return Scheme(name, "gguf", gguf.BITS[ftype], None, kind=ftype, imatrix=source)
+
+
+def _float(name: str) -> Scheme | None:
+    """FP8 E4M3 (per channel, per tensor, with dynamic activations), MXFP4 and NVFP4 (floats.py)."""
+    if name not in FLOAT_SCHEMES:
+        return None
+    family, kind = FLOAT_SCHEMES[name]
+    return Scheme(name, family, 8 if family == "fp8" else 4, floats.BLOCKS.get(kind), kind=kind)
+
+
+for _family in ("fp8", "mxfp4", "nvfp4"):
+    SCHEME_FAMILIES.add(_family, _float)
+
+
 def parse_scheme(name: str) -> Scheme:
-    """Parse a scheme string by its family (the part before the first '-'); unknown names are one-line
-    user errors listing examples."""
+    """Parse a scheme string by its family (the part before the first '-', or the whole name: mxfp4);
+    unknown names are one-line user errors listing the families and examples."""
     name = name.strip()
     if name == "full":
         raise UserError("'full' means no quantization; do not pass --quantize for it")
-    family, dash, _ = name.partition("-")
-    parsed = SCHEME_FAMILIES[family](name) if dash and family in SCHEME_FAMILIES else None
+    family = name.partition("-")[0]
+    parsed = SCHEME_FAMILIES[family](name) if family in SCHEME_FAMILIES else None
     if parsed is None:
-        raise UserError(f"unknown quantization scheme '{name}'; examples: {EXAMPLES}")
+        raise UserError(f"unknown quantization scheme '{name}'; families: {', '.join(SCHEME_FAMILIES.names())} "
+                        f"(e.g. {EXAMPLES})")
     return parsed
 
 
 def precision_label(name: str) -> str:
     """'full' -> 'full'; 'rtn-int4-g128' (or 'quant:rtn-int4-g128') -> 'int4'; 'bnb-nf4' -> '4-bit';
+    'gguf-q4_k_m' -> 'Q4_K_M' (what it applied per tensor: gguf.applied_label); 'nvfp4' -> 'NVFP4';
     any other attack name stays itself (for tables and plots)."""
     if name == "full":
         return "full"
@@ -172,4 +217,8 @@ def precision_label(name: str) -> str:
     s = parse_scheme(name)
     if s.family == "cast":
         return s.kind
+    if s.family == "gguf":
+        return s.kind.upper() + (" imatrix" if s.imatrix else "")
+    if s.family in ("fp8", "mxfp4", "nvfp4"):
+        return {"dynamic": "FP8 W8A8"}.get(s.kind, s.family.upper())
     return f"int{s.bits}" if s.family != "bnb" else f"{s.bits}-bit"
