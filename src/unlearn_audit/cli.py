@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", nargs="+", metavar="ATTACK",
                    help="attacks or presets, separated by spaces: quant:SCHEME, cast:bf16|fp16, prune:magnitude:SHARE, "
                         "noise:rel=R, relearn:retain[:steps=S,lr=L], relearn:forget-part[:share=P,...]; presets "
-                        "quick, deploy, all (default: quant:rtn-int8-channel quant:rtn-int4-g128)")
+                        "quick, deploy (served today), paper (the paper's quantizers), all (default: quant:rtn-int8-channel quant:rtn-int4-g128)")
     p.add_argument("--schemes", help="shortcut: quantization schemes, comma-separated (each becomes quant:SCHEME)")
     add_benchmark_flags(p)
     p.add_argument("--max-retained", type=float, default=0.25,

@@ -41,3 +41,12 @@ def test_presets_expand_without_repeats():
     assert {a.family for a in parse_attacks("all", say=lambda _: None)} == {"quant", "cast", "prune", "noise",
                                                                             "relearn"}
     assert {a.family for a in parse_attacks("prompts", say=lambda _: None)} == {"prompt"}
+
+
+def test_deploy_is_what_is_served_today_and_paper_keeps_the_papers_quantizers():
+    deploy = [a.name for a in parse_attacks("deploy", say=lambda _: None)]
+    assert {"quant:gguf-q4_k_m", "quant:gguf-q8_0", "quant:fp8-e4m3", "quant:nvfp4"} <= set(deploy)
+    paper = [a.name for a in parse_attacks("paper", say=lambda _: None)]
+    assert {"quant:rtn-int4-g128", "quant:bnb-fp4", "cast:bf16"} <= set(paper)
+    every = [a.name for a in parse_attacks("all", say=lambda _: None)]
+    assert set(deploy) | set(paper) <= set(every) and len(every) == len(set(every))

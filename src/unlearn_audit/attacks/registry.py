@@ -221,15 +221,20 @@ def load_attacked(spec: str, attack: Attack | None, ctx: Context, work: Path):
 
 
 PRESETS: dict[str, list[str]] = {
-    "deploy": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "quant:bnb-nf4", "quant:bnb-fp4",
-               "quant:gptq-int4-g128", "cast:bf16", "cast:fp16"],
+    # what models are served in today (docs/quantization.md): llama.cpp's Q4_K_M and Q8_0 files (Ollama, LM
+    # Studio), bitsandbytes NF4 (QLoRA-style loading), AWQ int4, FP8 and NVFP4 (vLLM, TensorRT-LLM)
+    "deploy": ["quant:gguf-q4_k_m", "quant:gguf-q8_0", "quant:bnb-nf4", "quant:awq-int4-g128", "quant:fp8-e4m3",
+               "quant:nvfp4"],
+    # the quantizers of Zhang et al. (ICLR 2025) and the 16-bit casts: the `deploy` preset until 2026-12-06
+    "paper": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "quant:bnb-nf4", "quant:bnb-fp4",
+              "quant:gptq-int4-g128", "cast:bf16", "cast:fp16"],
     "quick": ["quant:rtn-int8-channel", "quant:rtn-int4-g128", "cast:bf16", "prune:magnitude:0.3",
               "relearn:retain"],
 }
 PRESETS["prompts"] = ["prompt:few-shot", "prompt:paraphrase", "prompt:prefix:name=role-play"]
 PRESETS["hidden"] = ["probe:logit-lens", "probe:linear", "steer:orthogonalize"]
-PRESETS["all"] = [*PRESETS["deploy"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
-                  "relearn:forget-part"]
+PRESETS["all"] = [*PRESETS["deploy"], *PRESETS["paper"], "prune:magnitude:0.3", "noise:rel=0.05", "relearn:retain",
+                  "relearn:forget-part"]  # without repeats (parse_attacks)
 
 
 def parse_attacks(text: str | list[str], say: Callable[[str], None] = print) -> list[Attack]:
