@@ -61,7 +61,9 @@ def add_benchmark_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", default="auto", choices=["auto", *benchmark_names()],
                    help="muse, tofu or wmdp (docs/benchmarks.md); auto: the one the corpus holds, MUSE first (default)")
     p.add_argument("--metrics", help="comma-separated metrics (default: every metric of the benchmark; "
-                                     "muse: verbmem_f,knowmem_f,knowmem_r,privleak; tofu: forget_quality,model_utility,"
+                                     "muse: verbmem_f,knowmem_f,knowmem_r,privleak, and on request the membership-inference "
+                                     "attacks mia_loss,mia_zlib,mia_min_k,mia_min_k_plus_plus,mia_reference (needs "
+                                     "--retrained),mia_gradnorm (docs/metrics.md); tofu: forget_quality,model_utility,"
                                      "forget_prob,forget_rouge,forget_truth_ratio,extraction_strength,exact_memorization; "
                                      "wmdp: forget_acc,utility_acc)")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each set")

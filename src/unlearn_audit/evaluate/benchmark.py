@@ -2,7 +2,9 @@
 above them (`eval`, `audit`, their scorecards and verdicts) asks the benchmark, never MUSE by name.
 
 A benchmark declares
-- `metrics`: what it computes, in table order, with a label each;
+- `metrics`: what it computes by default, in table order, with a label each; `known_metrics` adds the
+  opt-in ones (`Metric.optional`: computed only when asked for by name, so no default list, table or
+  scorecard grows a column for them);
 - `knowledge`: the metrics that say how well a model knows the forget set, on a 0-100 scale (retained
   shares and recovery are computed on these: `unlearn_audit.scoring`);
 - `utility`: the metric whose ratio to the target's is "utility kept";
@@ -29,11 +31,12 @@ class Metric:
     its label, what unlearning should do to it (`goal`: 'down' for the forget set's knowledge, 'up' for a
     score that rises as the model stops telling a fact from its perturbations, 'keep' for utility,
     'reference' for a score relative to the retrained model: PrivLeak 0, forget quality 1) and its scale
-    (a 0-1 fraction, else x100)."""
+    (a 0-1 fraction, else x100); `optional`: opt-in, computed only when asked for by name."""
 
     label: str
     goal: str
     fraction: bool = False
+    optional: bool = False
 
 
 class Benchmark:
@@ -50,6 +53,12 @@ class Benchmark:
 
     @property
     def metrics(self) -> tuple[str, ...]:
+        """The default metrics, in table order (what every table and scorecard shows)."""
+        return tuple(k for k, m in self.specs.items() if not m.optional)
+
+    @property
+    def known_metrics(self) -> tuple[str, ...]:
+        """Every metric a user may ask for: the defaults, then the opt-in ones."""
         return tuple(self.specs)
 
     @property
@@ -71,6 +80,17 @@ class Benchmark:
     def check(self, corpus, metrics: list[str]) -> None:
         """Parse every corpus part the metrics will read (one-line error naming the file, item, field)."""
         raise NotImplementedError
+
+    def check_setup(self, metrics: list[str], reference_model: bool, scheme: str) -> None:
+        """Refuse, before any model is loaded, metrics this run cannot compute (a missing reference model, a
+        scheme they cannot run on)."""
+
+    def check_model(self, model, metrics: list[str]) -> None:
+        """Refuse, before any metric is evaluated, metrics the loaded model cannot be evaluated on."""
+
+    def wants_reference(self, metrics: list[str]) -> bool:
+        """Whether these metrics use what the retrained model contributes (`reference`)."""
+        return self.reference_metric in metrics
 
     def parts_hash(self, corpus) -> str:
         """Hash of the files this benchmark reads (what a stored evaluation must match)."""

@@ -3,16 +3,20 @@ PrivLeak; the paper's benchmark and the toolkit's default.
 
 Metrics on MUSE's x100 scale (formulas in verbmem.py, knowmem.py, privleak.py and docs/metrics.md);
 forget knowledge = VerbMem_f and KnowMem_f; utility = KnowMem_r; the retrained model's reference is the
-AUC that PrivLeak is relative to.
+AUC that PrivLeak is relative to. Opt-in (asked for by name, never in the default list or its tables):
+open-unlearning's six membership-inference attacks on the privleak forget vs holdout texts (mia.py), each
+an AUC, with the retrained model's AUCs (and its losses, the Reference attack's reference) as control.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..models.generation import token_logprobs
+from . import mia
 from .benchmark import Benchmark, Metric, register_benchmark
 from .knowmem import evaluate_knowmem
 from .privleak import SPLITS, auc_table, key_needs, privleak, published_auc_retrain, text_scores
@@ -29,6 +33,16 @@ class AucRetrain:
     source: str
 
 
+@dataclass
+class MuseReference(AucRetrain):
+    """AUC_retrain plus what the membership-inference attacks compare against: the retrained model's AUC of
+    each attack asked for and, for mia_reference, its LOSS of every privleak forget and holdout text."""
+
+    mia_control: dict[str, float] = field(default_factory=dict)
+    mia_control_source: str = "measured on the retrained model"
+    reference_loss: dict[str, list[float]] | None = None
+
+
 def take(items: list, limit: int | None) -> list:
     return items if limit is None else items[:limit]
 
@@ -43,8 +57,59 @@ def check_corpus(corpus, metrics: list[str]) -> None:
         "privleak": [lambda s=split: corpus.privleak(s) for split in ("forget", "retain", "holdout")],
     }
     for name in metrics:
+        if name in mia.MIA_METRICS:
+            check_mia_texts(corpus, name)
+            continue
         for load in parts[name]:
             load()
+
+
+def check_mia_texts(corpus, metric: str) -> None:
+    """The membership-inference attacks compare the privleak forget texts with holdout texts; both must exist."""
+    path = corpus.root / "privleak" / "holdout.json"
+    if not path.is_file():
+        raise UserError(f"{metric} compares the forget texts with holdout texts no model was trained on, but {path} "
+                        "does not exist (MUSE's privleak holdout split); give a corpus that has it")
+    for split in mia.SPLITS:
+        corpus.privleak(split)
+
+
+def mia_texts(corpus, limit: int | None) -> dict[str, list[str]]:
+    """The texts the membership-inference attacks score: members (forget) and nonmembers (holdout)."""
+    return {split: take(corpus.privleak(split), limit) for split in mia.SPLITS}
+
+
+def run_mia(name: str, model, tokenizer, corpus, cfg, ref, show: bool):
+    """One membership-inference attack: (AUC, its summary, {log.json: per-text scores, agg.json: summary})."""
+    reference_loss = getattr(ref, "reference_loss", None) if name == "mia_reference" else None
+    if name == "mia_reference" and reference_loss is None:
+        raise UserError("mia_reference needs a reference model's loss of every text (`eval --retrained MODEL` "
+                        "measures it); this evaluation has none")
+    texts = mia_texts(corpus, cfg.limit)
+    if reference_loss is not None and any(len(reference_loss[s]) != len(texts[s]) for s in texts):
+        raise UserError("mia_reference: the reference model's losses were measured on other texts (another --limit?)")
+    logs, truncated = mia.attack_logs(name, model, tokenizer, texts, cfg.batch_size, show, reference_loss)
+    control = getattr(ref, "mia_control", {}).get(name)
+    agg = mia.summarise(*mia.split_scores(logs), control, ref.mia_control_source if control is not None else None)
+    return agg["auc"], {**agg, "truncated": truncated}, {"log.json": logs, "agg.json": agg}
+
+
+def mia_control(model, tokenizer, corpus, cfg, show: bool = True) -> dict:
+    """The retrained model's side of the attacks asked for: its AUC of each (mia_reference: 0.5, every score
+    being its loss minus its own) and, for mia_reference, its LOSS of every text."""
+    texts = mia_texts(corpus, cfg.limit)
+    asked = [m for m in cfg.metrics if m in mia.MIA_METRICS]
+    control = {}
+    for name in asked:
+        if name != "mia_reference":
+            control[name] = mia.attack_auc(*mia.split_scores(mia.attack_logs(name, model, tokenizer, texts,
+                                                                             cfg.batch_size, show)[0]))
+    loss = None
+    if "mia_reference" in asked:
+        control["mia_reference"] = 0.5
+        logs = mia.attack_logs("mia_loss", model, tokenizer, texts, cfg.batch_size, show)[0]
+        loss = {split: [r["score"] for r in rows] for split, rows in logs.items()}
+    return {"mia_control": control, "reference_loss": loss}
 
 
 def privleak_scores(model, tokenizer, corpus, cfg, show: bool = True) -> tuple[dict, int]:
@@ -83,7 +148,9 @@ def default_auc_retrain(corpus) -> AucRetrain:
 
 
 def run_metric(name: str, model, tokenizer, corpus, cfg, auc_ret: AucRetrain, show: bool):
-    """Compute one metric: (value on MUSE's x100 scale, extra fields, files to write)."""
+    """Compute one metric: (value on MUSE's x100 scale or, for an attack, its AUC; extra fields; files to write)."""
+    if name in mia.MIA_METRICS:
+        return run_mia(name, model, tokenizer, corpus, cfg, auc_ret, show)
     if name == "privleak":
         logs, truncated = privleak_scores(model, tokenizer, corpus, cfg, show)
         table = auc_table(logs)
@@ -114,7 +181,9 @@ class Muse(Benchmark):
     source = "Shi et al. 2024, MUSE: Machine Unlearning Six-Way Evaluation (muse-bench)"
     parts = ""
     specs = {"verbmem_f": Metric("VerbMem_f", "down"), "knowmem_f": Metric("KnowMem_f", "down"),
-             "knowmem_r": Metric("KnowMem_r", "keep"), "privleak": Metric("PrivLeak", "reference")}
+             "knowmem_r": Metric("KnowMem_r", "keep"), "privleak": Metric("PrivLeak", "reference"),
+             **{name: Metric(f"{label} AUC", "down", fraction=True, optional=True) for name, label in zip(
+                 mia.MIA_METRICS, ("LOSS", "zlib", "Min-K%", "Min-K%++", "Reference", "GradNorm"))}}
     knowledge = ("verbmem_f", "knowmem_f")
     utility = "knowmem_r"
     reference_metric = "privleak"
@@ -125,19 +194,37 @@ class Muse(Benchmark):
     def check(self, corpus, metrics: list[str]) -> None:
         check_corpus(corpus, metrics)
 
+    def check_setup(self, metrics, reference_model: bool, scheme: str) -> None:
+        mia.check_request(metrics, reference_model, scheme)
+
+    def check_model(self, model, metrics) -> None:
+        mia.check_model(model, metrics)
+
+    def wants_reference(self, metrics) -> bool:
+        return "privleak" in metrics or any(m in mia.MIA_METRICS for m in metrics)
+
     def run_metric(self, name, model, tokenizer, corpus, cfg, ref, show):
         return run_metric(name, model, tokenizer, corpus, cfg, ref or default_auc_retrain(corpus), show)
 
     def reference(self, model, tokenizer, corpus, cfg, show):
-        return retrained_auc(model, tokenizer, corpus, cfg, show)
+        asked = "privleak" in cfg.metrics
+        auc_ret = retrained_auc(model, tokenizer, corpus, cfg, show) if asked else default_auc_retrain(corpus)
+        if not any(m in mia.MIA_METRICS for m in cfg.metrics):
+            return auc_ret
+        return MuseReference(auc_ret.value, auc_ret.source, **mia_control(model, tokenizer, corpus, cfg, show))
 
     def default_reference(self, corpus):
         return default_auc_retrain(corpus)
 
     def reference_from(self, details: dict):
-        if "privleak" not in details:
+        control = {m: details[m]["auc"] for m in mia.MIA_METRICS if m in details and m != "mia_reference"}
+        if "privleak" in details:
+            auc_ret = AucRetrain(details["privleak"]["auc"], "measured on the retrained model")
+        elif control:
+            auc_ret = AucRetrain(0.5, "no PrivLeak measured on the retrained model: the ideal AUC 0.5")
+        else:
             return None
-        return AucRetrain(details["privleak"]["auc"], "measured on the retrained model")
+        return MuseReference(auc_ret.value, auc_ret.source, control) if control else auc_ret
 
     def reference_value(self):
         return 0.0

@@ -104,7 +104,7 @@ class EvalConfig:
     def validate(self) -> None:
         if self.benchmark not in benchmark_names():
             raise UserError(f"unknown benchmark '{self.benchmark}'; choose one of {', '.join(benchmark_names())}")
-        known = self.bench.metrics
+        known = self.bench.known_metrics
         unknown = [m for m in self.metrics if m not in known]
         if unknown or not self.metrics:
             raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} for {self.bench.title}; "
@@ -153,6 +153,7 @@ def evaluate_model(
     from it. `ref`: the retrained model's reference (`Benchmark.reference`), else the benchmark's default."""
     check_corpus(corpus, cfg)
     bench = cfg.bench
+    bench.check_model(model, cfg.metrics)
     ref = ref or bench.default_reference(corpus)
     progress = load_progress(out_dir, progress_key(corpus, cfg, ref, identity))
     results: dict = {"metrics": {}, "details": {}, "seconds": {}}
@@ -310,10 +311,11 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
 
     check_corpus(corpus, cfg)  # before any model is loaded
     bench = cfg.bench
+    bench.check_setup(cfg.metrics, bool(retrained), scheme)
     out = Path(out)
     started = time.time()
     ref = reference_from_log(bench, reference_log, corpus, cfg)
-    if retrained and ref is None and bench.reference_metric in cfg.metrics:
+    if retrained and ref is None and bench.wants_reference(cfg.metrics):
         ret = load_model(retrained, dtype, opts, device)
         ref = bench.reference(ret, load_tokenizer(retrained, opts), corpus, cfg, show)
         del ret

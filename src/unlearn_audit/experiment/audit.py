@@ -224,7 +224,8 @@ class Auditor:
         own = self.bench.reference_from(res["details"]) if role == "retrained" and asked_alike else None
         if own is not None:  # the retrained model is the reference (PrivLeak 0, forget quality 1 by definition)
             self.refs[corpus.content_hash] = own
-            metrics[self.bench.reference_metric] = self.bench.reference_value()
+            if self.bench.reference_metric in metrics:  # only where it was asked for
+                metrics[self.bench.reference_metric] = self.bench.reference_value()
         self.results[(role, name, corpus.content_hash)] = metrics
         label = "full precision" if attack is None else attack.name
         on = "" if corpus is self.corpus else f" (on {corpus.root.name})"
