@@ -54,15 +54,18 @@ def test_lock_parses_pins_and_finds_differences(tmp_path, monkeypatch):
     assert read_lock(lock) == {"torch": "2.13.0", "transformers": "5.17.0", "scikit-learn": "1.9.1"}
     monkeypatch.setattr(env_mod, "LOCK", lock)
     env = {"packages": {"torch": "2.13.0+cpu", "transformers": "5.25.0", "scikit-learn": "1.9.1"},
-           "cpu": "AMD EPYC 9B14", "bf16_kernels": "avx512_bf16", "threads": 1, "cores": 2, "python": "3.11.7"}
+           "cpu": "Intel(R) Xeon(R) Processor", "bf16_kernels": "amx", "threads": 1, "cores": 2, "python": "3.11.7"}
     diffs = lock_differences(env)
     assert diffs == ["transformers 5.25.0 (locked 5.17.0)"]  # a local build tag (+cpu) is the same release
     assert "will differ" in lock_notice(env) and "-c src/unlearn_audit/constraints.txt" in lock_notice(env)
+    assert "the verdict should not" in lock_notice(env)
     matched = {**env, "packages": {"torch": "2.13.0", "transformers": "5.17.0"}}
     assert lock_differences(matched) == [] and "expect their numbers" in lock_notice(matched)
     other = {**matched, "cpu": "Intel(R) Xeon(R) CPU E5-2690 v4", "bf16_kernels": "emulated", "cores": 8,
              "python": "3.12.1"}
     assert [d.split(" ")[0] for d in lock_differences(other)] == ["CPU", "8", "Python"]
+    amd = {**matched, "cpu": "AMD EPYC 9B14", "bf16_kernels": "avx512_bf16"}  # the README's machine until 2026-12-06
+    assert [d.split(" ")[0] for d in lock_differences(amd)] == ["CPU"]
 
 
 def test_the_shipped_lock_pins_the_core_and_matches_the_install_line():

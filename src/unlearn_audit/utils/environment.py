@@ -32,7 +32,7 @@ NUMERIC_PACKAGES = (
 
 # The kind of machine the README's tables were measured on (machine_family) and its thread count; other
 # machines' targets are in docs/reproducibility.md.
-README_MACHINE = ("AMD/avx512_bf16", "AMD EPYC with AVX512-BF16 (Zen 4)")
+README_MACHINE = ("Intel/amx", "Intel Xeon with AMX")  # since 2026-12-06 (before: an AMD EPYC, docs/results.md)
 README_CORES = 2  # the demos' processes split these: `demo` 1 worker x 2 threads, `demo --tiny` 2 x 1
 
 
@@ -218,6 +218,7 @@ def lock_notice(env: dict) -> str:
         return (f"environment: the lock, CPU kind ({README_MACHINE[1]}) and {README_CORES} cores of the "
                 "README's tables: expect their numbers (measured on one such machine; docs/reproducibility.md)")
     return ("environment differs from the README tables' (" + "; ".join(diffs) + "): the fine-tuned target "
-            "and every number will differ from them, and the verdict can move with the target; "
-            "docs/reproducibility.md shows other machines' targets"
+            "and every number will differ from them; the verdict should not where it holds over targets (the "
+            "README's study over fine-tuning seeds, `demo --targets 3`), since another machine's target is one "
+            "more draw from that distribution (docs/reproducibility.md)"
             + (" (install under the lock with `-c src/unlearn_audit/constraints.txt`)" if "locked" in str(diffs) else ""))
