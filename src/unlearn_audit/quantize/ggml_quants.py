@@ -262,46 +262,51 @@ def _absmax_signed(x):
     return np.where(amax > 0, mx, F32(0)).astype(F32)
 
 
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """C `id = d ? 1.0f/d : 0.0f` in float32."""
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+
+
+def _symmetric_codes(x: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """(d, codes) of q4_0 (half 8) and q5_0 (half 16): d = max / -half, q = min(2 half - 1, (int)(x/d + half + 0.5))."""
+    d = (_absmax_signed(x) / F32(-half)).astype(F32)
+    q = np.minimum(2 * half - 1, _trunc_int(x * _inverse(d)[:, None] + F32(half + 0.5))) & 0xFF
+    return d, q
+
+
+def _affine_codes(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d, min, unclipped codes) of q4_1 (levels 15) and q5_1 (31): d = (max - min) / levels."""
+    mn = _first(x, np.argmin(x, axis=-1))
+    mx = _first(x, np.argmax(x, axis=-1))
+    d = ((mx - mn) / F32(levels)).astype(F32)
+    return d, mn, _trunc_int((x - mn[:, None]) * _inverse(d)[:, None] + F32(0.5))
+
+
 def quantize_row_q4_0_ref(x: np.ndarray) -> np.ndarray:
     """C `quantize_row_q4_0_ref` on blocks x (nb, 32)."""
-    mx = _absmax_signed(x)
-    d = (mx / F32(-8)).astype(F32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = np.minimum(15, _trunc_int(x * idv[:, None] + F32(8.5))) & 0xFF
+    d, q = _symmetric_codes(x, 8)
     return np.concatenate([_u16_bytes(fp32_to_fp16_bits(d)), _pack_nibbles(q)], axis=1)
 
 
 def quantize_row_q4_1_ref(x: np.ndarray) -> np.ndarray:
     """C `quantize_row_q4_1_ref` on blocks x (nb, 32)."""
-    mn = _first(x, np.argmin(x, axis=-1))
-    mx = _first(x, np.argmax(x, axis=-1))
-    d = ((mx - mn) / F32(15)).astype(F32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = np.minimum(15, _trunc_int((x - mn[:, None]) * idv[:, None] + F32(0.5))) & 0xFF
+    d, mn, codes = _affine_codes(x, 15)
+    q = np.minimum(15, codes) & 0xFF
     return np.concatenate([_u16_bytes(fp32_to_fp16_bits(d)), _u16_bytes(fp32_to_fp16_bits(mn)),
                            _pack_nibbles(q)], axis=1)
 
 
 def quantize_row_q5_0_ref(x: np.ndarray) -> np.ndarray:
     """C `quantize_row_q5_0_ref` on blocks x (nb, 32)."""
-    mx = _absmax_signed(x)
-    d = (mx / F32(-16)).astype(F32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = np.minimum(31, _trunc_int(x * idv[:, None] + F32(16.5))) & 0xFF
+    d, q = _symmetric_codes(x, 16)
     return np.concatenate([_u16_bytes(fp32_to_fp16_bits(d)), _qh_bits(q), _pack_nibbles(q)], axis=1)
 
 
 def quantize_row_q5_1_ref(x: np.ndarray) -> np.ndarray:
     """C `quantize_row_q5_1_ref` on blocks x (nb, 32)."""
-    mn = _first(x, np.argmin(x, axis=-1))
-    mx = _first(x, np.argmax(x, axis=-1))
-    d = ((mx - mn) / F32(31)).astype(F32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = _trunc_int((x - mn[:, None]) * idv[:, None] + F32(0.5)) & 0xFF  # (uint8_t), no MIN in C
+    d, mn, codes = _affine_codes(x, 31)
+    q = codes & 0xFF  # (uint8_t), no MIN in C
     return np.concatenate([_u16_bytes(fp32_to_fp16_bits(d)), _u16_bytes(fp32_to_fp16_bits(mn)),
                            _qh_bits(q), _pack_nibbles(q)], axis=1)
 
@@ -310,9 +315,7 @@ def quantize_row_q8_0_ref(x: np.ndarray) -> np.ndarray:
     """C `quantize_row_q8_0_ref` on blocks x (nb, 32)."""
     amax = np.abs(x).max(axis=-1)
     d = (amax / F32(127)).astype(F32)
-    with np.errstate(divide="ignore"):
-        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = _roundf(x * idv[:, None]).astype(np.int64).astype(np.int8).view(np.uint8)
+    q = _roundf(x * _inverse(d)[:, None]).astype(np.int64).astype(np.int8).view(np.uint8)
     return np.concatenate([_u16_bytes(fp32_to_fp16_bits(d)), q], axis=1)
 
 
