@@ -172,10 +172,9 @@ def plot_study(rows: list[dict], path: Path) -> Path | None:
                     label="deep failure (the paper's)")
     markers = "osD^vP*X"
     for i, target in enumerate(dict.fromkeys(name for name, _ in points)):
-        for name, run in points:
-            if name == target:
-                ax.scatter(run["retained"] * 100, run["recovery"] * 100, marker=markers[i % len(markers)], s=50,
-                           color=f"C{i}", label=target if run is next(r for n, r in points if n == target) else None)
+        runs = [run for name, run in points if name == target]
+        ax.scatter([r["retained"] * 100 for r in runs], [r["recovery"] * 100 for r in runs],
+                   marker=markers[i % len(markers)], s=50, color=f"C{i}", label=target)
     paper = (21.0, (83.0 - 21.0) / (100.0 - 21.0) * 100)  # MUSE, 21% retained -> 83% after 4-bit (abstract)
     ax.scatter(*paper, marker="*", s=120, color="k", label="the paper (MUSE average)")
     ax.set_xlabel("retained at full precision (% of the target's forget knowledge)")
