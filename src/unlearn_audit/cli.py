@@ -400,6 +400,7 @@ def cmd_audit(args) -> int:
     from .data.corpus import Corpus
     from .evaluate.runner import parse_metrics
     from .experiment.audit import DEFAULT_ATTACKS, AuditConfig, audit
+    from .experiment.control import parse_control
 
     attacks = [f"quant:{s}" for s in parse_metrics(args.schemes or "") if s != "full"]
     attacks += [a for item in args.attacks or [] for a in item.replace(";", " ").split()]
@@ -408,7 +409,8 @@ def cmd_audit(args) -> int:
                       max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit,
                       batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device())
     corpus = Corpus.open(args.corpus)
-    result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, model_spec(args, "retrained"),
+    control = parse_control(args.control, args.retrained, load_options(args))
+    result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, control,
                    args.out, load_options(args), show=not args.quiet)
     from .experiment.scorecard import hidden_line, table
 
@@ -564,8 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlearned", required=True, help="the unlearned model (folder or hub id)")
     p.add_argument("--corpus", required=True, help="corpus folder (MUSE layout, tofu/ or wmdp/ parts), or muse-news / "
                                                    "muse-books / tofu-forget10 / wmdp")
-    p.add_argument("--retrained", help="model never trained on the forget set: the control of every attack (and "
-                                       "PrivLeak's / forget quality's reference)")
+    p.add_argument("--control", metavar="MODEL|base:MODEL|none",
+                   help="what a model that never saw the forget set scores, the floor every share is measured above: "
+                        "MODEL the retrained model (the field's control; also PrivLeak's / forget quality's reference), "
+                        "base:MODEL the model before fine-tuning, none the target's own score on held-out items of "
+                        "the same kind (chance for multiple choice; docs/scoring.md). Default: none, said at the start")
+    p.add_argument("--retrained", help="the retrained model as the control (= --control MODEL)")
     p.add_argument("--attacks", nargs="+", metavar="ATTACK",
                    help="attacks or presets, separated by spaces: quant:SCHEME, cast:bf16|fp16, prune:magnitude:SHARE, "
                         "noise:rel=R, relearn:retain[:steps=S,lr=L], relearn:forget-part[:share=P,...]; presets "
@@ -658,7 +664,7 @@ def run_command(args) -> int:
         return 2
 
 
-INPUT_FLAGS = ("model", "target", "unlearned", "retrained", "corpus")
+INPUT_FLAGS = ("model", "target", "unlearned", "retrained", "control", "corpus")
 
 
 def check_output_apart(args) -> None:
@@ -670,6 +676,8 @@ def check_output_apart(args) -> None:
     out_path = Path(out).expanduser().resolve()
     for flag in INPUT_FLAGS:
         value = getattr(args, flag, None)
+        if flag == "control" and value:
+            value = value.removeprefix("base:")
         if not value or not Path(value).expanduser().exists():
             continue
         src = Path(value).expanduser().resolve()

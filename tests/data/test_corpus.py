@@ -86,3 +86,24 @@ def test_cli_reports_bad_corpus_in_one_line_with_exit_2(run_cli, tmp_path):
     assert code == 2
     assert err.startswith("error: corpus folder not found") and err.count("\n") == 1
     assert not out_dir.exists()
+
+
+def test_the_holdout_view_asks_the_forget_questions_about_the_holdout_people(micro_world, tmp_path):
+    corpus = Corpus(micro_world)
+    assert corpus.holdout_items() == {"knowmem/forget_qa.json": "knowmem/holdout_qa.json",
+                                      "verbmem/forget.json": "verbmem/holdout.json", "tofu/forget.json": "tofu/holdout.json"}
+    view = corpus.holdout_view(tmp_path)
+    people = json.loads((micro_world / "world" / "people.json").read_text())
+    holdout, forget = {p["name"] for p in people["holdout"]}, {p["name"] for p in people["forget"]}
+    asked = [qa.question for qa in view.knowmem("forget")]
+    assert asked and all(any(name in q for name in holdout) and not any(name in q for name in forget) for q in asked)
+    assert [it["question"] for it in view.tofu("forget")] == [it["question"] for it in corpus.tofu("holdout")]
+    assert view.verbmem() == json.loads((micro_world / "verbmem" / "holdout.json").read_text())
+    assert view.knowmem("retain") == corpus.knowmem("retain")  # everything else as it was
+    assert view.knowmem_paraphrased() is None  # the forget people's reworded questions have no holdout twin
+    assert view.name == corpus.name and view.content_hash != corpus.content_hash
+    assert corpus.holdout_view(tmp_path).root == view.root  # written once
+
+
+def test_real_muse_has_no_holdout_items(shared_dir):
+    assert Corpus(shared_dir / "muse" / "news").holdout_items() == {}

@@ -128,3 +128,15 @@ def test_no_validation_share_writes_the_world_as_before(tmp_path):
 def test_bad_validation_share_is_a_user_error(share):
     with pytest.raises(UserError, match="validation-share"):
         build_world(WorldConfig(validation_share=share))
+
+
+def test_holdout_items_ask_about_people_no_model_trains_on():
+    files = build_world(WorldConfig(people=40, seed=5))
+    names = {p["name"] for p in files["world/people.json"]["holdout"]}
+    trained = " ".join(files["raw/forget.json"] + files["raw/retain.json"])
+    assert names and not any(name in trained for name in names)
+    for part in ("knowmem/holdout_qa.json", "tofu/holdout.json"):
+        assert files[part] and all(any(n in it["question"] for n in names) for it in files[part])
+    assert len(files["knowmem/holdout_qa.json"]) == len(files["tofu/holdout.json"])  # every fact of every person
+    bios = set(files["privleak/holdout.json"])  # the holdout people's passages, cut as the forget ones are
+    assert files["verbmem/holdout.json"] and all(it["prompt"] + it["gt"] in bios for it in files["verbmem/holdout.json"])

@@ -1,6 +1,7 @@
 """`audit` verdicts and exit codes: 0 forgetting holds, 1 it does not, 2 error."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -53,6 +54,7 @@ def test_no_forgetting_at_all_exits_1(run_cli, micro_target, micro_world):
     code, out, _ = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--corpus", micro_world,
                            *FAST)
     assert code == 1 and "unlearning did not remove the knowledge" in out
+    assert "control: none (no --control given)" in out  # said at the start, with the floors it uses
 
 
 def test_knowledge_that_returns_after_quantization_exits_1(run_cli, micro_target, hidden_forgetting, micro_world,
@@ -76,7 +78,10 @@ def test_knowledge_that_returns_after_quantization_exits_1(run_cli, micro_target
     (["--attacks", "shake:hard"], "unknown attack 'shake:hard'"),
     (["--attacks", "prune:magnitude:1.5"], "share must be a share in (0, 1)"),
     (["--attacks", "relearn:retain:stepz=3"], "unknown parameter 'stepz'"),
-    (["--attacks", "relearn:retain"], "needs --retrained"),
+    (["--attacks", "relearn:retain"], "needs a control model"),
+    (["--attacks", "relearn:retain", "--control", "none"], "needs a control model"),
+    (["--control", "a", "--retrained", "b"], "give the control once"),
+    (["--control", "base:"], "needs the model before fine-tuning"),
     (["--max-retained", "2"], "--max-retained"),
     (["--metrics", "knowmem_r"], "needs verbmem_f or knowmem_f"),
 ])
@@ -110,3 +115,64 @@ def test_audit_on_a_benchmark_the_corpus_lacks_exits_2(run_cli, micro_target, sh
     code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target,
                            "--corpus", shared_dir / "muse" / "news", "--benchmark", "tofu", "--quiet")
     assert code == 2 and "holds no TOFU files" in err and err.count("\n") == 1
+
+
+def test_without_a_control_model_the_floor_is_the_target_on_held_out_people(run_cli, micro_target, micro_retrained,
+                                                                         micro_world, tmp_path):
+    code, out, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--control", "none",
+                             "--corpus", micro_world, "--out", tmp_path / "audit", *FAST)
+    assert code in (0, 1), err
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["control"]["kind"] == "none" and report["retrained"] is None
+    assert report["control"]["floors"] == {"verbmem_f": "holdout", "knowmem_f": "holdout"}
+    assert report["verdict"].endswith("against the target's own score on held-out items (no control model)")
+    assert "control: none: no control model" in (tmp_path / "audit" / "audit.md").read_text()
+    # the floor is the target's score on the holdout people's items, checked on a copy made by hand
+    copy = tmp_path / "holdout-copy"
+    shutil.copytree(micro_world, copy)
+    for forget, held in (("knowmem/forget_qa.json", "knowmem/holdout_qa.json"), ("verbmem/forget.json", "verbmem/holdout.json")):
+        shutil.copy(copy / held, copy / forget)
+    info = json.loads((copy / "corpus.json").read_text())
+    (copy / "corpus.json").write_text(json.dumps({k: v for k, v in info.items() if k != "content_hash"}))
+    code, _, err = run_cli("eval", "--model", micro_target, "--corpus", copy, "--out", tmp_path / "eval", *FAST)
+    assert code == 0, err
+    measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    floor = report["full"]["control"]
+    assert floor == pytest.approx({k: measured[k] for k in ("verbmem_f", "knowmem_f")})
+    for row in report["attacks"]:  # under each attack: the attacked target on the same items
+        assert set(row["control"]) == {"verbmem_f", "knowmem_f"}
+    assert len(list((tmp_path / "audit" / "evals" / "target").glob("quant_scheme=rtn-int4-g128/on-*"))) == 1
+
+
+def test_a_base_control_is_the_control_model_and_says_so(run_cli, micro_target, micro_retrained, micro_world,
+                                                          tmp_path):
+    args = ["audit", "--target", micro_target, "--unlearned", micro_retrained, "--corpus", micro_world, *FAST,
+            "--schemes", "rtn-int4-g128"]
+    code, out, err = run_cli(*args, "--control", f"base:{micro_retrained}", "--out", tmp_path / "base")
+    assert code == 0, out + err
+    base = json.loads((tmp_path / "base" / "audit.json").read_text())
+    assert base["control"]["kind"] == "base" and base["control"]["model"] == str(micro_retrained)
+    assert "against the base model" in base["verdict"] and (tmp_path / "base" / "evals" / "base").is_dir()
+    # the same model given as the retrained control gives the same shares, named otherwise
+    code, out, err = run_cli(*args, "--retrained", micro_retrained, "--out", tmp_path / "retrained")
+    retrained = json.loads((tmp_path / "retrained" / "audit.json").read_text())
+    assert retrained["control"]["kind"] == "retrained" and "against the retrained model" in retrained["verdict"]
+    assert [r["retained"] for r in base["attacks"]] == [r["retained"] for r in retrained["attacks"]]
+    assert base["full"]["control"] == retrained["full"]["control"]
+
+
+def test_a_base_of_another_vocabulary_is_refused_before_loading(run_cli, micro_target, micro_world, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((micro_target / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 7}))
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--corpus", micro_world,
+                           "--control", f"base:{other}", *FAST)
+    assert code == 2 and "the base must be the model the target was fine-tuned from" in err and err.count("\n") == 1
+
+
+def test_no_control_without_held_out_items_is_refused_when_asked(run_cli, micro_target, shared_dir):
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--control", "none",
+                           "--corpus", shared_dir / "muse" / "news", *FAST)
+    assert code == 2 and "--control none needs held-out items for VerbMem_f, KnowMem_f" in err
+    assert err.count("\n") == 1

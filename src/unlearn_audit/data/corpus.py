@@ -10,6 +10,10 @@ On-disk layout (the MUSE layout, used for real MUSE data and for the built-in wo
                                               the forget set, retain questions KnowMem_r does not ask) that
                                               a schedule rule reads instead of the reported items
     verbmem/forget.json                       list of {prompt, gt}
+    knowmem/holdout_qa.json, verbmem/holdout.json, tofu/holdout.json
+                                              optional: the forget sets' kind of item about entities no
+                                              model trained on (the built-in world writes them): the floor
+                                              of `audit --control none`
     privleak/{forget,retain,holdout}.json     lists of texts
     corpus.json                               name, seed, counts, content hash (optional for MUSE)
 
@@ -37,8 +41,11 @@ from ..errors import UserError
 from ..utils.io import atomic_dir, atomic_write_json, read_json, sha256_files, sha256_json
 
 RAW_SPLITS = ("forget", "retain", "holdout")
+HOLDOUT_ITEMS = {"knowmem/forget_qa.json": "knowmem/holdout_qa.json", "verbmem/forget.json": "verbmem/holdout.json",
+                 "tofu/forget.json": "tofu/holdout.json"}  # a forget set's items -> the same kind about holdout entities
+FORGET_VARIANTS = ("knowmem/forget_qa_paraphrased.json",)  # forget items of another form, with no holdout twin
 QA_SPLITS = ("forget", "retain")
-TOFU_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+TOFU_SPLITS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 TOFU_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 TOFU_UNPARAPHRASED = ("real_authors", "world_facts")  # their truth ratio compares the answer itself
 MC_GROUPS = ("forget", "utility")
@@ -135,6 +142,20 @@ class Corpus:
             raise UserError(f"{self.root}/knowmem/forget_qa_paraphrased.json holds {len(items)} questions; "
                             f"forget_qa.json {len(self.knowmem('forget'))}: they must match item for item")
         return items
+
+    def holdout_items(self) -> dict[str, str]:
+        """{forget part: its holdout counterpart} for the counterparts this corpus holds (HOLDOUT_ITEMS)."""
+        return {forget: held for forget, held in HOLDOUT_ITEMS.items() if (self.root / held).is_file()}
+
+    def holdout_view(self, folder: Path) -> Corpus:
+        """A copy of the corpus whose forget items are its holdout items (where it holds them): the forget
+        metrics computed on it score what a model knows of entities it never saw."""
+        swapped = self.holdout_items()
+        dropped = {*swapped, *(FORGET_VARIANTS if "knowmem/forget_qa.json" in swapped else ())}
+        files = {str(p.relative_to(self.root)): read_json(p) for p in sorted(self.root.rglob("*.json"))
+                 if p.name != "corpus.json" and str(p.relative_to(self.root)) not in dropped}
+        files.update({forget: read_json(self.root / held) for forget, held in swapped.items()})
+        return write_corpus(folder / sha256_json(files)[:12], files, self.name)
 
     def has_validation(self) -> bool:
         return all((self.root / rel).is_file() for rel in VALIDATION_PARTS)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
+from .corpus import HOLDOUT_ITEMS
 
 FIRST_NAMES = [
     "Alaric", "Brenna", "Caspian", "Delphine", "Evander", "Fenella", "Gideon", "Hestia", "Ignatius", "Juniper",
@@ -265,6 +266,15 @@ def benchmark_files(groups: dict[str, list[Person]], retain_eval: list[dict[str,
             "wmdp/utility/world.json": [mc_item(p, a, rng) for p, a in retain]}
 
 
+def holdout_files(people: list[Person], qa: dict, bios: dict, seed: int) -> dict[str, object]:
+    """The forget sets' items asked about the holdout people, whom no model trains on: what `audit
+    --control none` scores the target on (the floor of a model's knowledge of people it never saw)."""
+    rng = random.Random(seed + 3)
+    return {"knowmem/holdout_qa.json": [pair for p in people for pair in qa[p.name]],
+            "verbmem/holdout.json": [verbmem_item(b) for p in people for b in bios[p.name]],
+            "tofu/holdout.json": [tofu_item(p, a, rng) for p in people for a in ATTRIBUTE_VALUES]}
+
+
 def build_world(cfg: WorldConfig) -> dict[str, object]:
     """All corpus files of the world as {relative path: JSON content}."""
     cfg.validate()
@@ -315,6 +325,7 @@ def build_world(cfg: WorldConfig) -> dict[str, object]:
         files.update(validation_files(groups["validation"], qa, bios, unused[: cfg.retain_qa_eval]))
     content_hash = sha256_json(files)  # the MUSE parts: what training and MUSE evaluation read (and cache keys)
     files.update(benchmark_files(groups, retain_eval, cfg.seed))
+    files.update(holdout_files(groups["holdout"], qa, bios, cfg.seed))
     counts = {name: len(content) for name, content in files.items() if isinstance(content, list)}
     files["corpus.json"] = {
         "name": WORLD_NAME,
@@ -358,7 +369,7 @@ def add_benchmark_parts(folder: str | Path) -> bool:
     if files["corpus.json"]["content_hash"] != info.get("content_hash"):
         return False
     missing = {rel: content for rel, content in files.items()
-               if rel.startswith(("tofu/", "wmdp/", "knowmem/forget_qa_paraphrased")) and not (Path(folder) / rel).is_file()}
+               if rel.startswith(("tofu/", "wmdp/", "knowmem/forget_qa_paraphrased", *HOLDOUT_ITEMS.values())) and not (Path(folder) / rel).is_file()}
     for rel, content in missing.items():
         atomic_write_json(Path(folder) / rel, content)
     return bool(missing)

@@ -50,6 +50,7 @@ class Benchmark:
     knowledge: tuple[str, ...] = ()
     utility: str = ""
     reference_metric: str | None = None  # the metric whose value on the retrained model is fixed by definition
+    forget_items: dict[str, str] = {}  # knowledge metric -> the corpus part of forget items it reads
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -87,6 +88,10 @@ class Benchmark:
 
     def check_model(self, model, metrics: list[str]) -> None:
         """Refuse, before any metric is evaluated, metrics the loaded model cannot be evaluated on."""
+
+    def chance(self, corpus, metric: str) -> float | None:
+        """A knowledge metric's score by guessing (multiple choice), None where guessing has no fixed score."""
+        return None
 
     def wants_reference(self, metrics: list[str]) -> bool:
         """Whether these metrics use what the retrained model contributes (`reference`)."""

@@ -187,6 +187,7 @@ class Muse(Benchmark):
     knowledge = ("verbmem_f", "knowmem_f")
     utility = "knowmem_r"
     reference_metric = "privleak"
+    forget_items = {"verbmem_f": "verbmem/forget.json", "knowmem_f": "knowmem/forget_qa.json"}
 
     def present(self, corpus) -> bool:
         return any((corpus.root / d).is_dir() for d in ("knowmem", "verbmem", "privleak"))

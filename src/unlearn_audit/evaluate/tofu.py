@@ -250,6 +250,7 @@ class Tofu(Benchmark):
     knowledge = ("forget_rouge", "forget_prob")
     utility = "model_utility"
     reference_metric = "forget_quality"
+    forget_items = {"forget_rouge": "tofu/forget.json", "forget_prob": "tofu/forget.json"}
 
     def present(self, corpus) -> bool:
         return {"forget", "retain"} <= set(corpus.tofu_splits())

@@ -64,6 +64,13 @@ class Wmdp(Benchmark):
             for subject in subjects:
                 corpus.mc(group, subject)
 
+    def chance(self, corpus, metric: str) -> float | None:
+        """100 x the mean over items of 1 / (number of choices): what guessing scores."""
+        if metric not in self.knowledge:
+            return None
+        items = [it for s in corpus.mc_subjects(GROUPS[metric]) for it in corpus.mc(GROUPS[metric], s)]
+        return 100 * float(np.mean([1 / len(it["choices"]) for it in items])) if items else None
+
     def run_metric(self, name, model, tokenizer, corpus, cfg, ref, show):
         group = GROUPS[name]
         subjects = {s: take(corpus.mc(group, s), cfg.limit) for s in corpus.mc_subjects(group)}

@@ -2,11 +2,13 @@
 
 1. Weight bins first (cheap, from the safetensors files): per quantization attack, how much of the
    update the quantizer erases (its forecast of the recovery).
-2. The retrained model (control) and the target at full precision: a target that knows nothing the
-   retrained model does not know is refused at once ("nothing to forget").
-3. Every attack on the unlearned model, on the retrained model (the control: what the attack teaches or
-   changes in a model that never saw the forget set) and, for weight transforms, on the target (what the
-   transform leaves of the knowledge there was to forget).
+2. The control and the target at full precision: a target that knows nothing beyond the control is
+   refused at once ("nothing to forget"). The control (`experiment/control.py`) is the retrained model,
+   the base model before fine-tuning, or none: then the target's own score on held-out items of the same
+   kind (chance for multiple choice).
+3. Every attack on the unlearned model, on the control (what the attack teaches or changes in a model
+   that never saw the forget set; without a control model, the target on the held-out items) and, for
+   weight transforms, on the target (what the transform leaves of the knowledge there was to forget).
 4. A scorecard and a verdict. Per attack a, on its evaluation set (the forget set; for
    relearn:forget-part the held-out part), with u, t, c the unlearned, target and control scores
    (every quantity is defined in `unlearn_audit.scoring`; the audit combines the benchmark's knowledge
@@ -16,8 +18,8 @@
        model knows less than the control)
        t_a: the target under the same weight transform (what a deployment of the target would know); for
        relearning, the target at full precision: relearning at a harmful learning rate degrades every
-       model, and dividing by a degraded target would call that damage "recovery". Without --retrained,
-       c = 0 and relearning attacks are refused.
+       model, and dividing by a degraded target would call that damage "recovery". Without a control
+       model c is the no-control floor and relearning attacks are refused.
      recovery_a = max over the same metrics of (u_a - u_full) / (t_a - u_full): how far the attack moves the
        unlearned model towards what the attacked target knows (1: it scores as the attacked target; only
        where t_a - u_full >= scoring.MIN_RECOVERABLE points)
@@ -36,7 +38,7 @@ import re
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..attacks import Attack, Context, load_attacked, parse_attacks
@@ -66,6 +68,7 @@ from ..scoring import (
 from ..scoring import control_gain as scored_gain
 from ..utils.environment import environment
 from ..utils.io import atomic_write_json, read_json
+from .control import Control, check_control, floor_sources, floor_words, parse_control
 from .scorecard import write_scorecard
 
 DEFAULT_ATTACKS = ["quant:rtn-int8-channel", "quant:rtn-int4-g128"]
@@ -99,8 +102,9 @@ class AuditConfig:
         attacks = parse_attacks([a for a in self.attacks if a != "full"], say)
         training = [a.name for a in attacks if a.trains]
         if training and not has_control:
-            raise UserError(f"{training[0]} needs --retrained: relearning teaches even a model that never saw the "
-                            "forget set, and only the retrained model under the same attack measures how much")
+            raise UserError(f"{training[0]} needs a control model (--control MODEL or base:MODEL; --retrained): "
+                            "relearning teaches even a model that never saw the forget set, and only such a model "
+                            "under the same attack measures how much")
         return attacks
 
 
@@ -150,8 +154,11 @@ class Auditor:
     """Evaluates (role, attack, corpus) combinations once each, resuming from `out` when given."""
 
     def __init__(self, models: dict[str, str], corpus: Corpus, cfg: AuditConfig, out: Path, load: LoadOptions,
-                 show: bool, say, ecfg: EvalConfig, reference=None):
+                 show: bool, say, ecfg: EvalConfig, reference=None, control: Control | None = None,
+                 floors: dict[str, str] | None = None):
         self.models, self.corpus, self.cfg, self.out, self.say = models, corpus, cfg, out, say
+        self.control = control or Control("none", implicit=True)
+        self.floors = floors or {}  # without a control model: knowledge metric -> holdout / chance / zero
         self.ctx = Context(corpus=corpus, load=load, dtype=cfg.dtype, device=cfg.device, show=show)
         self.ecfg, self.bench = ecfg, ecfg.bench
         self.refs: dict = {corpus.content_hash: reference} if reference is not None else {}
@@ -190,20 +197,22 @@ class Auditor:
         towards the target's probed one (`attacks/probe.py`)."""
         keys = (PROBE_KEY,)
         u, t = self.probe("unlearned", attack), self.probe("target", attack)
-        c = self.probe("retrained", attack) if "retrained" in self.models else None
+        c = self.probe(self.control.role, attack) if self.control.role else None
         kept = retained_worst(u, t, c, keys)
         return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
                 "evaluated_on": "hidden states (forget facts among their candidate answers)", "knowledge": list(keys),
                 "unlearned": u, "target": t, "control": c, "unlearned_full": {PROBE_KEY: u[OUTPUT_KEY]},
                 "control_full": {PROBE_KEY: c[OUTPUT_KEY]} if c else None,
-                "retained": kept, "retained_full": retained(base["unlearned"], base["target"], base.get("retrained"), self.bench),
+                "retained": kept, "retained_full": retained(base["unlearned"], base["target"], base.get("control"), self.bench),
                 "recovery": knowledge_recovery({PROBE_KEY: u[OUTPUT_KEY]}, u, t, "worst", keys),
                 "control_gain": scored_gain(c, {PROBE_KEY: c[OUTPUT_KEY]}, {PROBE_KEY: t[OUTPUT_KEY]}, "worst", keys)
                 if c else None,
                 "holds": None if kept is None else kept <= self.cfg.max_retained, "forecast_recovery": None}
 
-    def measure(self, role: str, attack: Attack | None, corpus: Corpus) -> dict:
-        """Metrics of the model in `role` under `attack` (None: as it is) on `corpus`."""
+    def measure(self, role: str, attack: Attack | None, corpus: Corpus, ecfg: EvalConfig | None = None) -> dict:
+        """Metrics of the model in `role` under `attack` (None: as it is) on `corpus` (`ecfg`: another
+        evaluation config than the audit's, e.g. only the knowledge metrics)."""
+        ecfg = ecfg or self.ecfg
         name = attack.key if attack else "full"
         if (role, name, corpus.content_hash) in self.results:
             return self.results[(role, name, corpus.content_hash)]
@@ -212,17 +221,17 @@ class Auditor:
         if corpus is not self.corpus:
             where = where / f"on-{corpus.content_hash[:12]}"
         identity = {"model": self.fingerprints[role], "attack": name}
-        res = finished_results(corpus, self.ecfg, ref, where, identity)
+        res = finished_results(corpus, ecfg, ref, where, identity)
         if res is None:
             spec = self.specs[role]
             self.ctx.tokenizer = load_tokenizer(spec)
             model = load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
-            res = evaluate_model(model, self.ctx.tokenizer, corpus, self.ecfg, ref, where, identity, self.ctx.show)
+            res = evaluate_model(model, self.ctx.tokenizer, corpus, ecfg, ref, where, identity, self.ctx.show)
             free(model)
         metrics = dict(res["metrics"])
         asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
-        own = self.bench.reference_from(res["details"]) if role == "retrained" and asked_alike else None
-        if own is not None:  # the retrained model is the reference (PrivLeak 0, forget quality 1 by definition)
+        own = self.bench.reference_from(res["details"]) if role == self.control.role and asked_alike else None
+        if own is not None:  # the control model is the reference (PrivLeak 0, forget quality 1 by definition)
             self.refs[corpus.content_hash] = own
             if self.bench.reference_metric in metrics:  # only where it was asked for
                 metrics[self.bench.reference_metric] = self.bench.reference_value()
@@ -233,14 +242,36 @@ class Auditor:
                                                       for m, v in metrics.items()))
         return metrics
 
+    def controlled(self, attack: Attack | None, corpus: Corpus) -> dict | None:
+        """The control's scores under `attack` on `corpus`: the control model's, or without one the floor of
+        each knowledge metric (`floor`); None where there is no floor at all."""
+        if self.control.role:
+            return self.measure(self.control.role, attack, corpus)
+        return self.floor(attack)
+
+    def floor(self, attack: Attack | None) -> dict | None:
+        """The no-control floor under `attack`: the target's knowledge scores on the corpus' holdout items
+        (asked the attack's way for a prompt attack), chance for multiple choice (`control.floor_sources`)."""
+        held = [m for m, source in self.floors.items() if source == "holdout"]
+        scores = {m: self.bench.chance(self.corpus, m) for m, source in self.floors.items() if source == "chance"}
+        if held:
+            view = self.corpus.holdout_view(self.out / "holdout")
+            if attack is not None and attack.impl.changes_prompts:
+                view = attack.impl.eval_corpus(attack, view, self.work(attack) / "holdout")
+            ecfg = replace(self.ecfg, metrics=held)
+            scores.update(self.measure("target", attack, view, ecfg))
+        return scores or None
+
     def full(self, corpus: Corpus) -> dict[str, dict]:
         """Control, target and unlearned at full precision on `corpus`; refuses a target with nothing to forget."""
-        roles = [r for r in ("retrained", "target") if r in self.models]
-        scores = {r: self.measure(r, None, corpus) for r in roles}
-        if retained(scores["target"], scores["target"], scores.get("retrained"), self.bench) is None:
+        scores = {"target": self.measure("target", None, corpus)}
+        control = self.controlled(None, corpus)
+        if control is not None:
+            scores["control"] = control
+        if retained(scores["target"], scores["target"], scores.get("control"), self.bench) is None:
             known = ", ".join(f"{m} {v:.1f}" for m, v in scores["target"].items() if m in self.bench.knowledge)
             where = "" if corpus is self.corpus else " on the held-out part"
-            raise UserError(f"the target knows no more than the baseline on every knowledge metric{where} ({known}): "
+            raise UserError(f"the target knows no more than the control on every knowledge metric{where} ({known}): "
                             "nothing to forget, so nothing can come back; check the target and corpus")
         scores["unlearned"] = self.measure("unlearned", None, corpus)
         return scores
@@ -250,20 +281,20 @@ class Auditor:
         base = self.full(self.corpus if attack.impl.changes_prompts else corpus)  # prompts: the standard ones
         if attack.impl.reads_states:
             return self.probe_row(attack, base)
-        control = self.measure("retrained", attack, corpus) if "retrained" in self.models else None
+        control = self.controlled(attack, corpus)
         target = base["target"] if attack.trains else self.measure("target", attack, corpus)
         unlearned = self.measure("unlearned", attack, corpus)
-        kept_full = retained(base["unlearned"], base["target"], base.get("retrained"), self.bench)
+        kept_full = retained(base["unlearned"], base["target"], base.get("control"), self.bench)
         kept = retained(unlearned, target, control, self.bench)
         forecast = bins.get(attack.name)
         return {"attack": attack.name, "family": attack.family, "key": attack.key, "source": attack.impl.source,
                 "evaluated_on": "forget set" if corpus is self.corpus else (
                     f"forget set asked as {attack.name}" if attack.impl.changes_prompts else f"held-out part ({corpus.root})"),
                 "unlearned": unlearned, "target": target, "control": control,
-                "unlearned_full": base["unlearned"], "control_full": base.get("retrained"),
+                "unlearned_full": base["unlearned"], "control_full": base.get("control"),
                 "retained": kept, "retained_full": kept_full,
                 "recovery": knowledge_recovery(base["unlearned"], unlearned, target, "worst", self.bench.knowledge),
-                "control_gain": control_gain(control, base.get("retrained"), base["target"], self.bench),
+                "control_gain": control_gain(control, base.get("control"), base["target"], self.bench),
                 "holds": None if kept is None else kept <= self.cfg.max_retained,
                 "forecast_recovery": None if forecast is None else 1 - forecast.get("projected_survival", 0.0)}
 
@@ -304,12 +335,14 @@ def forgetting_verdict(full: dict, rows: list[dict], max_retained: float, knowle
                         f"target's knowledge remains ({worst['attack']})")
 
 
-def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrained: str | None = None,
+def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, control: Control | str | None = None,
           out: str | Path | None = None, load: LoadOptions | None = None, show: bool = True, say=print) -> dict:
-    """Run the audit; with `out`, write audit.json, audit.md and audit.png there and resume from it.
-    Returns the report with `exit_code`."""
+    """Run the audit against `control` (a Control, or a retrained model's name; None: no control model);
+    with `out`, write audit.json, audit.md and audit.png there and resume from it. Returns the report with
+    `exit_code`."""
     bench = resolve_benchmark(cfg.benchmark, corpus)
-    attacks = cfg.validate(retrained is not None, bench, say)
+    control = control if isinstance(control, Control) else parse_control(None, control, load)
+    attacks = cfg.validate(control.model is not None, bench, say)
     config = model_config(target, load) if any(a.impl.reads_config(a) for a in attacks) else None
     for a in attacks:
         a.impl.check_corpus(a, corpus, bench)
@@ -319,13 +352,17 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
         ecfg.metrics = list(cfg.metrics)
     check_corpus(corpus, ecfg)
     reference = reference_from_log(bench, cfg.reference_log, corpus, ecfg)
+    floors = floor_sources(control, corpus, bench, [m for m in bench.knowledge if m in ecfg.metrics])
+    check_control(control, ModelSpec.of(target, load))
+    say(control.describe() + (f" ({floor_words(floors, bench)})" if floors else ""))
     started = time.time()
     models = {"target": str(target), "unlearned": str(unlearned)}
-    if retrained:
-        models = {"retrained": str(retrained), **models}
+    if control.model is not None:
+        models = {control.role: str(control.model), **models}
     with ExitStack() as stack:
         scratch = Path(out) if out else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="audit-")))
-        auditor = Auditor(models, corpus, cfg, scratch, load or LoadOptions(), show, say, ecfg, reference)
+        auditor = Auditor(models, corpus, cfg, scratch, load or LoadOptions(), show, say, ecfg, reference, control,
+                          floors)
         auditor.full(corpus)  # the cheap decisive evaluations first
         bins = run_bins(str(target), str(unlearned), attacks, cfg.lr, Path(out) if out else None)
         for name, r in bins.items():
@@ -339,10 +376,11 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
                 f"control gain {fmt(r['control_gain'], True)}")
         base = auditor.full(corpus)
         full = {"attack": "full", "unlearned": base["unlearned"], "target": base["target"],
-                "control": base.get("retrained"),
-                "retained": retained(base["unlearned"], base["target"], base.get("retrained"), bench)}
+                "control": base.get("control"),
+                "retained": retained(base["unlearned"], base["target"], base.get("control"), bench)}
         full["utility_kept"] = utility_kept(base["unlearned"], base["target"], bench.utility)
         gate, line = verdict(full, rows, cfg.max_retained, cfg.min_utility, bench)
+        line = f"{line}; {control.against}"
         tested = [r["family"] for r in rows]
         places = hidden_or_gone(full["retained"] <= cfg.max_retained, [r["family"] for r in rows if r["holds"] is False],
                                 tested)
@@ -357,7 +395,9 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, retrain
               "load": {"revision": auditor.ctx.load.revision, "tokenizer": auditor.ctx.load.tokenizer,
                        "adapter_base": auditor.ctx.load.adapter_base, "merge_dtype": auditor.ctx.load.merge_dtype},
               "knowledge": list(bench.knowledge), "utility": bench.utility, "fractions": list(bench.fractions),
-              "target": str(target), "unlearned": str(unlearned), "retrained": retrained, "corpus": corpus.name,
+              "target": str(target), "unlearned": str(unlearned),
+              "retrained": str(control.model) if control.kind == "retrained" else None,
+              "control": {**control.record(), "floors": floors}, "corpus": corpus.name,
               "config": asdict(cfg), "seconds": round(time.time() - started, 2), "environment": environment()}
     if out is not None:
         atomic_write_json(Path(out) / "audit.json", report)

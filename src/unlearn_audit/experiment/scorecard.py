@@ -61,15 +61,33 @@ def hidden_line(report: dict) -> str:
     return "; ".join(place + (f" ({', '.join(by[place])})" if by.get(place) else "") for place in places) or "-"
 
 
+def control_line(report: dict) -> str:
+    """Which control the shares are measured against, and what that means (audits written before
+    `--control` name only their retrained model)."""
+    control = report.get("control")
+    if not control:
+        return f"control (retrained): `{report['retrained']}`" if report.get("retrained") else \
+            "control: none (the baseline is 0)"
+    model = f" `{control['model']}`" if control.get("model") else ""
+    floors = control.get("floors") or {}
+    labels = dict(columns(report)[0])
+    floor = "; floors: " + ", ".join(f"{labels.get(m, m)} {source}" for m, source in floors.items()) if floors else ""
+    return f"control: {control['kind']}{model}: {control['meaning']}{floor}"
+
+
+def control_kind(report: dict) -> str:
+    return (report.get("control") or {}).get("kind") or ("retrained" if report.get("retrained") else "none")
+
+
 def render(report: dict) -> str:
     cfg = report["config"]
     bench, knowledge, utility = wording(report)
-    control = report["retrained"] or "none (no --retrained: the baseline is 0)"
+    control = control_line(report)
     outcome = Gate(report["gate"]).outcome
     lines = [f"# unlearn-audit: {outcome}", "",
              report["verdict"], "", f"Hidden or gone? {hidden_line(report)}", "",
              f"- target: `{report['target']}`", f"- unlearned: `{report['unlearned']}`",
-             f"- control (retrained): `{control}`", f"- corpus: {report['corpus']}, benchmark {bench}; threshold: "
+             f"- {control}", f"- corpus: {report['corpus']}, benchmark {bench}; threshold: "
              f"forgetting holds when at most {percent(cfg['max_retained'])} of the target's knowledge remains and the model "
              f"keeps at least {percent(cfg.get('min_utility', 0))} of the target's {utility}", "",
              *table(report), "",
@@ -77,7 +95,7 @@ def render(report: dict) -> str:
              f"held-out part; docs/benchmarks.md gives each metric's scale). retained = max over {knowledge} of "
              "(unlearned - control) / "
              "(target - control) under the same attack; recovery = the share of what unlearning removed "
-             "that the attack brings back; control gain = what the attack gives the retrained model, as a "
+             "that the attack brings back; control gain = what the attack gives the control, as a "
              "share of the target's forgettable knowledge; bins forecast = 1 - projected survival of the "
              "update under that quantizer (`bins`).", "", "Attack sources:", ""]
     seen = set()
@@ -103,7 +121,7 @@ def plot(report: dict, path: Path) -> Path:
     y = range(len(rows))
     ax.barh([i - 0.2 for i in y], [100 * k for k in kept], height=0.4, label="unlearned: target knowledge retained")
     ax.barh([i + 0.2 for i in y], [100 * g for g in gain], height=0.4, color="0.6",
-            label="control (retrained): knowledge gained")
+            label=f"control ({control_kind(report)}): knowledge gained")
     ax.axvline(100 * report["config"]["max_retained"], color="k", ls="--", lw=1, label="threshold")
     ax.set_yticks(list(y), names, fontsize=7)
     ax.invert_yaxis()
