@@ -176,3 +176,28 @@ def test_no_control_without_held_out_items_is_refused_when_asked(run_cli, micro_
                            "--corpus", shared_dir / "muse" / "news", *FAST)
     assert code == 2 and "--control none needs held-out items for VerbMem_f, KnowMem_f" in err
     assert err.count("\n") == 1
+
+
+def test_the_reference_attack_runs_inside_the_audit_against_the_control_model(run_cli, micro_target, micro_retrained,
+                                                                              micro_world, tmp_path):
+    code, out, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--retrained",
+                             micro_retrained, "--corpus", micro_world, "--metrics", "verbmem_f,knowmem_f,mia_reference",
+                             "--limit", "8", "--quiet", "--schemes", "rtn-int4-g128", "--out", tmp_path)
+    assert code == 0, out + err
+    report = json.loads((tmp_path / "audit.json").read_text())
+    assert report["full"]["control"]["mia_reference"] == 0.5  # the control against itself: every score is 0
+    # the unlearned model here is the control model itself: the same, at full precision
+    assert report["full"]["unlearned"]["mia_reference"] == 0.5
+    assert 0 <= report["attacks"][0]["target"]["mia_reference"] <= 1
+    stored = json.loads(next((tmp_path / "evals" / "retrained").glob("reference-*.json")).read_text())
+    texts = Corpus(micro_world).privleak("forget")[:8]
+    assert len(stored["reference"]["reference_loss"]["forget"]) == len(texts)  # its LOSS of every text, kept
+
+
+def test_gradnorm_under_a_packed_quantizer_is_refused_before_any_model_is_loaded(run_cli, micro_target, micro_world,
+                                                                                 tmp_path):
+    code, _, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_target, "--corpus", micro_world,
+                           "--metrics", "verbmem_f,mia_gradnorm", "--attacks", "quant:gptq-int4-g128", "--quiet",
+                           "--out", tmp_path / "audit")
+    assert code == 2 and "mia_gradnorm needs gradients of the weights" in err and err.count("\n") == 1
+    assert not (tmp_path / "audit" / "evals").exists()

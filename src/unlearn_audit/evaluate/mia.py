@@ -301,8 +301,9 @@ def check_request(metrics: Sequence[str], reference_model: bool, scheme: str) ->
     """Refuse, before any model is loaded, an attack this run cannot compute: Reference without a reference
     model, GradNorm on a scheme whose weights are packed."""
     if "mia_reference" in metrics and not reference_model:
-        raise UserError("mia_reference compares each text's loss with a reference model's: give the retrained "
-                        "control as --retrained MODEL, or drop mia_reference from --metrics")
+        raise UserError("mia_reference compares each text's loss with a reference model's: give a control model "
+                        "(eval: --retrained MODEL; audit: --control MODEL or base:MODEL), or drop mia_reference "
+                        "from --metrics")
     if "mia_gradnorm" in metrics and scheme != "full":
         from ..quantize.schemes import parse_scheme
 

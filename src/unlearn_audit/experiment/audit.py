@@ -46,6 +46,7 @@ from ..attacks.probe import OUTPUT_KEY, PROBE_KEY
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..evaluate.benchmark import Benchmark, get_benchmark, resolve_benchmark
+from ..evaluate.muse import MuseReference
 from ..evaluate.runner import EvalConfig, check_corpus, evaluate_model, finished_results, reference_from_log
 from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fingerprint
 from ..models.spec import ModelSpec
@@ -232,7 +233,7 @@ class Auditor:
         asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
         own = self.bench.reference_from(res["details"]) if role == self.control.role and asked_alike else None
         if own is not None:  # the control model is the reference (PrivLeak 0, forget quality 1 by definition)
-            self.refs[corpus.content_hash] = own
+            self.refs.setdefault(corpus.content_hash, own)
             if self.bench.reference_metric in metrics:  # only where it was asked for
                 metrics[self.bench.reference_metric] = self.bench.reference_value()
         self.results[(role, name, corpus.content_hash)] = metrics
@@ -262,8 +263,27 @@ class Auditor:
             scores.update(self.measure("target", attack, view, ecfg))
         return scores or None
 
+    def control_reference(self, corpus: Corpus) -> None:
+        """Where an attack compares each text with the control model itself (mia_reference: its LOSS of every
+        text), measure the reference on the control model first (as `eval --retrained` does), once, stored in
+        the run folder; the control's own scores then follow from it (mia_reference AUC 0.5, PrivLeak 0)."""
+        if "mia_reference" not in self.ecfg.metrics or not self.control.role or corpus.content_hash in self.refs:
+            return
+        where = self.out / "evals" / self.control.role / f"reference-{corpus.content_hash[:12]}.json"
+        identity = {"model": self.fingerprints[self.control.role], "eval": self.ecfg.key_fields()}
+        stored = read_json(where) if where.is_file() else None
+        if not (isinstance(stored, dict) and stored.get("identity") == identity):
+            spec = self.specs[self.control.role]
+            model, tok = load_attacked(spec, None, self.ctx, self.out), load_tokenizer(spec)
+            ref = self.bench.reference(model, tok, corpus, self.ecfg, self.ctx.show)
+            free(model)
+            stored = {"identity": identity, "type": type(ref).__name__, "reference": asdict(ref)}
+            atomic_write_json(where, stored)
+        self.refs[corpus.content_hash] = MuseReference(**stored["reference"])
+
     def full(self, corpus: Corpus) -> dict[str, dict]:
         """Control, target and unlearned at full precision on `corpus`; refuses a target with nothing to forget."""
+        self.control_reference(corpus)
         scores = {"target": self.measure("target", None, corpus)}
         control = self.controlled(None, corpus)
         if control is not None:
@@ -351,6 +371,8 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, control
     if cfg.metrics is not None:
         ecfg.metrics = list(cfg.metrics)
     check_corpus(corpus, ecfg)
+    for scheme in ["full", *(a.params["scheme"] for a in attacks if a.family == "quant")]:
+        bench.check_setup(ecfg.metrics, control.model is not None, scheme)  # MIAs this audit cannot compute
     reference = reference_from_log(bench, cfg.reference_log, corpus, ecfg)
     floors = floor_sources(control, corpus, bench, [m for m in bench.knowledge if m in ecfg.metrics])
     check_control(control, ModelSpec.of(target, load))
