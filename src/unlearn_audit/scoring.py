@@ -50,6 +50,7 @@ HOLDS = 0.1  # at most a tenth comes back: the forgetting survives
 UTILITY_KEPT = 0.8  # the paper's failure is that of utility-preserving unlearning: KnowMem_r >= 80% of the target's
 SURVIVES = 0.2  # an attack that brings back at most this share of what was forgotten is survived
 PREDICTION_TOLERANCE = 0.25  # |bins forecast - measured recovery| within which the forecast counts as right
+FLUENCY_FACTOR = 10.0  # retain answers at most this many times as perplexing to the target as the true answers
 
 
 # ------------------------------------------------------------------------------------------- quantities
@@ -241,6 +242,24 @@ def untested_places(tested_families: Sequence[str] | None) -> list[str]:
 def over_unlearned(utility_kept: float | None, floor: float = UTILITY_KEPT) -> bool:
     """KnowMem_r below `floor` of the target's: the forgetting took the retain knowledge with it."""
     return utility_kept is not None and utility_kept < floor
+
+
+def fluent(perplexity: float | None, gold_perplexity: float | None, factor: float = FLUENCY_FACTOR) -> bool | None:
+    """Whether a model's retain answers read as language to the target: their perplexity under it at most
+    `factor` times the true answers' (`evaluate.fluency`); None where either is unmeasured."""
+    if perplexity is None or gold_perplexity is None:
+        return None
+    return perplexity <= factor * gold_perplexity
+
+
+def fluency_words(fluency: dict | None) -> str:
+    """The fluency check beside the utility (`audit`'s verdict line)."""
+    if not fluency or fluency.get("fluent") is None:
+        return "fluency not measured"
+    ppl, gold = fluency["unlearned"]["perplexity"], fluency["gold"]["perplexity"]
+    state = "fluent" if fluency["fluent"] else "NOT fluent"
+    return (f"retain answers {state} (perplexity {ppl:.1f} under the target; the true answers {gold:.1f}, "
+            f"the gate {FLUENCY_FACTOR:g}x)")
 
 
 def utility_words(utility_kept: float | None, label: str = "KnowMem_r") -> str:

@@ -89,6 +89,12 @@ class Benchmark:
     def check_model(self, model, metrics: list[str]) -> None:
         """Refuse, before any metric is evaluated, metrics the loaded model cannot be evaluated on."""
 
+    def retain_answers(self, eval_dir: Path, tokenizer, cfg) -> list[dict] | None:
+        """The model's own answers to the retain questions as its evaluation in `eval_dir` logged them, each
+        with its prompt and the true answer ({prompt, answer, gold}); None where the benchmark generates
+        none (multiple choice) or the log is absent (`evaluate.fluency`)."""
+        return None
+
     def chance(self, corpus, metric: str) -> float | None:
         """A knowledge metric's score by guessing (multiple choice), None where guessing has no fixed score."""
         return None

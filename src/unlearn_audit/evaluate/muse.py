@@ -11,11 +11,13 @@ an AUC, with the retrained model's AUCs (and its losses, the Reference attack's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models.generation import token_logprobs
+from ..utils.io import read_json
 from . import mia
 from .benchmark import Benchmark, Metric, register_benchmark
 from .knowmem import evaluate_knowmem
@@ -206,6 +208,12 @@ class Muse(Benchmark):
 
     def run_metric(self, name, model, tokenizer, corpus, cfg, ref, show):
         return run_metric(name, model, tokenizer, corpus, cfg, ref or default_auc_retrain(corpus), show)
+
+    def retain_answers(self, eval_dir, tokenizer, cfg):
+        path = Path(eval_dir) / "knowmem_r" / "log.json"
+        if not path.is_file():
+            return None
+        return [{"prompt": r["prompt"], "answer": r["response"], "gold": r["gt"]} for r in read_json(path)]
 
     def reference(self, model, tokenizer, corpus, cfg, show):
         asked = "privleak" in cfg.metrics

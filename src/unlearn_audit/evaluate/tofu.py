@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -301,6 +302,13 @@ class Tofu(Benchmark):
             logs[f"{split}_log.json"] = scores.log(prob=p, generation=scores.answers, rougeL_recall=r, truth_ratio=tr)
         value = harmonic_mean([v for part in parts.values() for v in part.values()])
         return value, {"parts": parts}, {**logs, "agg.json": parts}
+
+    def retain_answers(self, eval_dir, tokenizer, cfg):
+        path = Path(eval_dir) / "model_utility" / "retain_log.json"
+        if not path.is_file():
+            return None
+        return [{"prompt": build_prompt(tokenizer, r["question"], cfg.tofu_template), "answer": r["generation"],
+                 "gold": r["answer"]} for r in read_json(path)]
 
     def reference(self, model, tokenizer, corpus, cfg, show):
         tr = SetScores(model, tokenizer, corpus, "forget", cfg, show).truth_ratios()

@@ -26,9 +26,11 @@
      control gain_a = max over the same metrics of (c_a - c_full) / (t_full - c_full)
    Forgetting holds under a when retained_a <= max_retained. Utility kept = utility(unlearned) /
    utility(target) at full precision (MUSE KnowMem_r, TOFU model utility, WMDP MMLU accuracy), stated
-   beside every verdict. Exit code (scoring.Gate) 0 = forgetting
-   holds at full precision and under every attack with utility kept >= min_utility, 1 = the knowledge
-   remains or returns, 3 = it holds but utility fell below min_utility (over-unlearning), 2 = error.
+   beside every verdict with the fluency of the retain answers (`evaluate.fluency`: their perplexity
+   under the target, at most scoring.FLUENCY_FACTOR times the true answers'). Exit code (scoring.Gate)
+   0 = forgetting holds at full precision and under every attack with utility kept >= min_utility and
+   fluent retain answers, 1 = the knowledge remains or returns, 3 = it holds but utility fell below
+   min_utility or the retain answers are not fluent (over-unlearning), 2 = error.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..attacks.probe import OUTPUT_KEY, PROBE_KEY
 from ..data.corpus import Corpus
 from ..errors import UserError
 from ..evaluate.benchmark import Benchmark, get_benchmark, resolve_benchmark
+from ..evaluate.fluency import retain_fluency
 from ..evaluate.muse import MuseReference
 from ..evaluate.runner import EvalConfig, check_corpus, evaluate_model, finished_results, reference_from_log
 from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fingerprint
@@ -55,6 +58,8 @@ from ..quantize.bins import write_outputs as write_bins
 from ..scoring import (
     UTILITY_KEPT,
     Gate,
+    fluency_words,
+    fluent,
     fmt,
     hidden_or_gone,
     knowledge_recovery,
@@ -296,6 +301,25 @@ class Auditor:
         scores["unlearned"] = self.measure("unlearned", None, corpus)
         return scores
 
+    def fluency(self) -> dict | None:
+        """The unlearned and target models' retain answers scored under the target (`evaluate.fluency`),
+        once, stored in the run folder; None where the benchmark generates no retain answers."""
+        tok = load_tokenizer(self.specs["target"])
+        rows = {role: self.bench.retain_answers(self.out / "evals" / role / "full", tok, self.ecfg)
+                for role in ("unlearned", "target")}
+        if any(r is None for r in rows.values()):
+            return None
+        where = self.out / "fluency.json"
+        identity = {"models": [self.fingerprints[r] for r in rows], "eval": self.ecfg.key_fields()}
+        stored = read_json(where) if where.is_file() else None
+        if not (isinstance(stored, dict) and stored.get("identity") == identity):
+            judge = load_attacked(self.specs["target"], None, self.ctx, self.out)
+            stored = {"identity": identity, **retain_fluency(judge, tok, rows, self.cfg.batch_size)}
+            free(judge)
+            atomic_write_json(where, stored)
+        result = {k: {m: v for m, v in stored[k].items() if m != "item_nll"} for k in ("unlearned", "target", "gold")}
+        return {**result, "fluent": fluent(result["unlearned"]["perplexity"], result["gold"]["perplexity"])}
+
     def row(self, attack: Attack, bins: dict) -> dict:
         corpus = self.eval_corpus(attack)
         base = self.full(self.corpus if attack.impl.changes_prompts else corpus)  # prompts: the standard ones
@@ -328,7 +352,11 @@ def verdict(full: dict, rows: list[dict], max_retained: float, min_utility: floa
     if gate is Gate.HOLDS and over_unlearned(full.get("utility_kept"), min_utility):
         gate, line = Gate.OVER_UNLEARNED, (f"over-unlearned: {line}, but the model lost its utility (below "
                                            f"{percent(min_utility)} of the target's {utility})")
-    return gate, f"{line}; {utility_words(full.get('utility_kept'), utility)}"
+    elif gate is Gate.HOLDS and (full.get("fluency") or {}).get("fluent") is False:
+        gate, line = Gate.OVER_UNLEARNED, (f"over-unlearned: {line}, but the model answers the retain questions "
+                                           "with text the target finds nonsense")
+    fluency = f"; {fluency_words(full['fluency'])}" if full.get("fluency") else ""
+    return gate, f"{line}; {utility_words(full.get('utility_kept'), utility)}{fluency}"
 
 
 def forgetting_verdict(full: dict, rows: list[dict], max_retained: float, knowledge) -> tuple[Gate, str]:
@@ -401,6 +429,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, control
                 "control": base.get("control"),
                 "retained": retained(base["unlearned"], base["target"], base.get("control"), bench)}
         full["utility_kept"] = utility_kept(base["unlearned"], base["target"], bench.utility)
+        full["fluency"] = auditor.fluency()
         gate, line = verdict(full, rows, cfg.max_retained, cfg.min_utility, bench)
         line = f"{line}; {control.against}"
         tested = [r["family"] for r in rows]
