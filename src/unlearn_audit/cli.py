@@ -301,13 +301,20 @@ def cmd_unlearn(args) -> int:
 # ------------------------------------------------------------------------------------------- grid, demo, report
 def run_and_report(cfg, out: Path, quiet: bool, shard: tuple[int, int] | None = None) -> int:
     from .experiment.grid import planned_ids, run_grid
-    from .experiment.report import render, terminal_summary
+    from .experiment.report import provisional_lines, render, terminal_summary
 
     started = time.time()
-    counts = run_grid(cfg, out, show=not quiet, shard=shard)
-    pieces = render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids=planned_ids(cfg, shard),
-                    bins_schemes=cfg.bins_schemes, tiny=cfg.tiny_models)
-    print(terminal_summary(pieces, out))
+
+    def report():
+        return render(out, cfg.evaluated, title=f"unlearn-audit {cfg.name}", cell_ids=planned_ids(cfg, shard),
+                      bins_schemes=cfg.bins_schemes, tiny=cfg.tiny_models)
+
+    def provisional(left: int) -> None:
+        if not quiet:
+            print(provisional_lines(report(), left, time.time() - started), flush=True)
+
+    counts = run_grid(cfg, out, show=not quiet, shard=shard, on_decisive=provisional)
+    print(terminal_summary(report(), out))
     print(f"finished in {time.time() - started:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return 1 if counts.get("failed") else 0
 

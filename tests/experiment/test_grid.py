@@ -533,3 +533,31 @@ def test_degrid_fine_tunes_the_base_on_another_world_first_and_reports_how_far_i
 def test_every_example_grid_is_valid(path):
     """The docs send users to examples/*.yaml (grid --config): each must load and validate as it is."""
     load_grid(path).validate()
+
+
+def test_the_cells_of_a_first_verdict_run_first_and_the_plan_stays_runnable(micro_world):
+    cfg = build_config(GridConfig, micro_grid(micro_world, dtypes=["bf16", "fp32"], attacks=["cast:bf16"]))
+    cells = grid_mod.plan(cfg)
+    decisive = grid_mod.decisive_ids(cells, cfg)
+    assert [c.id in decisive for c in cells] == sorted((c.id in decisive for c in cells), reverse=True)  # first
+    seen = set()
+    for c in cells:  # every dependency before its dependents
+        assert set(c.deps) <= seen, c.label
+        seen.add(c.id)
+    runs = [c.label for c in cells if c.kind == "unlearn" and c.id in decisive]
+    assert runs == ["ga_gdr bf16 lr=0.001 seed=0", "ga_gdr fp32 lr=0.001 seed=0"]  # the first of each side
+    evals = {c.label for c in cells if c.kind == "eval" and c.id in decisive}
+    assert evals == {f"{m} @ {s}" for m in ("target", *runs) for s in cfg.schemes} | {"retrained @ full"}
+
+
+def test_the_demo_prints_a_provisional_verdict_before_the_rest_runs(run_cli, micro_world, micro_target,
+                                                                    micro_retrained, tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, dtypes=["bf16", "fp32"])))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run")
+    assert code == 0, out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("provisional verdict after"))
+    assert lines[at + 1].startswith("  * ")  # its verdict lines follow
+    later = [line for line in lines[at:] if re.match(r"\[\d+/\d+\] ", line)]
+    assert any("npo" in line for line in later)  # the second runs were still to come
+    assert sum(line.startswith("provisional verdict") for line in lines) == 1

@@ -20,6 +20,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +177,41 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
         for scheme in cfg.bins_schemes:
             cells.append(spec("bins", {"unlearned": run.id, "target": target, "scheme": scheme, "corpus": corpus.id},
                               [run.id, target, corpus.id], f"bins {run.label} @ {scheme}"))
-    return cells
+    decisive = decisive_ids(cells, cfg)
+    return [c for c in cells if c.id in decisive] + [c for c in cells if c.id not in decisive]
+
+
+def is_contrast(settings: dict) -> bool:
+    """A run of the paper's contrast to pure-bf16 unlearning: fp32 weights, or SURE."""
+    return settings.get("dtype") != "bf16" or settings.get("method") == "sure"
+
+
+def decisive_ids(cells: list[CellSpec], cfg: GridConfig) -> set[str]:
+    """The cells a first verdict needs, with everything they depend on: the first bf16 run and the first
+    contrast run (fp32 or SURE), their evaluations and the target's at full precision and under every
+    quantization scheme, and the retrained model at full precision (PrivLeak's reference). `plan` runs
+    them first, so the verdict lines exist long before the whole grid has run (issue 35)."""
+    by_id = {c.id: c for c in cells}
+    runs = [c for c in cells if c.kind == "unlearn"]
+    first = [next((r for r in runs if is_contrast(r.config["settings"]) is contrast), None) for contrast in (False, True)]
+    chosen = {r.id for r in first if r is not None}
+    if not chosen:
+        return set()
+    pair = next(r for r in first if r is not None).config
+    target, retrained = pair["target"], pair["retrained"]
+    for c in cells:
+        if c.kind != "eval" or c.config["scheme"] in cfg.attacks:
+            continue
+        model = c.config["model"]
+        if model in chosen or model == target or (model == retrained and c.config["scheme"] == "full"):
+            chosen.add(c.id)
+    stack = list(chosen)
+    while stack:
+        for d in by_id[stack.pop()].deps:
+            if d not in chosen:
+                chosen.add(d)
+                stack.append(d)
+    return chosen
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -262,6 +297,9 @@ class GridRunner:
         self.worker = worker
         for i, c in enumerate(self.cells):
             self.ledger.add(c.id, c.kind, c.config, c.deps, i)
+        self.decisive = decisive_ids(self.cells, cfg)
+        self.told = False  # the provisional verdict was given (or every cell had run)
+        self.on_decisive: Callable[[int], None] | None = None  # called once with the cells left (run_grid)
 
     def say(self, text: str) -> None:
         if self.show:
@@ -290,6 +328,7 @@ class GridRunner:
                 elif state in ("ran", "failed"):
                     attempted.add(c.id)
                     progressed = True
+                    self.provisional()
             if not waiting:
                 return self.counts()
             if not progressed:
@@ -323,6 +362,20 @@ class GridRunner:
         done = self.counts().get("done", 0)  # counted at finish: right with long cells and several workers
         self.say(f"[{done}/{len(self.cells)}] {c.label}: {summary(c.kind, result)} ({seconds:.1f}s){self.eta()}")
         return "ran"
+
+    def provisional(self) -> None:
+        """Once the decisive cells (`decisive_ids`) are done and others are not, hand the number of cells
+        left to `on_decisive` (the CLI renders the report and prints its verdict lines as provisional), once,
+        in the main process only."""
+        if self.worker or self.told or not self.decisive or self.on_decisive is None:
+            return
+        cells = PlannedCells(self.ledger, set(self.by_id)).cells()
+        if not all(c.status == "done" for c in cells if c.id in self.decisive):
+            return
+        self.told = True
+        left = sum(c.status not in ("done", "failed") for c in cells)
+        if left:
+            self.on_decisive(left)
 
     def eta(self) -> str:
         """Time left, from the mean time of the finished cells of each kind (a lower bound while a kind
@@ -404,14 +457,16 @@ def interrupt(signum, frame) -> None:
 SHARD_FILE = "shard.json"
 
 
-def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True,
-             shard: tuple[int, int] | None = None) -> dict[str, int]:
-    """Run a grid (or one shard of it) with `cfg.workers` processes sharing the ledger; returns status counts."""
+def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True, shard: tuple[int, int] | None = None,
+             on_decisive: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Run a grid (or one shard of it) with `cfg.workers` processes sharing the ledger; returns status counts.
+    `on_decisive(cells_left)`: called once when the cells of a first verdict are done (`decisive_ids`)."""
     import yaml
 
     run_dir = Path(run_dir)
     check_shard_folder(run_dir, shard)
     runner = GridRunner(cfg, run_dir, show, shard=shard)  # validates the grid before anything is written
+    runner.on_decisive = on_decisive
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     workers = max(1, cfg.workers)
     threads = max(1, default_threads() // workers)

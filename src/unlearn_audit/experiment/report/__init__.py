@@ -3,6 +3,6 @@ rows.py (rows and their aggregation over seeds), verdicts.py, tables.py, plots.p
 render.py, which assembles report.md, summary.json and results.json from them."""
 
 from .merge import merge_run_folders
-from .render import render, render_folder, terminal_summary
+from .render import provisional_lines, render, render_folder, terminal_summary
 
-__all__ = ["merge_run_folders", "render", "render_folder", "terminal_summary"]
+__all__ = ["merge_run_folders", "provisional_lines", "render", "render_folder", "terminal_summary"]

@@ -155,6 +155,13 @@ def render_folder(run_dir: str | Path) -> dict:
     return render(run_dir, schemes, title=f"unlearn-audit {name}", cell_ids=ids, bins_schemes=bins, tiny=tiny)
 
 
+def provisional_lines(pieces: dict, left: int, seconds: float) -> str:
+    """The verdict lines of a report rendered from the first bf16 and fp32 runs (`grid.decisive_ids`)."""
+    return "\n".join([f"provisional verdict after {seconds / 60:.0f} min, from the first bf16 and fp32 runs "
+                       f"({left} cells left refine it; report.md written now and again at the end):",
+                       *(f"  * {line}" for line in pieces["agreement"])])
+
+
 def terminal_summary(pieces: dict, run_dir: Path) -> str:
     """What `demo`, `grid` and `report` print: the tables, the verdict lines and where the files are."""
     lines = ["", pieces["table"], "",
