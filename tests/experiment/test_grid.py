@@ -14,6 +14,7 @@ import yaml
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.errors import UserError
+from unlearn_audit.evaluate.mia import normalised_auc
 from unlearn_audit.experiment import grid as grid_mod
 from unlearn_audit.experiment.config import GridConfig, build_config, demo_config, load_grid
 from unlearn_audit.experiment.ledger import Ledger, located
@@ -276,6 +277,10 @@ def test_smollm2_demos_run_the_papers_experiment(variant):
     ({"benchmarks": ["muse"]}, "MUSE is always evaluated"),
     ({"benchmarks": ["tofoo"]}, "unknown benchmark"),
     ({"eval": {"benchmark": "tofu"}}, "list other benchmarks under `benchmarks`"),
+    ({"extra_metrics": ["mia_lose"]}, "unknown metric"),
+    ({"extra_metrics": ["privleak"]}, "measured anyway"),
+    ({"extra_metrics": ["mia_reference"]}, "grids do not keep"),
+    ({"extra_metrics": ["mia_gradnorm"], "schemes": ["full", "bnb-fp4"]}, "packs into integers"),
 ])
 def test_bad_grid_configs(tmp_path, bad, message):
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], **bad}))
@@ -561,3 +566,18 @@ def test_the_demo_prints_a_provisional_verdict_before_the_rest_runs(run_cli, mic
     later = [line for line in lines[at:] if re.match(r"\[\d+/\d+\] ", line)]
     assert any("npo" in line for line in later)  # the second runs were still to come
     assert sum(line.startswith("provisional verdict") for line in lines) == 1
+
+
+def test_grid_membership_attacks_are_normalised_by_the_retrained_models_auc(run_cli, micro_world, micro_target,
+                                                                             micro_retrained, tmp_path):
+    grid = micro_grid(micro_world, methods=["ga_gdr"], schemes=["full"], extra_metrics=["mia_loss"], bins_schemes=[])
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    results = {c.result["model"]: c.result for c in ledger.cells("eval")}
+    control = results["retrained"]["details"]["mia_loss"]["auc"]
+    unlearned = results["ga_gdr"]["details"]["mia_loss"]
+    assert unlearned["auc_control"] == control and unlearned["auc_control_source"] == "measured on the retrained model"
+    assert unlearned["normalised"] == normalised_auc(unlearned["auc"], control)  # None where the control's AUC is 1
+    assert (tmp_path / "run" / "evals").is_dir() and list((tmp_path / "run" / "evals").glob("*/mia_loss/log.json"))

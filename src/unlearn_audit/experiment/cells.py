@@ -8,7 +8,6 @@ from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, add_benchmark_parts, write_world
 from ..evaluate.benchmark import get_benchmark
-from ..evaluate.muse import AucRetrain
 from ..evaluate.runner import (
     EvalConfig,
     combined_evaluator,
@@ -195,12 +194,10 @@ def eval_cell(runner, cell) -> dict:
     tok = load_tokenizer(path)
     ctx = Context(corpus=corpus, tokenizer=tok, show=False)
     model = load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
-    auc_ret = None
-    if "auc_ref" in cfg:
-        ref = runner.result(cfg["auc_ref"])["details"]["privleak"]
-        auc_ret = AucRetrain(ref["auc"], "measured on the retrained model")
     ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"], **cfg.get("eval", {}),
                       **({"metrics": cfg["metrics"]} if cfg.get("metrics") else {}))
+    # the retrained model's evaluation is the reference: its PrivLeak AUC and the AUC of each MIA asked for
+    auc_ret = ecfg.bench.reference_from(runner.result(cfg["auc_ref"])["details"]) if "auc_ref" in cfg else None
     res = evaluate_model(model, tok, corpus, ecfg, auc_ret, runner.run_dir / "evals" / cell.id,
                          identity={"cell": cell.id}, show=False)
     if "auc_ref" not in cfg:  # the retrained model at full precision is its own reference

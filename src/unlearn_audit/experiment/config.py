@@ -67,6 +67,10 @@ class GridConfig:
     attack_metrics: list[str] | None = field(default=None, metadata={
         "help": "metrics of the attack columns (default: every metric); the attack tables read forgetting and "
                 "utility, so [verbmem_f, knowmem_f, knowmem_r] skips PrivLeak there"})
+    extra_metrics: list[str] | None = field(default=None, metadata={
+        "help": "opt-in MUSE metrics the scheme columns also measure, e.g. the membership-inference attacks "
+                "[mia_loss, mia_zlib, mia_min_k, mia_min_k_plus_plus, mia_gradnorm] "
+                "(docs/metrics.md): AUCs per model and scheme in results.json, normalised by the retrained model's"})
     workers: int = 1
 
     def validate(self) -> None:
@@ -128,6 +132,7 @@ class GridConfig:
 
     def validate_eval(self) -> None:
         """The grid's evaluation options and attack metrics, checked as `eval` checks them."""
+        from ..evaluate.benchmark import get_benchmark
         from ..evaluate.runner import EvalConfig
 
         for key in ("metrics", "limit", "batch_size"):
@@ -142,6 +147,17 @@ class GridConfig:
             EvalConfig(**dict(self.eval)).for_benchmark(name).validate()
         if self.attack_metrics is not None:
             EvalConfig(metrics=list(self.attack_metrics)).validate()
+        if self.extra_metrics:
+            defaults = EvalConfig().metrics
+            EvalConfig(metrics=[*defaults, *self.extra_metrics]).validate()
+            taken = [m for m in self.extra_metrics if m in defaults]
+            if taken:
+                raise UserError(f"extra_metrics: {', '.join(taken)} is measured anyway; list only opt-in metrics")
+            if "mia_reference" in self.extra_metrics:
+                raise UserError("extra_metrics: mia_reference needs the retrained model's loss of every text, which "
+                                "grids do not keep; run it with `audit --control MODEL` or `eval --retrained MODEL`")
+            for scheme in self.schemes:  # GradNorm needs float weights
+                get_benchmark("muse").check_setup(list(self.extra_metrics), True, scheme)
 
     def axes_from_runs(self) -> None:
         """With explicit `runs`, the axes become what the runs use (the first seed is the models' seed)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..evaluate.runner import EvalConfig
 from ..scoring import fmt
 from ..utils.environment import record_environment
 from ..utils.interrupt import check_interrupt
@@ -150,7 +151,8 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
         runs.append((run, model_seed))
     cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size,
-                   **({"eval": cfg.eval} if cfg.eval else {}), **({"benchmarks": cfg.benchmarks} if cfg.benchmarks else {})}
+                   **({"eval": cfg.eval} if cfg.eval else {}), **({"benchmarks": cfg.benchmarks} if cfg.benchmarks else {}),
+                   **({"metrics": [*EvalConfig().metrics, *cfg.extra_metrics]} if cfg.extra_metrics else {})}
     refs = {}
     for seed, pair in models.items():
         refs[seed] = spec("eval", {**eval_common, "model": pair["retrained"].id, "scheme": "full"},
@@ -166,6 +168,7 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
             config, deps = {**eval_common, "model": model.id, "scheme": scheme, "auc_ref": auc_ref.id}, []
             if scheme in cfg.attacks:
                 config.update({"metrics": cfg.attack_metrics} if cfg.attack_metrics else {})
+
                 if scheme.startswith("cast:"):  # identity on weights already in that format: the full cell's values
                     config["full_cell"] = full.id  # schemes (full first) come before attacks
                     deps = [full.id]
