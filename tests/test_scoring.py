@@ -128,6 +128,9 @@ def test_the_report_names_over_unlearning():
     assert verdict_text(Verdict.HOLDS, 0.2, 0.5) == "forgetting holds (over-unlearned)"
     assert verdict_text(Verdict.HOLDS, 0.7, 0.5) == "forgetting holds (shallow forgetting; over-unlearned)"
     assert verdict_text(Verdict.HOLDS, 0.2, 0.8) == "forgetting holds"
+    assert verdict_text(Verdict.HOLDS, 0.2, 0.9, False) == "forgetting holds (retain answers not fluent)"
+    assert verdict_text(Verdict.HOLDS, 0.2, 0.5, False) == "forgetting holds (over-unlearned; retain answers not fluent)"
+    assert verdict_text(Verdict.HOLDS, 0.2, 0.9, True) == verdict_text(Verdict.HOLDS, 0.2, 0.9, None) == "forgetting holds"
 
 
 def test_hidden_or_gone_names_every_place_the_knowledge_hides():

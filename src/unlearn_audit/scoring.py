@@ -167,11 +167,14 @@ def quantization_verdict(retained_full: float | None, four_bit_recoveries: Seque
     return Verdict.PARTLY
 
 
-def verdict_text(verdict: Verdict, retained_full: float | None, utility_kept: float | None = None) -> str:
-    """The verdict as the report prints it: judged runs that forgot less than FORGOT_ENOUGH say so, and
-    runs that kept less than UTILITY_KEPT of the target's KnowMem_r are named over-unlearned."""
+def verdict_text(verdict: Verdict, retained_full: float | None, utility_kept: float | None = None,
+                 fluent_answers: bool | None = None) -> str:
+    """The verdict as the report prints it: judged runs that forgot less than FORGOT_ENOUGH say so, runs
+    that kept less than UTILITY_KEPT of the target's KnowMem_r are named over-unlearned, and so are runs
+    whose retain answers are not fluent (`fluent`)."""
     shallow = verdict.judged and retained_full is not None and retained_full > FORGOT_ENOUGH
     notes = ["shallow forgetting"] * shallow + ["over-unlearned"] * over_unlearned(utility_kept)
+    notes += ["retain answers not fluent"] * (fluent_answers is False)
     return verdict.value + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -62,6 +62,8 @@ def test_grid_runs_every_cell_and_reports(run_cli, micro_world, micro_target, mi
             assert f"| {a['label']} | " + " | ".join(cells) + " |" in out.splitlines()
     for v in summary["verdicts"]:
         assert v["verdict_text"] in report and f"({fmt(v['retained']['mean'], True)})" in report
+        assert v["fluency"]["perplexity"] > 1 and v["fluency"]["gold"] > 1  # retain answers scored under the target
+        assert v["fluency"]["fluent"] is (v["fluency"]["perplexity"] <= 10 * v["fluency"]["gold"])
 
 
 def test_grid_lora_axis_evaluates_and_forecasts_the_merged_adapters(run_cli, micro_world, micro_target,

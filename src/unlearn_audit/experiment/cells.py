@@ -8,6 +8,7 @@ from ..attacks import Context, as_attack, load_attacked
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, add_benchmark_parts, write_world
 from ..evaluate.benchmark import get_benchmark
+from ..evaluate.fluency import retain_fluency
 from ..evaluate.runner import (
     EvalConfig,
     combined_evaluator,
@@ -207,8 +208,28 @@ def eval_cell(runner, cell) -> dict:
     for name in cfg.get("benchmarks", []):
         add_benchmark(res, name, model, tok, corpus, ecfg, runner, cell)
     applied = getattr(model, "quantization_record", None)  # per tensor for gguf schemes
+    if scheme == "full" and runner.by_id[cfg["model"]].kind == "unlearn":
+        del model  # before the target is loaded to judge its retain answers
+        fluency = run_fluency(runner, cell, ecfg)
+        if fluency:
+            res["details"]["fluency"] = fluency
     return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
             "details": res["details"], "seconds": res["seconds"], **({"quantization": applied} if applied else {})}
+
+
+def run_fluency(runner, cell, ecfg: EvalConfig) -> dict | None:
+    """An unlearned model's retain answers (this evaluation's log) scored under its target
+    (`evaluate.fluency`): the perplexity of its non-empty answers and of the true answers."""
+    eval_dir = runner.run_dir / "evals" / cell.id
+    target = runner.result(runner.by_id[cell.config["model"]].config["target"])["path"]
+    tok = load_tokenizer(target)
+    rows = ecfg.bench.retain_answers(eval_dir, tok, ecfg)
+    if rows is None:
+        return None
+    judge = load_model(target)
+    result = retain_fluency(judge, tok, {"unlearned": rows}, ecfg.batch_size)
+    atomic_write_json(eval_dir / "fluency.json", result)
+    return {k: {m: v for m, v in result[k].items() if m != "item_nll"} for k in ("unlearned", "gold")}
 
 
 def add_benchmark(res: dict, name: str, model, tok, corpus, ecfg: EvalConfig, runner, cell) -> None:

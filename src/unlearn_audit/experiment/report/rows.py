@@ -31,6 +31,8 @@ def rows_from_ledger(ledger) -> list[dict]:
             "settings": r.get("settings"), "model_seed": r.get("model_seed"),
             "verbmem_f": m.get("verbmem_f"), "knowmem_f": m.get("knowmem_f"), "knowmem_r": m.get("knowmem_r"),
             "privleak": m.get("privleak"), "auc": r["details"].get("privleak", {}).get("auc"),
+            "fluency_perplexity": r["details"].get("fluency", {}).get("unlearned", {}).get("perplexity"),
+            "fluency_gold": r["details"].get("fluency", {}).get("gold", {}).get("perplexity"),
             "all_metrics": m,  # with other benchmarks' metrics where the grid asks for them (`benchmarks`)
         })
     label_rows(rows)
@@ -98,7 +100,8 @@ RECOVERY_KEYS = [*(f"recovery_{k}" for k in KNOWLEDGE), "recovery_pooled"]
 
 
 AVERAGED = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "retained_verbmem_f", "retained_knowmem_f",
-            "relative_verbmem_f", "relative_knowmem_f", "utility_kept", *RECOVERY_KEYS]
+            "relative_verbmem_f", "relative_knowmem_f", "utility_kept", "fluency_perplexity", "fluency_gold",
+            *RECOVERY_KEYS]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from ...scoring import (
     Verdict,
     combined,
     control_gain,
+    fluent,
     fmt,
     forgot_too_little,
     mean,
@@ -74,7 +75,10 @@ def method_verdicts(agg: list[dict], schemes: list[str], bins: dict[str, dict] |
                 entry["recovery_sd"][s] = q["sd"].get("recovery_pooled")
                 entry["retained_under"][s] = retained_mean(q)
         entry["verdict"] = verdict_of(entry, four_bit(schemes))
-        entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"], entry["utility_kept"])
+        entry["fluency"] = {"perplexity": full.get("fluency_perplexity"), "gold": full.get("fluency_gold"),
+                            "fluent": fluent(full.get("fluency_perplexity"), full.get("fluency_gold"))}
+        entry["verdict_text"] = verdict_text(entry["verdict"], entry["retained"]["mean"], entry["utility_kept"],
+                                             entry["fluency"]["fluent"])
         if label in bins:
             entry["bins"] = bins[label]
         out.append(entry)
