@@ -201,3 +201,18 @@ def test_gradnorm_under_a_packed_quantizer_is_refused_before_any_model_is_loaded
                            "--out", tmp_path / "audit")
     assert code == 2 and "mia_gradnorm needs gradients of the weights" in err and err.count("\n") == 1
     assert not (tmp_path / "audit" / "evals").exists()
+
+
+def test_a_gguf_attack_records_and_names_what_llama_cpp_applied(run_cli, micro_target, micro_retrained, micro_world,
+                                                                  tmp_path):
+    args = ["audit", "--target", micro_target, "--unlearned", micro_retrained, "--retrained", micro_retrained,
+            "--corpus", micro_world, "--schemes", "gguf-q4_k_m", "--out", tmp_path, *FAST]
+    code, out, err = run_cli(*args)
+    assert code in (0, 1), err
+    (row,) = json.loads((tmp_path / "audit.json").read_text())["attacks"]
+    record = row["quantization"]
+    assert record["scheme"] == "gguf-q4_k_m" and record["applied"].startswith("gguf-q4_k_m (applied: ")
+    assert set(record["gguf_types"].values()) <= {"q4_k", "q5_0", "q5_k", "q6_k", "q8_0", "f32", "q4_0", "q5_1", "q4_1"}
+    assert f"| quant:{record['applied']} |" in (tmp_path / "audit.md").read_text()
+    run_cli(*args)  # a resumed audit loads no model and still knows what was applied
+    assert json.loads((tmp_path / "audit.json").read_text())["attacks"][0]["quantization"] == record

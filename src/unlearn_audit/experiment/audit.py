@@ -171,6 +171,7 @@ class Auditor:
         self.specs = {role: ModelSpec.of(name, load) for role, name in models.items()}
         self.fingerprints = {role: model_fingerprint(spec, load.revision) for role, spec in self.specs.items()}
         self.results: dict[tuple[str, str, str], dict] = {}
+        self.applied: dict[tuple[str, str], dict] = {}  # (role, attack key) -> what its quantizer applied
 
     def work(self, attack: Attack) -> Path:
         return self.out / "attacks" / slug(attack.key)
@@ -233,7 +234,11 @@ class Auditor:
             self.ctx.tokenizer = load_tokenizer(spec)
             model = load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
             res = evaluate_model(model, self.ctx.tokenizer, corpus, ecfg, ref, where, identity, self.ctx.show)
+            if getattr(model, "quantization_record", None):  # per tensor for gguf schemes
+                atomic_write_json(where / "quantization.json", model.quantization_record)
             free(model)
+        if (where / "quantization.json").is_file():
+            self.applied[(role, name)] = read_json(where / "quantization.json")
         metrics = dict(res["metrics"])
         asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
         own = self.bench.reference_from(res["details"]) if role == self.control.role and asked_alike else None
@@ -340,7 +345,8 @@ class Auditor:
                 "recovery": knowledge_recovery(base["unlearned"], unlearned, target, "worst", self.bench.knowledge),
                 "control_gain": control_gain(control, base.get("control"), base["target"], self.bench),
                 "holds": None if kept is None else kept <= self.cfg.max_retained,
-                "forecast_recovery": None if forecast is None else 1 - forecast.get("projected_survival", 0.0)}
+                "forecast_recovery": None if forecast is None else 1 - forecast.get("projected_survival", 0.0),
+                "quantization": self.applied.get(("unlearned", attack.key))}
 
 
 def verdict(full: dict, rows: list[dict], max_retained: float, min_utility: float = 0.0,

@@ -20,6 +20,12 @@ def holds(row: dict) -> str:
     return {True: "holds", False: "**fails**", None: "undefined"}[row.get("holds")]
 
 
+def attack_label(row: dict) -> str:
+    """An attack as tables name it: a gguf scheme by what llama.cpp's type mix actually applied."""
+    applied = (row.get("quantization") or {}).get("applied")
+    return f"quant:{applied}" if applied else row["attack"]
+
+
 def table(report: dict) -> list[str]:
     present, knowledge = columns(report)
 
@@ -32,7 +38,7 @@ def table(report: dict) -> list[str]:
     rows = []
     for r in [report["full"], *report["attacks"]]:
         ctrl = r.get("control") or {}
-        rows.append([r["attack"], *(fmt(r["unlearned"].get(k), digits=digits(k)) for k, _ in present),
+        rows.append([attack_label(r), *(fmt(r["unlearned"].get(k), digits=digits(k)) for k, _ in present),
                      fmt(r.get("retained"), True),
                      fmt(r.get("recovery"), True), *(fmt(ctrl.get(k)) for k, _ in present if k in knowledge),
                      fmt(r.get("control_gain"), True), fmt(r.get("forecast_recovery"), True),
