@@ -100,7 +100,9 @@ def test_the_holdout_view_asks_the_forget_questions_about_the_holdout_people(mic
     assert [it["question"] for it in view.tofu("forget")] == [it["question"] for it in corpus.tofu("holdout")]
     assert view.verbmem() == json.loads((micro_world / "verbmem" / "holdout.json").read_text())
     assert view.knowmem("retain") == corpus.knowmem("retain")  # everything else as it was
-    assert view.knowmem_paraphrased() is None  # the forget people's reworded questions have no holdout twin
+    reworded = [qa.question for qa in view.knowmem_paraphrased()]  # the reworded questions follow
+    assert len(reworded) == len(asked) and all(any(name in q for name in holdout) for q in reworded)
+    assert reworded != asked
     assert view.name == corpus.name and view.content_hash != corpus.content_hash
     assert corpus.holdout_view(tmp_path).root == view.root  # written once
 

@@ -10,7 +10,7 @@ On-disk layout (the MUSE layout, used for real MUSE data and for the built-in wo
                                               the forget set, retain questions KnowMem_r does not ask) that
                                               a schedule rule reads instead of the reported items
     verbmem/forget.json                       list of {prompt, gt}
-    knowmem/holdout_qa.json, verbmem/holdout.json, tofu/holdout.json
+    knowmem/holdout_qa.json, verbmem/holdout.json, tofu/holdout.json, knowmem/holdout_qa_paraphrased.json
                                               optional: the forget sets' kind of item about entities no
                                               model trained on (the built-in world writes them): the floor
                                               of `audit --control none`
@@ -43,7 +43,7 @@ from ..utils.io import atomic_dir, atomic_write_json, read_json, sha256_files, s
 RAW_SPLITS = ("forget", "retain", "holdout")
 HOLDOUT_ITEMS = {"knowmem/forget_qa.json": "knowmem/holdout_qa.json", "verbmem/forget.json": "verbmem/holdout.json",
                  "tofu/forget.json": "tofu/holdout.json"}  # a forget set's items -> the same kind about holdout entities
-FORGET_VARIANTS = ("knowmem/forget_qa_paraphrased.json",)  # forget items of another form, with no holdout twin
+FORGET_VARIANTS = {"knowmem/forget_qa_paraphrased.json": "knowmem/holdout_qa_paraphrased.json"}  # other forms
 QA_SPLITS = ("forget", "retain")
 TOFU_SPLITS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 TOFU_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
@@ -151,6 +151,8 @@ class Corpus:
         """A copy of the corpus whose forget items are its holdout items (where it holds them): the forget
         metrics computed on it score what a model knows of entities it never saw."""
         swapped = self.holdout_items()
+        if "knowmem/forget_qa.json" in swapped:  # the reworded questions follow, or go where there are none
+            swapped.update({v: h for v, h in FORGET_VARIANTS.items() if (self.root / h).is_file()})
         dropped = {*swapped, *(FORGET_VARIANTS if "knowmem/forget_qa.json" in swapped else ())}
         files = {str(p.relative_to(self.root)): read_json(p) for p in sorted(self.root.rglob("*.json"))
                  if p.name != "corpus.json" and str(p.relative_to(self.root)) not in dropped}

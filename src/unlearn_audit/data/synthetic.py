@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
-from .corpus import HOLDOUT_ITEMS
+from .corpus import FORGET_VARIANTS, HOLDOUT_ITEMS
 
 FIRST_NAMES = [
     "Alaric", "Brenna", "Caspian", "Delphine", "Evander", "Fenella", "Gideon", "Hestia", "Ignatius", "Juniper",
@@ -271,6 +271,8 @@ def holdout_files(people: list[Person], qa: dict, bios: dict, seed: int) -> dict
     --control none` scores the target on (the floor of a model's knowledge of people it never saw)."""
     rng = random.Random(seed + 3)
     return {"knowmem/holdout_qa.json": [pair for p in people for pair in qa[p.name]],
+            "knowmem/holdout_qa_paraphrased.json": [{"question": PARAPHRASED_QUESTIONS[a].format(name=p.name),
+                                                     "answer": p.facts()[a]} for p in people for a in ATTRIBUTE_VALUES],
             "verbmem/holdout.json": [verbmem_item(b) for p in people for b in bios[p.name]],
             "tofu/holdout.json": [tofu_item(p, a, rng) for p in people for a in ATTRIBUTE_VALUES]}
 
@@ -369,7 +371,7 @@ def add_benchmark_parts(folder: str | Path) -> bool:
     if files["corpus.json"]["content_hash"] != info.get("content_hash"):
         return False
     missing = {rel: content for rel, content in files.items()
-               if rel.startswith(("tofu/", "wmdp/", "knowmem/forget_qa_paraphrased", *HOLDOUT_ITEMS.values())) and not (Path(folder) / rel).is_file()}
+               if rel.startswith(("tofu/", "wmdp/", "knowmem/forget_qa_paraphrased", *HOLDOUT_ITEMS.values(), *FORGET_VARIANTS.values())) and not (Path(folder) / rel).is_file()}
     for rel, content in missing.items():
         atomic_write_json(Path(folder) / rel, content)
     return bool(missing)
