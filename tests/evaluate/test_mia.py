@@ -3,6 +3,7 @@ computation and against open-unlearning's own pipeline restated, the summaries a
 rule, and MUSE's opt-in metrics end to end on the micro world."""
 
 import json
+import math
 import shutil
 import zlib
 from types import SimpleNamespace
@@ -170,8 +171,9 @@ def our_scores(model, tok, texts, ref_model=None, batch_size=2) -> dict[str, lis
 # ----------------------------------------------------------------------------- the scores
 def test_mia_encoding_is_open_unlearnings_completion_dataset(tok):
     long = " ".join(["the quick brown fox"] * 700)
-    ids, s, cut = encode(tok, [TEXTS[0], long], None)
-    assert s == 1 and cut == 0  # tokenizer("") = [BOS]: the BOS carries no loss
+    ids, starts, cut = encode(tok, [TEXTS[0], long], None)
+    s = starts[0]
+    assert starts == [1, 1] and cut == 0  # tokenizer("") = [BOS]: the BOS carries no loss
     assert ids[0] == tok(TEXTS[0]).input_ids
     assert len(tok(long).input_ids) > 2049 and ids[1] == tok(long).input_ids[:2049]  # len(tokenizer("")) + 2048
     batch = ou_batch(tok, [TEXTS[0], long])
@@ -349,8 +351,9 @@ def test_mia_metrics_are_opt_in_and_the_defaults_unchanged():
     for name in benchmark_names():
         assert not set(get_benchmark(name).metrics) & set(mia.MIA_METRICS)
     EvalConfig(metrics=["mia_loss", "mia_gradnorm"]).validate()  # asked for by name: known
+    EvalConfig(benchmark="tofu", metrics=["mia_loss"]).validate()  # TOFU's forget vs holdout answers too
     with pytest.raises(UserError, match="unknown metric"):
-        EvalConfig(benchmark="tofu", metrics=["mia_loss"]).validate()  # TOFU has no holdout split yet
+        EvalConfig(benchmark="wmdp", metrics=["mia_loss"]).validate()  # multiple choice: no texts to score
 
 
 def test_the_retrained_reference_is_unchanged_without_attacks():
@@ -449,3 +452,39 @@ def test_eval_writes_every_attack_with_the_retrained_control(run_cli, micro_targ
     ref_log = json.loads((out / "mia_reference" / "log.json").read_text())["forget"][0]
     assert ref_log["score"] == pytest.approx(ref_log["loss"] - ref_log["reference_loss"])
     assert metrics["details"]["mia_loss"]["auc"] > 0.8  # the target knows its forget texts better than holdout ones
+
+
+def test_tofu_runs_every_attack_on_its_forget_and_holdout_answers(run_cli, micro_target, micro_retrained, micro_world,
+                                                                  tmp_path):
+    out = tmp_path / "eval"
+    code, stdout, err = run_cli("eval", "--model", micro_target, "--corpus", micro_world, "--benchmark", "tofu",
+                                "--metrics", ",".join(["forget_prob", *mia.MIA_METRICS]), "--retrained",
+                                micro_retrained, "--limit", "6", "--out", out, "--quiet")
+    assert code == 0, stdout + err
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in mia.MIA_METRICS:
+        d = metrics["details"][name]
+        log = json.loads((out / name / "log.json").read_text())
+        assert {s: len(rows) for s, rows in log.items()} == {"forget": 6, "holdout": 6}
+        assert {"index", "prompt", "answer", "score"} <= set(log["forget"][0])  # scored on the answer
+        scored = [[x for x in scores if not math.isnan(x)] for scores in mia.split_scores(log)]
+        assert metrics[name] == d["auc"] == attack_auc(*scored) and d["auc_control"] is not None
+        assert d["n_forget"] + d["n_holdout"] + d["n_unscored"] == 12
+    # GradNorm leaves out the one-token answers it cannot score (nothing is left once the last token drops)
+    assert metrics["details"]["mia_gradnorm"]["n_unscored"] > 0
+    # LOSS is the teacher-forced answer loss forget_prob is made of, item for item
+    loss = json.loads((out / "mia_loss" / "log.json").read_text())["forget"]
+    prob = json.loads((out / "forget_prob" / "log.json").read_text())
+    assert [r["score"] for r in loss] == pytest.approx([r["avg_loss"] for r in prob], abs=1e-5)  # float32 there
+    assert metrics["details"]["mia_reference"]["auc_control"] == 0.5
+
+
+def test_tofu_attacks_need_holdout_answers(run_cli, micro_target, micro_world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "world"
+    shutil.copytree(micro_world, copy)
+    (copy / "tofu" / "holdout.json").unlink()
+    code, _, err = run_cli("eval", "--model", micro_target, "--corpus", copy, "--benchmark", "tofu", "--metrics",
+                           "mia_loss", "--out", tmp_path / "o", "--quiet")
+    assert code == 2 and "tofu/holdout.json does not exist" in err and err.count("\n") == 1

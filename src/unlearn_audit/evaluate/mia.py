@@ -52,6 +52,7 @@ from ..models.generation import (
     gather_logprobs,
     max_positions,
     right_pad,
+    split_continuation,
     truncate,
 )
 from .privleak import mia_auc, min_k_score, privleak
@@ -62,6 +63,7 @@ SPLITS = ("forget", "holdout")
 K = 0.4
 P_NORM = 2
 MAX_LENGTH = 2048
+QA_MAX_LENGTH = 512  # configs/data/datasets/TOFU_MIA.yaml
 SIGMA2_FLOOR = 1e-6
 FPRS = {"tpr@1%fpr": 0.01, "tpr@5%fpr": 0.05}
 RESAMPLES, SEED = 1000, 0
@@ -82,11 +84,25 @@ class TextStats:
     text: str  # the scored tokens decoded, special tokens skipped (zlib)
 
 
-def encode(tokenizer, texts: Sequence[str], context: int | None) -> tuple[list[list[int]], int, int]:
-    """(token ids of each text, s = its first scored position, how many texts the model's context cut)."""
+Item = str | tuple[str, str]  # a text scored whole (MUSE), or (prompt, answer) scored on the answer (TOFU)
+
+
+def encode(tokenizer, items: Sequence[Item], context: int | None) -> tuple[list[list[int]], list[int], int]:
+    """(token ids of each item, its first scored position, how many items the model's context cut). A text
+    is scored from s = max(len(tokenizer("")), 1) (MUSE's CompletionDataset) and cut to s + MAX_LENGTH
+    tokens; a (prompt, answer) pair on its answer's tokens, cut from `split_continuation` as TOFU's other
+    teacher-forced scores are (open-unlearning's QADataset: labels only on the answer), to QA_MAX_LENGTH."""
     prefix = len(document_prefix(tokenizer)) + len(tokenizer("", add_special_tokens=True).input_ids)
-    ids = [seq[: prefix + MAX_LENGTH] for seq in encode_documents(tokenizer, texts)]
-    return ids, max(prefix, 1), truncate(ids, context, keep_end=False)
+    ids, starts = [], []
+    for item in items:
+        if isinstance(item, str):
+            ids.append(encode_documents(tokenizer, [item])[0][: prefix + MAX_LENGTH])
+            starts.append(max(prefix, 1))
+        else:
+            prompt, answer = split_continuation(tokenizer, *item)
+            ids.append((prompt + answer)[:QA_MAX_LENGTH])
+            starts.append(max(len(prompt), 1))
+    return ids, starts, truncate(ids, context, keep_end=False)
 
 
 def vocab_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,11 +121,11 @@ def vocab_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray
 
 
 @torch.inference_mode()
-def text_stats(model, tokenizer, texts: Sequence[str], batch_size: int | None = None,
+def text_stats(model, tokenizer, texts: Sequence[Item], batch_size: int | None = None,
                progress: Callable[[int], None] | None = None) -> tuple[list[TextStats], int]:
-    """`TextStats` of every text from one batched forward pass (right-padded, longest first), and how many
-    texts the model's context cut."""
-    ids, s, cut = encode(tokenizer, texts, max_positions(model))
+    """`TextStats` of every item from one batched forward pass (right-padded, longest first), and how many
+    items the model's context cut."""
+    ids, starts, cut = encode(tokenizer, texts, max_positions(model))
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -121,7 +137,7 @@ def text_stats(model, tokenizer, texts: Sequence[str], batch_size: int | None = 
         input_ids, mask = right_pad([ids[i] for i in rows], pad_id, device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits
         for r, i in enumerate(rows):
-            n = len(ids[i])
+            n, s = len(ids[i]), starts[i]
             lp, mu, sigma2 = vocab_stats(logits[r, s - 1 : n - 1], input_ids[r, s:n])
             loss = float(-lp.mean()) if lp.size else float("nan")
             text = tokenizer.decode(ids[i][s:], skip_special_tokens=True)
@@ -163,19 +179,19 @@ def item_scores(metric: str, st: TextStats, reference_loss: float | None = None)
     raise ValueError(f"not a one-pass attack: {metric}")
 
 
-def gradnorm_scores(model, tokenizer, texts: Sequence[str], p: float = P_NORM,
+def gradnorm_scores(model, tokenizer, texts: Sequence[Item], p: float = P_NORM,
                     progress: Callable[[int], None] | None = None) -> tuple[list[float], int]:
     """GradNorm of each text (one forward and backward each, batch 1, model in train mode as open-unlearning's
     `GradNormAttack`), and how many texts the context cut. Gradients are cleared afterwards and the model's
     mode restored."""
-    ids, s, cut = encode(tokenizer, texts, max_positions(model))
+    ids, starts, cut = encode(tokenizer, texts, max_positions(model))
     device = next(model.parameters()).device
     was_training = model.training
     scores = []
     model.train()
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            for seq in ids:
+            for seq, s in zip(ids, starts):
                 if len(seq) - 1 - s < 1:  # no token left once the last is dropped (open-unlearning fails here)
                     scores.append(float("nan"))
                     continue
@@ -199,7 +215,7 @@ def weights_state(model) -> tuple:
     return tuple((w.data_ptr(), w._version) for w in model.parameters())
 
 
-def shared_stats(model, tokenizer, texts: dict[str, list[str]], batch_size: int | None = None,
+def shared_stats(model, tokenizer, texts: dict[str, list[Item]], batch_size: int | None = None,
                  show: bool = True) -> tuple[dict[str, list[TextStats]], int]:
     """`text_stats` of every split's texts in one pass, kept on the model for the other one-pass attacks of
     the same evaluation (recomputed once its weights, the texts or the tokenizer change)."""
@@ -218,7 +234,7 @@ def shared_stats(model, tokenizer, texts: dict[str, list[str]], batch_size: int 
     return out, cut
 
 
-def attack_logs(metric: str, model, tokenizer, texts: dict[str, list[str]], batch_size: int | None = None,
+def attack_logs(metric: str, model, tokenizer, texts: dict[str, list[Item]], batch_size: int | None = None,
                 show: bool = True, reference_loss: dict[str, list[float]] | None = None) -> tuple[dict, int]:
     """The attack's per-text log of each split ({split: [{index, text, score, ...}]}) and how many texts
     the context cut. `reference_loss`: the reference model's LOSS of each text (mia_reference)."""
@@ -227,16 +243,21 @@ def attack_logs(metric: str, model, tokenizer, texts: dict[str, list[str]], batc
         with tqdm(total=sum(map(len, texts.values())), desc=metric, disable=not show, leave=False) as bar:
             for split, items in texts.items():
                 scores, n = gradnorm_scores(model, tokenizer, items, progress=bar.update)
-                logs[split] = [{"index": i, "text": t, "score": g} for i, (t, g) in enumerate(zip(items, scores))]
+                logs[split] = [{"index": i, **item_fields(t), "score": g} for i, (t, g) in enumerate(zip(items, scores))]
                 cut += n
         return logs, cut
     stats, cut = shared_stats(model, tokenizer, texts, batch_size, show)
     logs = {}
     for split, items in texts.items():
         ref = reference_loss[split] if reference_loss else [None] * len(items)
-        logs[split] = [{"index": i, "text": t, **item_scores(metric, st, r)}
+        logs[split] = [{"index": i, **item_fields(t), **item_scores(metric, st, r)}
                        for i, (t, st, r) in enumerate(zip(items, stats[split], ref))]
     return logs, cut
+
+
+def item_fields(item: Item) -> dict:
+    """How a scored item is logged: its text, or its prompt and answer."""
+    return {"text": item} if isinstance(item, str) else {"prompt": item[0], "answer": item[1]}
 
 
 def split_scores(logs: dict) -> tuple[list[float], list[float]]:
@@ -289,12 +310,16 @@ def normalised_auc(auc: float, auc_control: float | None) -> float | None:
 def summarise(forget: Sequence[float], holdout: Sequence[float], auc_control: float | None = None,
               source: str | None = None) -> dict:
     """The aggregate of one attack: AUC, TPR at 1% and 5% FPR, the AUC's interval, the control's AUC and the
-    normalised value (None without a control)."""
-    auc = attack_auc(forget, holdout)
+    normalised value (None without a control). Items the attack cannot score (NaN: GradNorm of an item with
+    no token left once the last is dropped, where open-unlearning fails) are left out and counted."""
+    kept_f, kept_h = [x for x in forget if not np.isnan(x)], [x for x in holdout if not np.isnan(x)]
+    unscored = len(forget) + len(holdout) - len(kept_f) - len(kept_h)
+    forget, holdout = kept_f, kept_h
+    auc = attack_auc(forget, holdout) if forget and holdout else float("nan")
     return {"auc": auc, **{key: tpr_at_fpr(forget, holdout, a) for key, a in FPRS.items()},
             "auc_ci95": list(auc_interval(forget, holdout)), "auc_control": auc_control,
             "auc_control_source": source, "normalised": normalised_auc(auc, auc_control),
-            "n_forget": len(forget), "n_holdout": len(holdout)}
+            "n_forget": len(forget), "n_holdout": len(holdout), "n_unscored": unscored}
 
 
 def check_request(metrics: Sequence[str], reference_model: bool, scheme: str) -> None:
@@ -329,3 +354,39 @@ def packed_weights(model) -> str | None:
         if not w.dtype.is_floating_point:
             return f"its weight {name} is stored as {w.dtype}"
     return None
+
+
+def run_attack(name: str, model, tokenizer, texts: dict[str, list[Item]], batch_size: int | None, ref,
+               show: bool) -> tuple[float, dict, dict]:
+    """One attack on the members (forget) and nonmembers (holdout): (AUC, its summary with the control's AUC
+    from `ref` where measured, {log.json: per-item scores, agg.json: the summary})."""
+    reference_loss = getattr(ref, "reference_loss", None) if name == "mia_reference" else None
+    if name == "mia_reference" and reference_loss is None:
+        raise UserError("mia_reference needs a reference model's loss of every text (`eval --retrained MODEL` "
+                        "measures it); this evaluation has none")
+    if reference_loss is not None and any(len(reference_loss[s]) != len(texts[s]) for s in texts):
+        raise UserError("mia_reference: the reference model's losses were measured on other texts (another --limit?)")
+    logs, truncated = attack_logs(name, model, tokenizer, texts, batch_size, show, reference_loss)
+    control = (getattr(ref, "mia_control", None) or {}).get(name)
+    agg = summarise(*split_scores(logs), control, ref.mia_control_source if control is not None else None)
+    return agg["auc"], {**agg, "truncated": truncated}, {"log.json": logs, "agg.json": agg}
+
+
+def control_side(model, tokenizer, texts: dict[str, list[Item]], metrics: Sequence[str], batch_size: int | None,
+                 show: bool = True) -> dict:
+    """The retrained model's side of the attacks asked for: its AUC of each (mia_reference: 0.5, every score
+    being its loss minus its own) and, for mia_reference, its LOSS of every item."""
+    asked = [m for m in metrics if m in MIA_METRICS]
+    control = {name: attack_auc(*split_scores(attack_logs(name, model, tokenizer, texts, batch_size, show)[0]))
+               for name in asked if name != "mia_reference"}
+    loss = None
+    if "mia_reference" in asked:
+        control["mia_reference"] = 0.5
+        logs = attack_logs("mia_loss", model, tokenizer, texts, batch_size, show)[0]
+        loss = {split: [r["score"] for r in rows] for split, rows in logs.items()}
+    return {"mia_control": control, "reference_loss": loss}
+
+
+def control_aucs(details: dict) -> dict[str, float]:
+    """The control's AUC of each attack, read from its own evaluation (mia_reference needs its losses)."""
+    return {m: details[m]["auc"] for m in MIA_METRICS if m in details and m != "mia_reference"}

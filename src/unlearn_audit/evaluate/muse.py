@@ -82,36 +82,13 @@ def mia_texts(corpus, limit: int | None) -> dict[str, list[str]]:
 
 
 def run_mia(name: str, model, tokenizer, corpus, cfg, ref, show: bool):
-    """One membership-inference attack: (AUC, its summary, {log.json: per-text scores, agg.json: summary})."""
-    reference_loss = getattr(ref, "reference_loss", None) if name == "mia_reference" else None
-    if name == "mia_reference" and reference_loss is None:
-        raise UserError("mia_reference needs a reference model's loss of every text (`eval --retrained MODEL` "
-                        "measures it); this evaluation has none")
-    texts = mia_texts(corpus, cfg.limit)
-    if reference_loss is not None and any(len(reference_loss[s]) != len(texts[s]) for s in texts):
-        raise UserError("mia_reference: the reference model's losses were measured on other texts (another --limit?)")
-    logs, truncated = mia.attack_logs(name, model, tokenizer, texts, cfg.batch_size, show, reference_loss)
-    control = getattr(ref, "mia_control", {}).get(name)
-    agg = mia.summarise(*mia.split_scores(logs), control, ref.mia_control_source if control is not None else None)
-    return agg["auc"], {**agg, "truncated": truncated}, {"log.json": logs, "agg.json": agg}
+    """One membership-inference attack on the privleak texts (`mia.run_attack`)."""
+    return mia.run_attack(name, model, tokenizer, mia_texts(corpus, cfg.limit), cfg.batch_size, ref, show)
 
 
 def mia_control(model, tokenizer, corpus, cfg, show: bool = True) -> dict:
-    """The retrained model's side of the attacks asked for: its AUC of each (mia_reference: 0.5, every score
-    being its loss minus its own) and, for mia_reference, its LOSS of every text."""
-    texts = mia_texts(corpus, cfg.limit)
-    asked = [m for m in cfg.metrics if m in mia.MIA_METRICS]
-    control = {}
-    for name in asked:
-        if name != "mia_reference":
-            control[name] = mia.attack_auc(*mia.split_scores(mia.attack_logs(name, model, tokenizer, texts,
-                                                                             cfg.batch_size, show)[0]))
-    loss = None
-    if "mia_reference" in asked:
-        control["mia_reference"] = 0.5
-        logs = mia.attack_logs("mia_loss", model, tokenizer, texts, cfg.batch_size, show)[0]
-        loss = {split: [r["score"] for r in rows] for split, rows in logs.items()}
-    return {"mia_control": control, "reference_loss": loss}
+    """The retrained model's side of the attacks asked for on the privleak texts (`mia.control_side`)."""
+    return mia.control_side(model, tokenizer, mia_texts(corpus, cfg.limit), cfg.metrics, cfg.batch_size, show)
 
 
 def privleak_scores(model, tokenizer, corpus, cfg, show: bool = True) -> tuple[dict, int]:
@@ -226,7 +203,7 @@ class Muse(Benchmark):
         return default_auc_retrain(corpus)
 
     def reference_from(self, details: dict):
-        control = {m: details[m]["auc"] for m in mia.MIA_METRICS if m in details and m != "mia_reference"}
+        control = mia.control_aucs(details)
         if "privleak" in details:
             auc_ret = AucRetrain(details["privleak"]["auc"], "measured on the retrained model")
         elif control:

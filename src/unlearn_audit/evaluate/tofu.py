@@ -26,7 +26,7 @@ quality and model utility as TOFU reports them (0-1).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
 from ..models.generation import continuation_logprobs, greedy_generate
 from ..utils.io import read_json
+from . import mia
 from .benchmark import Benchmark, Metric, register_benchmark
 from .knowmem import STOP_WORDS, cut_answer
 from .muse import take
@@ -49,10 +50,15 @@ UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 @dataclass
 class RetainTruthRatios:
-    """The retain (retrained) model's per-item truth ratios on the forget set: forget quality's reference."""
+    """The retain (retrained) model's per-item truth ratios on the forget set: forget quality's reference;
+    and, where membership-inference attacks are asked for, its AUC of each and its LOSS of every answer
+    (mia_reference), as `muse.MuseReference` holds them."""
 
     values: list[float]
     source: str
+    mia_control: dict[str, float] = field(default_factory=dict)
+    mia_control_source: str = "measured on the retrained model"
+    reference_loss: dict[str, list[float]] | None = None
 
 
 # ------------------------------------------------------------------------------------------- formulas
@@ -223,6 +229,15 @@ class SetScores:
                 for i, it in enumerate(self.items)]
 
 
+def mia_items(tokenizer, corpus, cfg) -> dict[str, list[tuple[str, str]]]:
+    """What the membership-inference attacks score on TOFU (open-unlearning's TOFU_MIA: QADataset, labels
+    on the answer): each forget and holdout question's prompt and its answer (with EOS where the other
+    TOFU scores append it)."""
+    eos = (tokenizer.eos_token or "") if uses_eos(cfg, corpus) else ""
+    return {split: [(build_prompt(tokenizer, it["question"], cfg.tofu_template), it["answer"] + eos)
+                    for it in take(corpus.tofu(split), cfg.limit)] for split in mia.SPLITS}
+
+
 # ------------------------------------------------------------------------------------------- the benchmark
 def reference_from_log(path: str, n_items: int | None = None) -> RetainTruthRatios:
     """The retain model's forget truth ratios from open-unlearning's TOFU_EVAL.json
@@ -247,7 +262,9 @@ class Tofu(Benchmark):
     specs = {"forget_quality": Metric("Forget quality", "reference", fraction=True),
              "model_utility": Metric("Model utility", "keep", fraction=True), "forget_prob": Metric("Prob_f", "down"),
              "forget_rouge": Metric("ROUGE_f", "down"), "forget_truth_ratio": Metric("Truth ratio_f", "up", fraction=True),
-             "extraction_strength": Metric("ES_f", "down"), "exact_memorization": Metric("EM_f", "down")}
+             "extraction_strength": Metric("ES_f", "down"), "exact_memorization": Metric("EM_f", "down"),
+             **{name: Metric(f"{label} AUC", "down", fraction=True, optional=True) for name, label in zip(
+                 mia.MIA_METRICS, ("LOSS", "zlib", "Min-K%", "Min-K%++", "Reference", "GradNorm"))}}
     knowledge = ("forget_rouge", "forget_prob")
     utility = "model_utility"
     reference_metric = "forget_quality"
@@ -262,8 +279,24 @@ class Tofu(Benchmark):
         missing = [s for s in ("forget", "retain") if s not in corpus.tofu_splits()]
         if missing:
             raise UserError(f"{corpus.root}/tofu lacks {', '.join(f'{s}.json' for s in missing)}")
+        asked = [m for m in metrics if m in mia.MIA_METRICS]
+        if asked and "holdout" not in corpus.tofu_splits():
+            raise UserError(f"{asked[0]} compares the forget answers with answers about authors no model was "
+                            f"trained on, but {corpus.root}/tofu/holdout.json does not exist (TOFU's holdout01/05/10; "
+                            "the built-in world writes it)")
+
+    def check_setup(self, metrics, reference_model: bool, scheme: str) -> None:
+        mia.check_request(metrics, reference_model, scheme)
+
+    def check_model(self, model, metrics) -> None:
+        mia.check_model(model, metrics)
+
+    def wants_reference(self, metrics) -> bool:
+        return "forget_quality" in metrics or any(m in mia.MIA_METRICS for m in metrics)
 
     def run_metric(self, name, model, tokenizer, corpus, cfg, ref, show):
+        if name in mia.MIA_METRICS:
+            return mia.run_attack(name, model, tokenizer, mia_items(tokenizer, corpus, cfg), cfg.batch_size, ref, show)
         if name == "model_utility":
             return self.model_utility(model, tokenizer, corpus, cfg, show)
         forget = SetScores(model, tokenizer, corpus, "forget", cfg, show)
@@ -312,11 +345,17 @@ class Tofu(Benchmark):
 
     def reference(self, model, tokenizer, corpus, cfg, show):
         tr = SetScores(model, tokenizer, corpus, "forget", cfg, show).truth_ratios()
-        return RetainTruthRatios([float(x) for x in tr], "measured on the retrained model")
+        control = {}
+        if any(m in mia.MIA_METRICS for m in cfg.metrics):
+            control = mia.control_side(model, tokenizer, mia_items(tokenizer, corpus, cfg), cfg.metrics, cfg.batch_size,
+                                       show)
+        return RetainTruthRatios([float(x) for x in tr], "measured on the retrained model", **control)
 
     def reference_from(self, details: dict):
-        d = details.get("forget_quality")
-        return RetainTruthRatios(d["truth_ratios"], "measured on the retrained model") if d else None
+        d, control = details.get("forget_quality"), mia.control_aucs(details)
+        if not d and not control:
+            return None
+        return RetainTruthRatios(d["truth_ratios"] if d else [], "measured on the retrained model", control)
 
     def reference_value(self):
         return 1.0

@@ -51,6 +51,7 @@ from ..evaluate.benchmark import Benchmark, get_benchmark, resolve_benchmark
 from ..evaluate.fluency import retain_fluency
 from ..evaluate.muse import MuseReference
 from ..evaluate.runner import EvalConfig, check_corpus, evaluate_model, finished_results, reference_from_log
+from ..evaluate.tofu import RetainTruthRatios
 from ..models.loading import LoadOptions, load_tokenizer, model_config, model_fingerprint
 from ..models.spec import ModelSpec
 from ..quantize.bins import analyse
@@ -78,6 +79,7 @@ from .control import Control, check_control, floor_sources, floor_words, parse_c
 from .scorecard import write_scorecard
 
 DEFAULT_ATTACKS = ["quant:rtn-int8-channel", "quant:rtn-int4-g128"]
+REFERENCE_TYPES = {"MuseReference": MuseReference, "RetainTruthRatios": RetainTruthRatios}  # stored references
 
 
 @dataclass
@@ -289,7 +291,7 @@ class Auditor:
             free(model)
             stored = {"identity": identity, "type": type(ref).__name__, "reference": asdict(ref)}
             atomic_write_json(where, stored)
-        self.refs[corpus.content_hash] = MuseReference(**stored["reference"])
+        self.refs[corpus.content_hash] = REFERENCE_TYPES[stored["type"]](**stored["reference"])
 
     def full(self, corpus: Corpus) -> dict[str, dict]:
         """Control, target and unlearned at full precision on `corpus`; refuses a target with nothing to forget."""
