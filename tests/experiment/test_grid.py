@@ -555,6 +555,9 @@ def test_the_cells_of_a_first_verdict_run_first_and_the_plan_stays_runnable(micr
     assert runs == ["ga_gdr bf16 lr=0.001 seed=0", "ga_gdr fp32 lr=0.001 seed=0"]  # the first of each side
     evals = {c.label for c in cells if c.kind == "eval" and c.id in decisive}
     assert evals == {f"{m} @ {s}" for m in ("target", *runs) for s in cfg.schemes} | {"retrained @ full"}
+    demo = load_grid(Path(grid_mod.__file__).parent / "demo.yaml")  # int8 and the attacks wait
+    assert {c.config["scheme"] for c in grid_mod.plan(demo) if c.id in grid_mod.decisive_ids(grid_mod.plan(demo), demo)
+            and c.kind == "eval"} == {"full", "rtn-int4-g128", "bnb-fp4"}
 
 
 def test_the_demo_prints_a_provisional_verdict_before_the_rest_runs(run_cli, micro_world, micro_target,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..evaluate.runner import EvalConfig
+from ..quantize.schemes import four_bit
 from ..scoring import fmt
 from ..utils.environment import record_environment
 from ..utils.interrupt import check_interrupt
@@ -191,9 +192,9 @@ def is_contrast(settings: dict) -> bool:
 
 def decisive_ids(cells: list[CellSpec], cfg: GridConfig) -> set[str]:
     """The cells a first verdict needs, with everything they depend on: the first bf16 run and the first
-    contrast run (fp32 or SURE), their evaluations and the target's at full precision and under every
-    quantization scheme, and the retrained model at full precision (PrivLeak's reference). `plan` runs
-    them first, so the verdict lines exist long before the whole grid has run (issue 35)."""
+    contrast run (fp32 or SURE), their evaluations and the target's at full precision and under the 4-bit
+    schemes the verdict reads, and the retrained model at full precision (PrivLeak's reference). `plan`
+    runs them first, so the verdict lines exist long before the whole grid has run (issue 35)."""
     by_id = {c.id: c for c in cells}
     runs = [c for c in cells if c.kind == "unlearn"]
     first = [next((r for r in runs if is_contrast(r.config["settings"]) is contrast), None) for contrast in (False, True)]
@@ -202,8 +203,9 @@ def decisive_ids(cells: list[CellSpec], cfg: GridConfig) -> set[str]:
         return set()
     pair = next(r for r in first if r is not None).config
     target, retrained = pair["target"], pair["retrained"]
+    read = {"full", *four_bit(cfg.schemes)}  # what the verdict lines read (int8 and the attacks wait)
     for c in cells:
-        if c.kind != "eval" or c.config["scheme"] in cfg.attacks:
+        if c.kind != "eval" or c.config["scheme"] not in read:
             continue
         model = c.config["model"]
         if model in chosen or model == target or (model == retrained and c.config["scheme"] == "full"):

@@ -82,9 +82,9 @@ def target_row(name: str, pieces: dict, scheme: str | None) -> dict:
 
 def run_target(name: str, grid: GridConfig, out: Path, quiet: bool) -> dict:
     """Run (or resume) one target's grid in its own folder and read its verdicts."""
+    from ..quantize.schemes import four_bit
     from .grid import planned_ids, run_grid
     from .report import render
-    from .report.verdicts import four_bit
 
     folder = out / name
     counts = run_grid(grid, folder, show=not quiet)

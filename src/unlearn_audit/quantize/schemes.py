@@ -203,6 +203,12 @@ def parse_scheme(name: str) -> Scheme:
     return parsed
 
 
+def four_bit(schemes: list[str]) -> list[str]:
+    """The 4-bit schemes among `schemes` (int4 RTN/GPTQ/AWQ/HQQ, bitsandbytes FP4/NF4): what the paper's
+    verdict reads."""
+    return [s for s in schemes if s != "full" and precision_label(s) in ("int4", "4-bit")]
+
+
 def precision_label(name: str) -> str:
     """'full' -> 'full'; 'rtn-int4-g128' (or 'quant:rtn-int4-g128') -> 'int4'; 'bnb-nf4' -> '4-bit';
     'gguf-q4_k_m' -> 'Q4_K_M' (what it applied per tensor: gguf.applied_label); 'nvfp4' -> 'NVFP4';

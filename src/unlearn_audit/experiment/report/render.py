@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import UserError
+from ...quantize.schemes import four_bit
 from ...scoring import (
     FORGOT_ENOUGH,
     FORGOT_SOMETHING,
@@ -34,7 +35,7 @@ from .tables import (
     target_under_quantization,
     verdict_table,
 )
-from .verdicts import PAPER, four_bit, method_verdicts, regime_lines
+from .verdicts import PAPER, method_verdicts, regime_lines
 
 
 def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit report",

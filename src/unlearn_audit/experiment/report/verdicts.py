@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...attacks import target_reference
 from ...errors import UserError
-from ...quantize.schemes import precision_label
+from ...quantize.schemes import four_bit
 from ...scoring import (
     FORGOT_ENOUGH,
     FORGOT_SOMETHING,
@@ -43,10 +43,6 @@ def constrained(method: str) -> bool:
         return resolve_method(method).needs_retain
     except UserError:  # a method this installation does not know (a run folder from elsewhere)
         return False
-
-
-def four_bit(schemes: list[str]) -> list[str]:
-    return [s for s in schemes if s != "full" and precision_label(s) in ("int4", "4-bit")]
 
 
 def retained_mean(a: dict) -> float | None:
