@@ -120,7 +120,7 @@ def test_audit_on_a_benchmark_the_corpus_lacks_exits_2(run_cli, micro_target, sh
 def test_without_a_control_model_the_floor_is_the_target_on_held_out_people(run_cli, micro_target, micro_retrained,
                                                                          micro_world, tmp_path):
     code, out, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--control", "none",
-                             "--corpus", micro_world, "--out", tmp_path / "audit", *FAST)
+                             "--corpus", micro_world, "--schemes", "rtn-int4-g128", "--out", tmp_path / "audit", *FAST)
     assert code in (0, 1), err
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert report["control"]["kind"] == "none" and report["retrained"] is None
