@@ -109,3 +109,20 @@ def test_the_holdout_view_asks_the_forget_questions_about_the_holdout_people(mic
 
 def test_real_muse_has_no_holdout_items(shared_dir):
     assert Corpus(shared_dir / "muse" / "news").holdout_items() == {}
+
+
+def test_tofus_own_holdout_questions_serve_the_membership_attacks_not_the_floor(micro_world, tmp_path):
+    import shutil
+
+    copy = tmp_path / "world"
+    shutil.copytree(micro_world, copy)
+    full = json.loads((copy / "tofu" / "holdout.json").read_text())
+    (copy / "tofu" / "holdout.json").write_text(json.dumps([{"question": it["question"], "answer": it["answer"]}
+                                                            for it in full]))  # as TOFU's holdout10 config
+    corpus = Corpus(copy)
+    assert [it["answer"] for it in corpus.tofu("holdout")] == [it["answer"] for it in full]
+    assert "tofu/forget.json" not in corpus.holdout_items()  # no perturbed answers: not a floor for TOFU's scores
+    assert "knowmem/forget_qa.json" in corpus.holdout_items()
+    (copy / "tofu" / "holdout.json").write_text(json.dumps([{"question": "Who?"}]))
+    with pytest.raises(UserError, match="item 0 lacks the field 'answer'"):
+        Corpus(copy).tofu("holdout")

@@ -144,8 +144,10 @@ class Corpus:
         return items
 
     def holdout_items(self) -> dict[str, str]:
-        """{forget part: its holdout counterpart} for the counterparts this corpus holds (HOLDOUT_ITEMS)."""
-        return {forget: held for forget, held in HOLDOUT_ITEMS.items() if (self.root / held).is_file()}
+        """{forget part: its holdout counterpart} for the counterparts this corpus holds (HOLDOUT_ITEMS) in
+        the forget part's form (TOFU's holdout configs lack the perturbed answers its scores read)."""
+        return {forget: held for forget, held in HOLDOUT_ITEMS.items() if (self.root / held).is_file()
+                and (held != "tofu/holdout.json" or all("perturbed_answer" in it for it in self.tofu("holdout")))}
 
     def holdout_view(self, folder: Path) -> Corpus:
         """A copy of the corpus whose forget items are its holdout items (where it holds them): the forget
@@ -192,6 +194,8 @@ class Corpus:
         rel = f"tofu/{split}.json"
         rows = self._list(rel)
         fields = [f for f in TOFU_FIELDS if not (split in TOFU_UNPARAPHRASED and f == "paraphrased_answer")]
+        if split == "holdout" and not all(isinstance(it, dict) and "perturbed_answer" in it for it in rows):
+            fields = ["question", "answer"]  # TOFU's holdout configs: what the membership attacks read
         for i, item in enumerate(rows):
             if not isinstance(item, dict):
                 raise UserError(f"{self.root / rel}: item {i} must be an object with fields {', '.join(fields)}")
@@ -200,11 +204,12 @@ class Corpus:
                     what = (" (TOFU's truth ratio needs the *_perturbed sets: forget10_perturbed, retain_perturbed, ...)"
                             if f in ("paraphrased_answer", "perturbed_answer") else "")
                     raise UserError(f"{self.root / rel}: item {i} lacks the field '{f}'{what}")
-            perturbed = item["perturbed_answer"]
+            perturbed = item.get("perturbed_answer", ["-"])  # absent only where `fields` does not ask for it
             if not (isinstance(perturbed, list) and perturbed and all(isinstance(x, str) for x in perturbed)):
                 raise UserError(f"{self.root / rel}: item {i} field 'perturbed_answer' must be a non-empty list of strings")
-            if not all(isinstance(item[f], str) for f in fields if f != "perturbed_answer"):
-                raise UserError(f"{self.root / rel}: item {i}: {', '.join(fields[:-1])} must be strings")
+            texts = [f for f in fields if f != "perturbed_answer"]
+            if not all(isinstance(item[f], str) for f in texts):
+                raise UserError(f"{self.root / rel}: item {i}: {', '.join(texts)} must be strings")
         return rows
 
     def mc_subjects(self, group: str) -> list[str]:

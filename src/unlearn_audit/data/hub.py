@@ -69,7 +69,8 @@ def download_muse(alias: str, repo_id: str) -> Path:
 
 
 def download_tofu(alias: str) -> Path:
-    """TOFU's evaluation sets (the *_perturbed configs) as tofu/*.json, and its forget/retain QA as the raw
+    """TOFU's evaluation sets (the *_perturbed configs) as tofu/*.json, its holdout questions of the same size
+    as the forget set (holdout01/05/10, question and answer) as tofu/holdout.json, and its forget/retain QA as the raw
     training texts ("Question: ...\nAnswer: ...") that relearning attacks and fine-tuning read."""
     forget, retain = TOFU_FORGET[alias]
 
@@ -80,6 +81,9 @@ def download_tofu(alias: str) -> Path:
         for name, config in (("forget", f"{forget}_perturbed"), ("retain", "retain_perturbed"),
                              ("real_authors", "real_authors_perturbed"), ("world_facts", "world_facts_perturbed")):
             atomic_write_json(tmp / "tofu" / f"{name}.json", rows(datasets, config))
+        holdout = [{"question": r["question"], "answer": r["answer"]}  # authors no TOFU model trained on (MIAs)
+                   for r in rows(datasets, forget.replace("forget", "holdout"))]
+        atomic_write_json(tmp / "tofu" / "holdout.json", holdout)
         for name, config in (("forget", forget), ("retain", retain)):
             atomic_write_json(tmp / "raw" / f"{name}.json",
                               [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows(datasets, config)])
