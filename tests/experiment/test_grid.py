@@ -281,7 +281,6 @@ def test_smollm2_demos_run_the_papers_experiment(variant):
     ({"eval": {"benchmark": "tofu"}}, "list other benchmarks under `benchmarks`"),
     ({"extra_metrics": ["mia_lose"]}, "unknown metric"),
     ({"extra_metrics": ["privleak"]}, "measured anyway"),
-    ({"extra_metrics": ["mia_reference"]}, "grids do not keep"),
     ({"extra_metrics": ["mia_gradnorm"], "schemes": ["full", "bnb-fp4"]}, "packs into integers"),
 ])
 def test_bad_grid_configs(tmp_path, bad, message):
@@ -575,7 +574,8 @@ def test_the_demo_prints_a_provisional_verdict_before_the_rest_runs(run_cli, mic
 
 def test_grid_membership_attacks_are_normalised_by_the_retrained_models_auc(run_cli, micro_world, micro_target,
                                                                              micro_retrained, tmp_path):
-    grid = micro_grid(micro_world, methods=["ga_gdr"], schemes=["full"], extra_metrics=["mia_loss"], bins_schemes=[])
+    grid = micro_grid(micro_world, methods=["ga_gdr"], schemes=["full"], extra_metrics=["mia_loss", "mia_reference"],
+                      bins_schemes=[])
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
     code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
     assert code == 0, out
@@ -586,3 +586,11 @@ def test_grid_membership_attacks_are_normalised_by_the_retrained_models_auc(run_
     assert unlearned["auc_control"] == control and unlearned["auc_control_source"] == "measured on the retrained model"
     assert unlearned["normalised"] == normalised_auc(unlearned["auc"], control)  # None where the control's AUC is 1
     assert (tmp_path / "run" / "evals").is_dir() and list((tmp_path / "run" / "evals").glob("*/mia_loss/log.json"))
+    # the reference attack compares with the retrained model's loss of every text, kept in its evaluation
+    assert results["retrained"]["details"]["mia_reference"]["auc"] == 0.5
+    ref = results["ga_gdr"]["details"]["mia_reference"]
+    assert ref["auc_control"] == 0.5 and 0 <= ref["auc"] <= 1
+    losses = results["retrained"]["details"]["mia_reference"]["reference_loss"]
+    cell = next(c.id for c in ledger.cells("eval") if c.result["model"] == "retrained")
+    own = json.loads((tmp_path / "run" / "evals" / cell / "mia_loss" / "log.json").read_text())
+    assert losses == {split: pytest.approx([r["score"] for r in rows]) for split, rows in own.items()}  # its LOSS

@@ -388,5 +388,12 @@ def control_side(model, tokenizer, texts: dict[str, list[Item]], metrics: Sequen
 
 
 def control_aucs(details: dict) -> dict[str, float]:
-    """The control's AUC of each attack, read from its own evaluation (mia_reference needs its losses)."""
-    return {m: details[m]["auc"] for m in MIA_METRICS if m in details and m != "mia_reference"}
+    """The control's AUC of each attack, read from its own evaluation (mia_reference: where its evaluation
+    kept its loss of every text, `reference_losses`)."""
+    aucs = {m: details[m]["auc"] for m in MIA_METRICS if m in details and m != "mia_reference"}
+    return {**aucs, **({"mia_reference": 0.5} if reference_losses(details) else {})}
+
+
+def reference_losses(details: dict) -> dict[str, list[float]] | None:
+    """The control's LOSS of every text where its own evaluation kept it (a grid's retrained model)."""
+    return (details.get("mia_reference") or {}).get("reference_loss")

@@ -210,7 +210,8 @@ class Muse(Benchmark):
             auc_ret = AucRetrain(0.5, "no PrivLeak measured on the retrained model: the ideal AUC 0.5")
         else:
             return None
-        return MuseReference(auc_ret.value, auc_ret.source, control) if control else auc_ret
+        return MuseReference(auc_ret.value, auc_ret.source, control, reference_loss=mia.reference_losses(details)) \
+            if control else auc_ret
 
     def reference_value(self):
         return 0.0

@@ -355,7 +355,8 @@ class Tofu(Benchmark):
         d, control = details.get("forget_quality"), mia.control_aucs(details)
         if not d and not control:
             return None
-        return RetainTruthRatios(d["truth_ratios"] if d else [], "measured on the retrained model", control)
+        return RetainTruthRatios(d["truth_ratios"] if d else [], "measured on the retrained model", control,
+                                 reference_loss=mia.reference_losses(details))
 
     def reference_value(self):
         return 1.0

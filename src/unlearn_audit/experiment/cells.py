@@ -197,10 +197,14 @@ def eval_cell(runner, cell) -> dict:
     model = load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
     ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"], **cfg.get("eval", {}),
                       **({"metrics": cfg["metrics"]} if cfg.get("metrics") else {}))
-    # the retrained model's evaluation is the reference: its PrivLeak AUC and the AUC of each MIA asked for
+    # the retrained model's evaluation is the reference: its PrivLeak AUC, its AUC of each MIA asked for and,
+    # for mia_reference, its loss of every text (measured on it first, kept in its result)
     auc_ret = ecfg.bench.reference_from(runner.result(cfg["auc_ref"])["details"]) if "auc_ref" in cfg else None
-    res = evaluate_model(model, tok, corpus, ecfg, auc_ret, runner.run_dir / "evals" / cell.id,
+    own = ecfg.bench.reference(model, tok, corpus, ecfg, False) if not auc_ret and "mia_reference" in ecfg.metrics else None
+    res = evaluate_model(model, tok, corpus, ecfg, auc_ret or own, runner.run_dir / "evals" / cell.id,
                          identity={"cell": cell.id}, show=False)
+    if own is not None:
+        res["details"]["mia_reference"]["reference_loss"] = own.reference_loss
     if "auc_ref" not in cfg:  # the retrained model at full precision is its own reference
         d = res["details"]["privleak"]
         d["auc_retrain"], d["auc_retrain_source"] = d["auc"], "measured on the retrained model"

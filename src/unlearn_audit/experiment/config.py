@@ -69,7 +69,7 @@ class GridConfig:
                 "utility, so [verbmem_f, knowmem_f, knowmem_r] skips PrivLeak there"})
     extra_metrics: list[str] | None = field(default=None, metadata={
         "help": "opt-in MUSE metrics the scheme columns also measure, e.g. the membership-inference attacks "
-                "[mia_loss, mia_zlib, mia_min_k, mia_min_k_plus_plus, mia_gradnorm] "
+                "[mia_loss, mia_zlib, mia_min_k, mia_min_k_plus_plus, mia_reference, mia_gradnorm] "
                 "(docs/metrics.md): AUCs per model and scheme in results.json, normalised by the retrained model's"})
     workers: int = 1
 
@@ -153,9 +153,6 @@ class GridConfig:
             taken = [m for m in self.extra_metrics if m in defaults]
             if taken:
                 raise UserError(f"extra_metrics: {', '.join(taken)} is measured anyway; list only opt-in metrics")
-            if "mia_reference" in self.extra_metrics:
-                raise UserError("extra_metrics: mia_reference needs the retrained model's loss of every text, which "
-                                "grids do not keep; run it with `audit --control MODEL` or `eval --retrained MODEL`")
             for scheme in self.schemes:  # GradNorm needs float weights
                 get_benchmark("muse").check_setup(list(self.extra_metrics), True, scheme)
 
