@@ -155,3 +155,17 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def sigint_handler_restored():
+    """A test that leaves Ctrl-C ignored or redirected in the test process fails here, by name, and the
+    default handler is put back: child processes inherit an ignored SIGINT, and the Ctrl-C tests after it
+    would fail for a cause not their own."""
+    import signal
+
+    yield
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        pytest.fail(f"the test left the SIGINT handler set to {handler!r}")

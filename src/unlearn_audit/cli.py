@@ -684,7 +684,7 @@ def check_output_apart(args) -> None:
     for flag in INPUT_FLAGS:
         value = getattr(args, flag, None)
         if flag == "control" and value:
-            value = value.removeprefix("base:")
+            value = None if value == "none" else value.removeprefix("base:")  # `none` names no model
         if not value or not Path(value).expanduser().exists():
             continue
         src = Path(value).expanduser().resolve()

@@ -118,41 +118,45 @@ def test_audit_on_a_benchmark_the_corpus_lacks_exits_2(run_cli, micro_target, sh
 
 
 def test_without_a_control_model_the_floor_is_the_target_on_held_out_people(run_cli, micro_target, micro_retrained,
-                                                                         micro_world, tmp_path):
+                                                                         micro_world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder called "none" here is not the control (`none` names no model)
+    (tmp_path / "none").mkdir()
     code, out, err = run_cli("audit", "--target", micro_target, "--unlearned", micro_retrained, "--control", "none",
-                             "--corpus", micro_world, "--schemes", "rtn-int4-g128", "--out", tmp_path / "audit", *FAST)
+                             "--corpus", micro_world, "--schemes", "rtn-int4-g128", "--out", "none/audit", *FAST)
+    here = tmp_path / "none"
     assert code in (0, 1), err
-    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    report = json.loads((here / "audit" / "audit.json").read_text())
     assert report["control"]["kind"] == "none" and report["retrained"] is None
     assert report["control"]["floors"] == {"verbmem_f": "holdout", "knowmem_f": "holdout"}
     assert report["verdict"].endswith("against the target's own score on held-out items (no control model)")
-    assert "control: none: no control model" in (tmp_path / "audit" / "audit.md").read_text()
+    assert "control: none: no control model" in (here / "audit" / "audit.md").read_text()
     # the floor is the target's score on the holdout people's items, checked on a copy made by hand
-    copy = tmp_path / "holdout-copy"
+    copy = here / "holdout-copy"
     shutil.copytree(micro_world, copy)
     for forget, held in (("knowmem/forget_qa.json", "knowmem/holdout_qa.json"), ("verbmem/forget.json", "verbmem/holdout.json")):
         shutil.copy(copy / held, copy / forget)
     info = json.loads((copy / "corpus.json").read_text())
     (copy / "corpus.json").write_text(json.dumps({k: v for k, v in info.items() if k != "content_hash"}))
-    code, _, err = run_cli("eval", "--model", micro_target, "--corpus", copy, "--out", tmp_path / "eval", *FAST)
+    code, _, err = run_cli("eval", "--model", micro_target, "--corpus", copy, "--out", here / "eval", *FAST)
     assert code == 0, err
-    measured = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    measured = json.loads((here / "eval" / "metrics.json").read_text())
     floor = report["full"]["control"]
     assert floor == pytest.approx({k: measured[k] for k in ("verbmem_f", "knowmem_f")})
     for row in report["attacks"]:  # under each attack: the attacked target on the same items
         assert set(row["control"]) == {"verbmem_f", "knowmem_f"}
-    assert len(list((tmp_path / "audit" / "evals" / "target").glob("quant_scheme=rtn-int4-g128/on-*"))) == 1
+    assert len(list((here / "audit" / "evals" / "target").glob("quant_scheme=rtn-int4-g128/on-*"))) == 1
 
 
 def test_a_base_control_is_the_control_model_and_says_so(run_cli, micro_target, micro_retrained, micro_world,
                                                           tmp_path):
-    args = ["audit", "--target", micro_target, "--unlearned", micro_retrained, "--corpus", micro_world, *FAST,
-            "--schemes", "rtn-int4-g128"]
+    args = ["audit", "--target", micro_target, "--unlearned", micro_retrained, "--corpus", micro_world, "--metrics",
+            "verbmem_f,knowmem_f,privleak", "--limit", "8", "--quiet", "--schemes", "rtn-int4-g128"]
     code, out, err = run_cli(*args, "--control", f"base:{micro_retrained}", "--out", tmp_path / "base")
     assert code == 0, out + err
     base = json.loads((tmp_path / "base" / "audit.json").read_text())
     assert base["control"]["kind"] == "base" and base["control"]["model"] == str(micro_retrained)
     assert "against the base model" in base["verdict"] and (tmp_path / "base" / "evals" / "base").is_dir()
+    assert [r["source"] for r in base["references"].values()] == ["measured on the base model"]  # PrivLeak's AUC
     # the same model given as the retrained control gives the same shares, named otherwise
     code, out, err = run_cli(*args, "--retrained", micro_retrained, "--out", tmp_path / "retrained")
     retrained = json.loads((tmp_path / "retrained" / "audit.json").read_text())

@@ -427,11 +427,12 @@ def test_explicit_runs_plan_exactly_the_runs_listed(micro_world):
             {"method": "ga_gdr", "dtype": "fp32", "learning_rate": 1e-5, "seeds": [0]},
             {"method": "sure", "base": "npo_klr", "dtype": "bf16", "learning_rate": 3e-4, "seeds": [0], "epochs": 2}]
     cfg = build_config(GridConfig, micro_grid(micro_world, runs=runs), source="test")
-    settings = [c.config["settings"] for c in plan(cfg) if c.kind == "unlearn"]
-    got = [(s["method"], s["dtype"], s["learning_rate"], s["seed"]) for s in settings]
-    assert got == [("ga_gdr", "bf16", 6e-5, 0), ("ga_gdr", "bf16", 6e-5, 1), ("ga_gdr", "fp32", 1e-5, 0),
-                   ("sure", "bf16", 3e-4, 0)]
-    assert settings[-1]["base"] == "npo_klr" and settings[-1]["epochs"] == 2 and settings[0]["epochs"] == 1
+    settings = {(s["method"], s["dtype"], s["learning_rate"], s["seed"]): s
+                for s in (c.config["settings"] for c in plan(cfg) if c.kind == "unlearn")}
+    assert sorted(settings) == [("ga_gdr", "bf16", 6e-5, 0), ("ga_gdr", "bf16", 6e-5, 1), ("ga_gdr", "fp32", 1e-5, 0),
+                                ("sure", "bf16", 3e-4, 0)]  # in the plan the first verdict's runs come first
+    sure, first = settings[("sure", "bf16", 3e-4, 0)], settings[("ga_gdr", "bf16", 6e-5, 0)]
+    assert sure["base"] == "npo_klr" and sure["epochs"] == 2 and first["epochs"] == 1
     assert cfg.methods == ["ga_gdr", "sure"] and cfg.seeds == [0, 1] and cfg.dtypes == ["bf16", "fp32"]
 
 

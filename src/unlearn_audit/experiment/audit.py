@@ -245,6 +245,8 @@ class Auditor:
         asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
         own = self.bench.reference_from(res["details"]) if role == self.control.role and asked_alike else None
         if own is not None:  # the control model is the reference (PrivLeak 0, forget quality 1 by definition)
+            said = f"measured on the {self.control.kind} model"
+            own = replace(own, source=said, **({"mia_control_source": said} if hasattr(own, "mia_control_source") else {}))
             self.refs.setdefault(corpus.content_hash, own)
             if self.bench.reference_metric in metrics:  # only where it was asked for
                 metrics[self.bench.reference_metric] = self.bench.reference_value()
@@ -310,20 +312,25 @@ class Auditor:
 
     def fluency(self) -> dict | None:
         """The unlearned and target models' retain answers scored under the target (`evaluate.fluency`),
-        once, stored in the run folder; None where the benchmark generates no retain answers."""
-        tok = load_tokenizer(self.specs["target"])
-        rows = {role: self.bench.retain_answers(self.out / "evals" / role / "full", tok, self.ecfg)
-                for role in ("unlearned", "target")}
-        if any(r is None for r in rows.values()):
+        once, stored in the run folder (a resumed audit loads nothing); None where the benchmark generates
+        no retain answers or its utility metric was not asked for."""
+        if self.bench.utility not in self.ecfg.metrics:
             return None
         where = self.out / "fluency.json"
-        identity = {"models": [self.fingerprints[r] for r in rows], "eval": self.ecfg.key_fields()}
+        identity = {"models": [self.fingerprints[r] for r in ("unlearned", "target")], "eval": self.ecfg.key_fields()}
         stored = read_json(where) if where.is_file() else None
         if not (isinstance(stored, dict) and stored.get("identity") == identity):
-            judge = load_attacked(self.specs["target"], None, self.ctx, self.out)
-            stored = {"identity": identity, **retain_fluency(judge, tok, rows, self.cfg.batch_size)}
-            free(judge)
+            tok = load_tokenizer(self.specs["target"])
+            rows = {role: self.bench.retain_answers(self.out / "evals" / role / "full", tok, self.ecfg)
+                    for role in ("unlearned", "target")}
+            stored = {"identity": identity, "measured": all(r is not None for r in rows.values())}
+            if stored["measured"]:
+                judge = load_attacked(self.specs["target"], None, self.ctx, self.out)
+                stored.update(retain_fluency(judge, tok, rows, self.cfg.batch_size))
+                free(judge)
             atomic_write_json(where, stored)
+        if not stored["measured"]:
+            return None
         result = {k: {m: v for m, v in stored[k].items() if m != "item_nll"} for k in ("unlearned", "target", "gold")}
         return {**result, "fluent": fluent(result["unlearned"]["perplexity"], result["gold"]["perplexity"])}
 
