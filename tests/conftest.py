@@ -157,15 +157,25 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture(scope="session")
+def sigint_at_start():
+    """The SIGINT handler the test process started with (a shell starts background jobs with SIGINT
+    ignored, and children inherit that: the Ctrl-C tests then cannot interrupt; run the suite in the
+    foreground)."""
+    import signal
+
+    return signal.getsignal(signal.SIGINT)
+
+
 @pytest.fixture(autouse=True)
-def sigint_handler_restored():
-    """A test that leaves Ctrl-C ignored or redirected in the test process fails here, by name, and the
-    default handler is put back: child processes inherit an ignored SIGINT, and the Ctrl-C tests after it
-    would fail for a cause not their own."""
+def sigint_handler_restored(sigint_at_start):
+    """A test that leaves the SIGINT handler other than it found it fails here, by name, and the handler
+    is put back: child processes inherit an ignored SIGINT, and the Ctrl-C tests after it would fail for a
+    cause not their own."""
     import signal
 
     yield
     handler = signal.getsignal(signal.SIGINT)
-    if handler is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if handler is not sigint_at_start:
+        signal.signal(signal.SIGINT, sigint_at_start)
         pytest.fail(f"the test left the SIGINT handler set to {handler!r}")
