@@ -210,13 +210,18 @@ def decisive_ids(cells: list[CellSpec], cfg: GridConfig) -> set[str]:
         model = c.config["model"]
         if model in chosen or model == target or (model == retrained and c.config["scheme"] == "full"):
             chosen.add(c.id)
-    stack = list(chosen)
+    return with_dependencies(chosen, by_id)
+
+
+def with_dependencies(ids: set[str], by_id: dict[str, CellSpec]) -> set[str]:
+    """`ids` and every cell they depend on, directly or not."""
+    closed, stack = set(ids), list(ids)
     while stack:
         for d in by_id[stack.pop()].deps:
-            if d not in chosen:
-                chosen.add(d)
+            if d not in closed:
+                closed.add(d)
                 stack.append(d)
-    return chosen
+    return closed
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -243,12 +248,7 @@ def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]
 
     keep = set(mine) | {c.id for c in cells if c.kind in ("eval", "bins") and (of_runs(c) & mine
                                                                                  or (index == 0 and not of_runs(c)))}
-    stack = list(keep)
-    while stack:
-        for d in by_id[stack.pop()].deps:
-            if d not in keep:
-                keep.add(d)
-                stack.append(d)
+    keep = with_dependencies(keep, by_id)
     return [c for c in cells if c.id in keep]
 
 
