@@ -362,8 +362,12 @@ def test_grid_from_a_pretrained_base_fine_tunes_its_target_and_control(run_cli, 
     cfg = micro_grid(micro_world, recipe={}, base=str(micro_target), methods=["ga"], schemes=["full"],
                      finetune={"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64})
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
-    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run")
     assert code == 0, out
+    progress = [line for line in out.splitlines() if line.startswith("[") and "cells left" in line]
+    assert progress and all("cells left, about" in line for line in progress)  # a time from the first line on
+    assert "(the bins, eval, model, unlearn cells estimated until one is timed)" in progress[0]
+    assert progress[-1].endswith("(the bins cells estimated until one is timed)")  # the one kind not run yet
     ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
     models = {c.config["role"]: c for c in ledger.cells() if c.kind == "model"}
     corpus = Corpus(micro_world)

