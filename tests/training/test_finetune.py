@@ -37,3 +37,59 @@ def test_finetune_cli_and_bad_role(run_cli, micro_retrained, micro_world, tmp_pa
     with pytest.raises(SystemExit) as exit_:  # argparse refuses a role outside its choices
         run_cli("finetune", "--model", micro_retrained, "--corpus", micro_world, "--role", "both", "--out", tmp_path / "x")
     assert exit_.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def tiny_causal_lm(family: str):
+    """A random two-layer model of the family (Gemma 3 with a final logit soft-cap, to exercise it)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gemma3":
+        config = Gemma3TextConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                  final_logit_softcapping=2.0)
+        model = Gemma3ForCausalLM(config)
+        model.lm_head.weight.data.mul_(30)  # logits large enough for the cap to bend them
+        return model
+    return LlamaForCausalLM(LlamaConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_chunked_loss_equals_the_full_logits_loss_and_gradients(family, chunk):
+    import torch
+
+    from unlearn_audit.training.nll import IGNORE, chunked_mean_nll, mean_nll
+
+    model = tiny_causal_lm(family)
+    ids = torch.randint(3, 500, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # a padded row
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    full = mean_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+    full.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    chunked = chunked_mean_nll(model, ids, mask, labels, chunk)
+    chunked.backward()
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-6, msg=n)
+    if family == "gemma3":  # the soft-cap is applied: without it the loss differs
+        model.config.final_logit_softcapping = None
+        assert chunked_mean_nll(model, ids, mask, labels, chunk).item() != pytest.approx(full.item(), rel=1e-3)
+
+
+def test_finetune_with_a_chunked_loss_learns_like_the_full_one(run_cli, micro_retrained, micro_world, tmp_path):
+    code, out, _ = run_cli("finetune", "--model", micro_retrained, "--corpus", micro_world, "--epochs", "1",
+                           "--loss-chunk", "16", "--out", tmp_path / "chunked", "--quiet")
+    assert code == 0, out
+    run_cli("finetune", "--model", micro_retrained, "--corpus", micro_world, "--epochs", "1", "--out", tmp_path / "full",
+            "--quiet")
+    forget = Corpus(micro_world).raw("forget")
+    assert nll(tmp_path / "chunked", forget) == pytest.approx(nll(tmp_path / "full", forget), rel=1e-3)
+    code, _, err = run_cli("finetune", "--model", micro_retrained, "--corpus", micro_world, "--loss-chunk", "-1",
+                           "--out", tmp_path / "bad")
+    assert code == 2 and "--loss-chunk must be 0" in err and not (tmp_path / "bad").exists()

@@ -42,7 +42,7 @@ from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir, sha256_json
 from ..utils.progress import quiet_trainer_output
 from . import bf16, lora
-from .nll import mean_nll
+from .nll import chunked_mean_nll, mean_nll
 from .schedule import ScheduleRule
 
 PRECISIONS = ("bf16", "fp32", "mixed")
@@ -72,6 +72,7 @@ class TrainSettings:
     lora: str | None = None
     gradient_checkpointing: bool = False
     optim: str = "adamw"
+    loss_chunk: int = 0  # positions per chunk of the output head in plain NLL training (0: full logits)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -157,9 +158,18 @@ class CoreTrainer(Trainer):
 class TextTrainer(CoreTrainer):
     """Plain causal-LM training: the NLL of the "text" part (HF's causal-LM loss)."""
 
+    def __init__(self, *args, loss_chunk: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if loss_chunk and self.args.world_size > 1:  # the head runs outside the DDP/FSDP wrapper's forward
+            raise UserError("--loss-chunk runs on one process; leave it out under accelerate launch / torchrun")
+        self.loss_chunk = loss_chunk
+
     def loss_and_parts(self, model, inputs):
-        logits = model(input_ids=inputs["text_input_ids"], attention_mask=inputs["text_attention_mask"]).logits
-        loss = mean_nll(logits, inputs["text_labels"])
+        ids, mask, labels = inputs["text_input_ids"], inputs["text_attention_mask"], inputs["text_labels"]
+        if self.loss_chunk:
+            loss = chunked_mean_nll(model, ids, mask, labels, self.loss_chunk)
+        else:
+            loss = mean_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
         return loss, {"text_loss": loss.detach().float().item()}
 
 
@@ -468,7 +478,7 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
     args = training_arguments(s, work, show)
     recorder = EpochRecorder(work / "epochs.json", evaluator, None, show)
     trainer = TextTrainer(model=model, args=args, train_dataset=dataset, data_collator=PartsCollator(tokenizer.pad_token_id),
-                          callbacks=[recorder], max_abs_loss=s.max_abs_loss,
+                          callbacks=[recorder], max_abs_loss=s.max_abs_loss, loss_chunk=s.loss_chunk,
                           optimizer_cls_and_kwargs=emulated_optimizer(args, s) if arithmetic == "emulated" else None)
     quiet_trainer_output(trainer, show)
     refuse_unsupported(trainer, arithmetic)

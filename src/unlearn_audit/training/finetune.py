@@ -39,12 +39,17 @@ class FinetuneConfig(LeanOptions):
         "help": "training precision (on a GPU, bf16 or mixed)", "choices": list(PRECISIONS)})
     seed: int = field(default=0, metadata={"help": "seed of the data order"})
     fused_adamw: bool = field(default=False, metadata={"help": "AdamW as one fused kernel (see `unlearn --help`)"})
+    loss_chunk: int = field(default=0, metadata={
+        "help": "positions per chunk of the output head (e.g. 256): the loss never holds the batch's full "
+                "logits, for large vocabularies such as Gemma's 262k (docs/findings.md); 0: full logits"})
 
     def validate(self) -> None:
         if self.role not in ROLES:
             raise UserError(f"--role must be one of {', '.join(ROLES)}")
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise UserError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
+        if self.loss_chunk < 0:
+            raise UserError(f"--loss-chunk must be 0 (full logits) or a positive number of positions, not {self.loss_chunk}")
         self.check_lean(bf16.resolve_arithmetic("auto", self.dtype))
 
 
@@ -62,7 +67,7 @@ def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | 
     settings = TrainSettings(learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
                              grad_accum=cfg.grad_accum, max_length=cfg.max_length, dtype=cfg.dtype, seed=cfg.seed,
                              fused_adamw=cfg.fused_adamw, lora=cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing,
-                             optim=cfg.optim)
+                             optim=cfg.optim, loss_chunk=cfg.loss_chunk)
     train_on_texts(model, texts, settings, out, opts=opts, show=show, about={"role": cfg.role})
     atomic_write_json(out / "finetune.json", {"role": cfg.role, "base_model": str(model),
                                               "base_hash": model_fingerprint(model), "corpus": corpus.name,
