@@ -1,10 +1,12 @@
 """Throughput of every unlearning method against plain fine-tuning on the same batches.
 
-    python bench/unlearn_speed.py [--steps 40] [--dtype fp32]
+    python bench/unlearn_speed.py [--steps 40] [--dtype fp32] [--model FOLDER] [--methods ga_gdr,npo_klr]
 
 Runs each method's loss + backward + AdamW step on identical paired forget/retain batches of the
-default tiny target and prints tokens/s and the ratio to plain fine-tuning (NLL on the forget batch).
-Methods with a reference model (NPO, KLR) pay one extra forward pass; nothing else should cost more.
+default tiny target (or the model folder given, e.g. the demo's SmolLM2 target) and prints tokens/s and
+the ratio to plain fine-tuning (NLL on the forget batch). Methods with a reference model (NPO, KLR) pay
+one extra forward pass; nothing else should cost more. For regularized methods the last column is the
+speed of `--joint-pass` (forget and retain in one forward pass per network) over the separate passes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def batches(tokenizer, corpus: Corpus, batch_size: int, steps: int) -> list[dict
     return out[:steps]
 
 
-def run(method: str, model_dir: Path, inputs: list[dict], dtype: str) -> float:
+def run(method: str, model_dir: Path, inputs: list[dict], dtype: str, joint: bool = False) -> float:
     """Tokens per second of `steps` optimizer steps (tokens = forget + retain tokens the step reads)."""
     cfg = UnlearnConfig(method=method if method != "finetune" else "ga_gdr")
     model = load_model(model_dir, training_dtype(dtype))
@@ -52,7 +54,7 @@ def run(method: str, model_dir: Path, inputs: list[dict], dtype: str) -> float:
     tokens = 0
     started = time.perf_counter()
     for x in inputs:
-        batch = Batch(model, ref, x)
+        batch = Batch(model, ref, x, joint=joint)
         if m is None:
             loss = mean_nll(batch.forget_logits, batch.labels("forget"))
             tokens += int(x["forget_attention_mask"].sum())
@@ -74,20 +76,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--model", help="a model folder to unlearn (default: a tiny target trained here)")
+    parser.add_argument("--methods", help="comma-separated methods (default: GA and NPO with each regularizer)")
     args = parser.parse_args()
+    methods = ["finetune", *args.methods.split(",")] if args.methods else METHODS
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Corpus(write_world(WorldConfig(), Path(tmp) / "world"))
-        model_dir = train_tiny(corpus, "target", progress=False)
+        model_dir = Path(args.model) if args.model else train_tiny(corpus, "target", progress=False)
         inputs = batches(load_tokenizer(model_dir), corpus, args.batch_size, args.steps)
         run("finetune", model_dir, inputs[:5], args.dtype)  # warm-up
         base = run("finetune", model_dir, inputs, args.dtype)
-        print(f"{'method':<10} {'tokens/s':>9} {'ratio':>6}  forward passes per step")
-        for method in METHODS:
+        print(f"{model_dir}, {args.dtype}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} threads")
+        print(f"{'method':<10} {'tokens/s':>9} {'ratio':>6}  {'passes':>6}  joint pass / separate")
+        for method in methods:
             speed = base if method == "finetune" else run(method, model_dir, inputs, args.dtype)
             m = None if method == "finetune" else resolve_method(method)
             passes = 1 if m is None else 1 + bool(m.regularizer) + m.forget.needs_ref + bool(
                 m.regularizer and m.regularizer.needs_ref)
-            print(f"{method:<10} {speed:>9.0f} {speed / base:>6.2f}  {passes}")
+            joint = f"{run(method, model_dir, inputs, args.dtype, joint=True) / speed:.2f}" if m and m.regularizer else ""
+            print(f"{method:<10} {speed:>9.0f} {speed / base:>6.2f}  {passes:>6}  {joint}", flush=True)
     print("\nratio = tokens/s of the method / tokens/s of plain fine-tuning on the same batches "
           "(tokens counted: forget + retain texts read by the step).")
 

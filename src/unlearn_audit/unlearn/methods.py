@@ -30,24 +30,43 @@ from . import losses
 
 
 class Batch:
-    """A paired forget/retain batch with lazily computed (and cached) model and reference logits."""
+    """A paired forget/retain batch with lazily computed (and cached) model and reference logits.
+    `joint`: a network's forget and retain logits come from one forward pass over both batches (right-padded
+    to one length; causal attention keeps each sequence's real positions as they were) instead of two:
+    one larger matrix product per layer, the same loss to float rounding (--joint-pass)."""
 
-    def __init__(self, model, ref_model, inputs: dict[str, torch.Tensor]):
+    def __init__(self, model, ref_model, inputs: dict[str, torch.Tensor], joint: bool = False):
         self.model = model
         self.ref_model = ref_model
         self.inputs = inputs
+        self.joint = joint and "retain_input_ids" in inputs
+        self._joint_logits: dict[int, dict[str, torch.Tensor]] = {}
 
     def _logits(self, net, split: str) -> torch.Tensor:
+        if self.joint:
+            return self._both(net)[split]
         return net(
             input_ids=self.inputs[f"{split}_input_ids"], attention_mask=self.inputs[f"{split}_attention_mask"]
         ).logits
+
+    def _both(self, net) -> dict[str, torch.Tensor]:
+        """{split: logits} of one forward pass over the forget and the retain sequences together."""
+        if id(net) not in self._joint_logits:
+            ids = [self.inputs[f"{s}_input_ids"] for s in ("forget", "retain")]
+            masks = [self.inputs[f"{s}_attention_mask"] for s in ("forget", "retain")]
+            width = max(x.shape[1] for x in ids)
+            logits = net(input_ids=torch.cat([pad_right(x, width, 0) for x in ids]),
+                         attention_mask=torch.cat([pad_right(m, width, 0) for m in masks])).logits
+            n = ids[0].shape[0]
+            self._joint_logits[id(net)] = {"forget": logits[:n, : ids[0].shape[1]], "retain": logits[n:, : ids[1].shape[1]]}
+        return self._joint_logits[id(net)]
 
     def labels(self, split: str) -> torch.Tensor:
         return self.inputs[f"{split}_labels"]
 
     def on(self, model) -> Batch:
         """The same inputs for another view of the model (fake-quantized), reusing the reference logits."""
-        other = Batch(model, self.ref_model, self.inputs)
+        other = Batch(model, self.ref_model, self.inputs, self.joint)
         for name in ("forget_ref_logits", "retain_ref_logits"):
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]
@@ -76,6 +95,11 @@ class Batch:
     def retain_ref_logits(self) -> torch.Tensor:
         with torch.no_grad():
             return self._logits(self.ref_model, "retain")
+
+
+def pad_right(x: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """Columns of `value` appended to a (rows x length) tensor up to `width`."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
 LossFn = Callable[[Batch, "object"], torch.Tensor]

@@ -87,6 +87,9 @@ class RunOptions:
         "help": "schedule rule: stop when KnowMem_r on the validation split falls below this share of the "
                 "model's own at the start (e.g. 0.8), keeping the last epoch above it"})
     max_abs_loss: float = field(default=1e4, metadata={"help": "a loss beyond this magnitude counts as diverged"})
+    joint_pass: bool = field(default=False, metadata={
+        "help": "regularized methods: the forget and the retain batch in one forward pass (and one per reference "
+                "model) instead of two; the same loss to float rounding, fewer passes (bench/unlearn_speed.py)"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep per-epoch checkpoints after finishing"})
     fused_adamw: bool = field(default=False, metadata={
         "help": "AdamW as one fused kernel (update computed in fp32, weights and state still stored in the "
@@ -199,7 +202,7 @@ class UnlearnTrainer(CoreTrainer):
         return loss, parts
 
     def loss_and_parts(self, model, inputs):
-        batch = Batch(model, self.ref_model, inputs)
+        batch = Batch(model, self.ref_model, inputs, joint=self.ucfg.joint_pass)
         loss, parts = self.method_loss(batch)
         if self.through:  # quantization-aware: the same loss on each fake-quantized model (qat.py)
             quantized = torch.stack([self.method_loss(batch.on(FakeQuantized(model, s)))[0] for s in self.through])
