@@ -79,7 +79,7 @@ def main() -> None:
         logits = batch * args.tokens * full["vocab"] * 4 / 2**30
         extra_full, extra_chunked = full["peak_gib"] - full["loaded_gib"], chunked["peak_gib"] - chunked["loaded_gib"]
         print(f"batch {batch:3d}: full logits {logits:.2f} GiB | peak over the model: full {extra_full:.2f} GiB, "
-              f"chunked {extra_chunked:.2f} GiB ({extra_full / extra_chunked:.1f}x less) | s/step: full "
+              f"chunked {extra_chunked:.2f} GiB (full / chunked {extra_full / extra_chunked:.1f}x) | s/step: full "
               f"{full['seconds']:.2f}, chunked {chunked['seconds']:.2f} ({chunked['seconds'] / full['seconds']:.2f}x) "
               f"| loss {full['loss']:.5f} vs {chunked['loss']:.5f}", flush=True)
 
