@@ -93,3 +93,16 @@ def test_finetune_with_a_chunked_loss_learns_like_the_full_one(run_cli, micro_re
     code, _, err = run_cli("finetune", "--model", micro_retrained, "--corpus", micro_world, "--loss-chunk", "-1",
                            "--out", tmp_path / "bad")
     assert code == 2 and "--loss-chunk must be 0" in err and not (tmp_path / "bad").exists()
+
+
+def test_chunked_loss_refuses_an_output_head_with_a_bias():
+    import torch
+
+    from unlearn_audit.errors import UserError
+    from unlearn_audit.training.nll import chunked_mean_nll
+
+    model = tiny_causal_lm("llama")
+    model.lm_head = torch.nn.Linear(64, 500, bias=True)
+    ids = torch.randint(3, 500, (1, 5))
+    with pytest.raises(UserError, match="without a bias"):
+        chunked_mean_nll(model, ids, torch.ones_like(ids), ids, 4)
