@@ -539,6 +539,30 @@ def test_degrid_fine_tunes_the_base_on_another_world_first_and_reports_how_far_i
         planned({**cfg, "base": None, "finetune": {}})
 
 
+def test_degrid_by_dither_moves_the_base_off_its_grid_and_the_pair_starts_from_it(run_cli, micro_world, micro_target,
+                                                                                  tmp_path):
+    """`degrid: {dither: 0.5}`: every weight of the base moves up to half a step of its block's 4-bit grid
+    (no fine-tune, no world); the target and the control are fine-tuned from the moved base."""
+    ft = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64}
+    cfg = micro_grid(micro_world, recipe={}, base=str(micro_target), methods=["ga"], schemes=["full"], bins_schemes=[],
+                     finetune=ft, degrid={"dither": 0.5, "seed": 1})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    ledger = Ledger(tmp_path / "run" / "ledger.sqlite")
+    (moved,) = [c for c in ledger.cells("model") if c.config.get("degrid")]
+    assert len(ledger.cells("corpus")) == 1 and not moved.deps  # no de-gridding world
+    assert all(c.config["base_cell"] == moved.id for c in ledger.cells("model") if c.id != moved.id)
+    d = moved.result["degrid"]
+    ledger.close()
+    assert d["dither"] == 0.5 and d["loss"] == [] and d["moved_share"] == 0
+    assert d["mean_steps"] == pytest.approx(0.25, abs=0.02) and d["on_grid_share"] < 0.2
+    assert "uniform random amount of up to 0.5 steps" in (tmp_path / "run" / "report.md").read_text()
+    for bad, message in (({"dither": 2}, "0 < dither <= 1"), ({"dither": 0.5, "epochs": 1}, "one or the other")):
+        with pytest.raises(UserError, match=message):
+            planned({**cfg, "degrid": bad})
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_example_grid_is_valid(path):

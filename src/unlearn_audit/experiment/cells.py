@@ -53,6 +53,8 @@ def model_cell(runner, cell) -> dict:
         return {"path": cfg["path"], "role": cfg["role"], "own": True}
     from ..config import build_config
 
+    if "dither" in cfg:
+        return dithered_base(runner, cell)
     corpus = corpus_of(runner, cfg["corpus"])
     if "base" in cfg:
         return finetuned_model(runner, cell, corpus)
@@ -79,19 +81,46 @@ def finetuned_model(runner, cell, corpus: Corpus) -> dict:
     return result
 
 
+def dithered_base(runner, cell) -> dict:
+    """The grid's base with every weight moved a uniform random amount of up to `dither` steps of its
+    block's 4-bit grid (quantize/base_grid.py), written once as a model folder."""
+    import os
+    import shutil
+
+    from ..models.loading import load_model, load_tokenizer
+    from ..quantize.base_grid import dither
+
+    cfg = cell.config
+    path = runner.run_dir / "models" / cell.id
+    if not (path / "config.json").is_file():
+        model = load_model(cfg["base"], "fp32")
+        dither(model, cfg["dither"], cfg["seed"])
+        tmp = path.parent / f".{path.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        load_tokenizer(cfg["base"]).save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    return {"path": str(path), "role": "target", "seed": cfg["seed"], "base": cfg["base"],
+            "degrid": {"dither": cfg["dither"], **degrid_record(cfg["base"], path)}}
+
+
 def degrid_record(base: str, moved: Path) -> dict:
-    """What the de-gridding fine-tune did: its loss per epoch, and how far the weights moved from the base's
-    (relative L2 change, and the share of weights that changed at all: those still on the base's grid)."""
+    """What the de-gridding did: the fine-tune's loss per epoch (none for a dither), and how far the weights
+    moved from the base's (relative L2 change, the share of weights that changed at all, and against the
+    base's 4-bit grid: the mean move in steps, the share moved half a step or more, the share still on it)."""
     from ..models.loading import read_model_json, resolve
+    from ..quantize.base_grid import grid_counts, grid_summary
     from ..quantize.bins import ShardedWeights
 
-    loss = [e.get("text_loss") for e in read_model_json(moved, "train.json").get("epochs", [])]
+    loss = [e.get("text_loss") for e in (read_model_json(moved, "train.json") or {}).get("epochs", [])]
     folder = Path(str(resolve(base)))
     if not folder.is_dir():  # a hub id or a .gguf file: no local weights to compare with
-        return {"loss": loss, "changed_share": None, "relative_change": None}
+        return {"loss": loss, "changed_share": None, "relative_change": None, **grid_summary([])}
     before, after = ShardedWeights(folder), ShardedWeights(moved)
     changed = total = 0
     diff2 = norm2 = 0.0
+    counts = []
     for name in after.names():
         if name not in before.names():
             continue
@@ -100,8 +129,9 @@ def degrid_record(base: str, moved: Path) -> dict:
         total += a.numel()
         diff2 += float(((b - a) ** 2).sum())
         norm2 += float((a ** 2).sum())
+        counts.append(grid_counts(a, b))
     return {"loss": loss, "changed_share": changed / max(total, 1),
-            "relative_change": (diff2 / norm2) ** 0.5 if norm2 else None}
+            "relative_change": (diff2 / norm2) ** 0.5 if norm2 else None, **grid_summary(counts)}
 
 
 def matched_recipe(target: str, corpus: Corpus) -> TinyRecipe:

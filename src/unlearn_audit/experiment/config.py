@@ -34,9 +34,11 @@ class GridConfig:
     finetune: dict = field(default_factory=dict, metadata={"help": "fine-tuning options for `base` (see `finetune --help`)"})
     degrid: dict = field(default_factory=dict, metadata={
         "help": "move `base` off the quantization grid it ships on (package:smollm2 is Q4_1) before fine-tuning: "
-                "fine-tune it on a world the grid does not use (the same generator with `world_seed`, default "
-                f"{DEGRID_WORLD_SEED}) with these fine-tuning options, e.g. {{epochs: 1, learning_rate: 1.0e-4}}; the "
-                "target and retrained model start from it, and the report shows its loss and how far it moved"})
+                "{dither: 0.5} moves every weight a uniform random amount of up to half a step of its block's 4-bit "
+                "grid (`seed` picks the draw); fine-tuning options instead fine-tune it on a world the grid does not "
+                f"use (the same generator with `world_seed`, default {DEGRID_WORLD_SEED}), e.g. {{epochs: 1, "
+                "learning_rate: 1.0e-4}}, which moves the weights only a small fraction of a step (docs/findings.md "
+                "section 17); the target and retrained model start from it, and the report shows how far it moved"})
     methods: list[str] = field(default_factory=lambda: ["ga_gdr", "npo_klr"])
     learning_rates: list[float] = field(default_factory=lambda: [1e-5])
     dtypes: list[str] = field(default_factory=lambda: ["bf16"])
@@ -202,12 +204,25 @@ class GridConfig:
         from ..config import build_config
         from ..training.finetune import FinetuneConfig
 
+        if "dither" in self.degrid:
+            self.validate_dither()
+            return
         opts = {k: v for k, v in self.degrid.items() if k != "world_seed"}
         if "role" in opts:
             raise UserError("degrid: `role` is set by the grid (the de-gridding fine-tune reads every text of its world)")
         if self.degrid_world().get("seed") == self.world.get("seed", 0) and self.corpus is None:
             raise UserError("degrid: world_seed must differ from the grid's world seed (the base must not see its texts)")
         build_config(FinetuneConfig, opts, source="grid degrid options").validate()
+
+    def validate_dither(self) -> None:
+        amount = self.degrid["dither"]
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount <= 1:
+            raise UserError(f"degrid: dither is the largest move in steps of the base's 4-bit grid, 0 < dither <= 1 "
+                            f"(e.g. 0.5), not {amount!r}")
+        other = sorted(set(self.degrid) - {"dither", "seed"})
+        if other:
+            raise UserError(f"degrid: dither moves the base by noise, fine-tuning options ({', '.join(other)}) move "
+                            "it by training: give one or the other")
 
     def degrid_world(self) -> dict:
         """The world options of the de-gridding fine-tune: the grid's world under another seed, no validation split."""

@@ -99,9 +99,13 @@ def axis_points(cfg: GridConfig) -> list[dict]:
 
 
 def degrid_cells(cfg: GridConfig) -> list[CellSpec]:
-    """The world and the fine-tune that move `base` off its quantization grid (none without `degrid`)."""
+    """The cells that move `base` off its quantization grid (none without `degrid`): the dithered base, or
+    the world and the fine-tune on it."""
     if not cfg.degrid:
         return []
+    if "dither" in cfg.degrid:
+        return [spec("model", {"role": "target", "base": cfg.base, "dither": cfg.degrid["dither"],
+                               "seed": cfg.degrid.get("seed", 0), "degrid": True}, [], "de-gridded base")]
     world = spec("corpus", {"world": cfg.degrid_world(), "folder": "corpus-degrid"}, [], "de-gridding world")
     options = {k: v for k, v in cfg.degrid.items() if k != "world_seed"}
     model = spec("model", {"role": "target", "base": cfg.base, "finetune": options, "corpus": world.id, "degrid": True},
@@ -113,7 +117,7 @@ def model_cells(cfg: GridConfig, corpus: CellSpec, seed: int) -> dict[str, CellS
     """The target and retrained model cells a run of this seed starts from."""
     recipe = {**cfg.recipe, "seed": seed} if cfg.seed_scope == "all" else cfg.recipe
     tag = f" seed={seed}" if cfg.seed_scope == "all" else ""
-    degrid = degrid_cells(cfg)[1:]
+    degrid = [c for c in degrid_cells(cfg) if c.kind == "model"]
     out = {}
     for role in ("target", "retrained"):
         own = getattr(cfg, role)

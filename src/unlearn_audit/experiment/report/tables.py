@@ -232,8 +232,14 @@ def degrid_lines(ledger) -> list[str]:
         if d:
             moved = ("" if d["changed_share"] is None else f"; {percent(d['changed_share'])} of its weights changed, "
                      f"relative L2 change {d['relative_change']:.2e}")
-            out.append(f"- `{cell.result['base']}` fine-tuned on a world the grid does not use before the target and "
-                       f"the retrained model: loss per epoch {', '.join(f'{x:.3f}' for x in d['loss'])}{moved}")
+            if d.get("mean_steps") is not None:
+                moved += (f"; against the base's 4-bit grid (blocks of 32): moved {d['mean_steps']:.2f} steps on "
+                          f"average, {percent(d['moved_share'])} by half a step or more, {percent(d['on_grid_share'])} "
+                          "still on it (10% of random weights are)")
+            how = (f"with every weight moved a uniform random amount of up to {d['dither']:g} steps of its block's grid"
+                   if "dither" in d else "fine-tuned on a world the grid does not use (loss per epoch "
+                   f"{', '.join(f'{x:.3f}' for x in d['loss'])})")
+            out.append(f"- `{cell.result['base']}` {how}, before the target and the retrained model{moved}")
     return out
 
 
