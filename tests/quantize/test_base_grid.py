@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn_audit.quantize.base_grid import blocks_of, block_grid, dither, grid_counts, grid_summary
+from unlearn_audit.quantize.base_grid import block_grid, blocks_of, dither, grid_counts, grid_summary
 
 
 def on_q4_1_grid(rows: int = 8, cols: int = 64, seed: int = 0) -> torch.Tensor:
