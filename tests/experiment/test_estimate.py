@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from unlearn_audit.experiment.estimate import (
-    LOAD_WORK,
     PRIOR,
     REF_PASS,
     SMOLLM2_PARAMETERS,
@@ -18,17 +17,20 @@ from unlearn_audit.experiment.estimate import (
 
 
 def test_model_work_counts_epochs_over_the_texts_each_role_trains_on():
-    assert cell_work("model", {"role": "target", "base": "b", "finetune": {"epochs": 5}}, 0.3) == 5
-    assert cell_work("model", {"role": "retrained", "base": "b", "finetune": {"epochs": 5}}, 0.3) == pytest.approx(3.5)
-    assert cell_work("model", {"role": "target", "base": "b", "finetune": {"epochs": 1}, "degrid": True}, 0.3) == 1
-    assert cell_work("model", {"role": "target", "base": "b", "finetune": {}}, 0.3) == 3  # finetune's default
-    assert cell_work("model", {"role": "target", "path": "/x"}, 0.3) == LOAD_WORK
-    assert cell_work("corpus", {"world": {}}, 0.3) == 0
+    assert cell_work("model", {"role": "target", "base": "b", "finetune": {"epochs": 5}}, 0.3) == ("model", 5)
+    assert cell_work("model", {"role": "retrained", "base": "b", "finetune": {"epochs": 5}}, 0.3) == (
+        "model", pytest.approx(3.5))
+    assert cell_work("model", {"role": "target", "base": "b", "finetune": {"epochs": 1}, "degrid": True}, 0.3) == (
+        "model", 1)
+    assert cell_work("model", {"role": "target", "base": "b", "finetune": {}}, 0.3) == ("model", 3)  # the default
+    assert cell_work("model", {"role": "target", "path": "/x"}, 0.3) == ("load", 1)  # trains nothing
+    assert cell_work("model", {"role": "target", "base": "b", "dither": 0.5, "seed": 0}, 0.3) == ("load", 1)
+    assert cell_work("corpus", {"world": {}}, 0.3) == ("corpus", 0)
 
 
 def test_unlearn_work_counts_the_passes_of_each_step():
     def work(**s):
-        return cell_work("unlearn", {"settings": {"epochs": 10, **s}}, 0.25)
+        return cell_work("unlearn", {"settings": {"epochs": 10, **s}}, 0.25)[1]
 
     assert work(method="ga") == pytest.approx(2.5)
     assert work(method="ga_gdr") == pytest.approx(5.0)
@@ -36,15 +38,15 @@ def test_unlearn_work_counts_the_passes_of_each_step():
     assert work(method="npo_klr") == pytest.approx(2.5 * (2 + 2 * REF_PASS))
     assert work(method="qat", base="ga") == pytest.approx(5.0)
     assert work(method="sure") == work(method="npo_klr")  # SURE wraps npo_klr unless told
-    assert cell_work("unlearn", {"settings": {"method": "ga"}}, 0.25) == pytest.approx(5 * 0.25)
+    assert cell_work("unlearn", {"settings": {"method": "ga"}}, 0.25) == ("unlearn", pytest.approx(5 * 0.25))
 
 
 def test_eval_work_weighs_attacks_that_train_and_extra_benchmarks():
-    assert cell_work("eval", {"scheme": "full"}, 0.3) == 1
-    assert cell_work("eval", {"scheme": "rtn-int4-g128"}, 0.3) == 1
-    assert cell_work("eval", {"scheme": "relearn:retain:steps=10"}, 0.3) == 3
-    assert cell_work("eval", {"scheme": "full", "benchmarks": ["tofu", "wmdp"]}, 0.3) == 3
-    assert cell_work("bins", {}, 0.3) == 1
+    assert cell_work("eval", {"scheme": "full"}, 0.3) == ("eval", 1)
+    assert cell_work("eval", {"scheme": "rtn-int4-g128"}, 0.3) == ("eval", 1)
+    assert cell_work("eval", {"scheme": "relearn:retain:steps=10"}, 0.3) == ("eval", 3)
+    assert cell_work("eval", {"scheme": "full", "benchmarks": ["tofu", "wmdp"]}, 0.3) == ("eval", 3)
+    assert cell_work("bins", {}, 0.3) == ("bins", 1)
 
 
 def test_measured_kinds_use_their_own_rate_and_the_others_the_prior_scaled_by_how_fast_this_grid_runs():

@@ -4,7 +4,8 @@ estimate from the first line on, and measured times replace the guess as cells f
 A cell's *work* comes from its config alone (nothing is loaded), in passes over the world's texts:
 
 - model: fine-tuning epochs x the share of the world's texts its role trains on (the target all of them,
-  the retrained model all but the forget share); a model given as a folder only loads (LOAD_WORK);
+  the retrained model all but the forget share); a model cell that trains nothing (a folder given, a
+  dithered base) is a cell of its own kind, `load`, 1 unit;
 - unlearn: budget epochs x forget share x passes per step (the forget batch's forward and backward 1, a
   retain term 1 more, each reference forward REF_PASS; QAT's second, fake-quantized pass doubles it). A run
   under the schedule rule is counted at its budget: its measured rate then carries how early such runs stop;
@@ -24,28 +25,30 @@ import json
 from pathlib import Path
 
 SMOLLM2_PARAMETERS = 134_515_008
-PRIOR = {"model": 90.0, "unlearn": 85.0, "eval": 14.0, "bins": 60.0}  # seconds per unit, SmolLM2, 2 cores
-LOAD_WORK = 0.05  # a model cell that loads a given folder: a small fraction of one fine-tuning epoch
+PRIOR = {"model": 90.0, "load": 10.0, "unlearn": 85.0, "eval": 14.0, "bins": 60.0}  # s per unit, SmolLM2, 2 cores
 REF_PASS = 1 / 3  # a forward pass without backward, as a share of one training pass
 EVAL_WORK = {"relearn": 3.0, "prune": 3.0, "probe": 3.0, "steer": 3.0}  # attack family -> evaluations' worth
 
 
-def cell_work(kind: str, config: dict, forget_share: float) -> float:
-    """The work of one cell in units of one pass over the world's texts (0 for cells that take no time)."""
+def cell_work(kind: str, config: dict, forget_share: float) -> tuple[str, float]:
+    """(the kind it is estimated as, its work in units of one pass over the world's texts; 0 for cells
+    that take no time)."""
     if kind == "model":
-        return model_work(config, forget_share)
+        work = model_work(config, forget_share)
+        return ("model", work) if work is not None else ("load", 1.0)
     if kind == "unlearn":
-        return unlearn_work(config["settings"], forget_share)
+        return kind, unlearn_work(config["settings"], forget_share)
     if kind == "eval":
         family = str(config.get("scheme", "full")).split(":")[0]
-        return EVAL_WORK.get(family, 1.0) + len(config.get("benchmarks") or [])
-    return 1.0 if kind == "bins" else 0.0
+        return kind, EVAL_WORK.get(family, 1.0) + len(config.get("benchmarks") or [])
+    return kind, 1.0 if kind == "bins" else 0.0
 
 
-def model_work(config: dict, forget_share: float) -> float:
+def model_work(config: dict, forget_share: float) -> float | None:
+    """Epochs x share of texts of a model cell that trains (None: it trains nothing)."""
     options = config.get("finetune") if "base" in config else config.get("recipe")
     if options is None:
-        return LOAD_WORK  # a target or retrained model given as a folder
+        return None  # a target or retrained model given as a folder, a dithered base
     from ..models.tiny import TinyRecipe
     from ..training.finetune import FinetuneConfig
 

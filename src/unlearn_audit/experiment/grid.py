@@ -396,7 +396,7 @@ class GridRunner:
         if not left:
             return ""
         share = self.forget_share()
-        work = [(c.kind, cell_work(c.kind, self.by_id[c.id].config, share),
+        work = [(*cell_work(c.kind, self.by_id[c.id].config, share),
                  c.seconds if c.status == "done" and c.seconds is not None else None)
                 for c in cells if c.status != "failed"]
         seconds, guessed = seconds_left(work, prior_scale(self.cfg.base, self.cfg.target))
