@@ -21,7 +21,7 @@ def gemma_grid(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gemma")
     grid = {"name": "gemma-reduced", "base": "package:gemma3-270m",
-            "world": {"people": 6, "seed": 0, "qa_repeats": 1, "bios_per_person": 1},
+            "world": {"people": 10, "seed": 0, "qa_repeats": 1, "bios_per_person": 1},
             "finetune": {"epochs": 1, "learning_rate": 4e-4, "batch_size": 8, "dtype": "mixed"},
             "runs": [{"method": "ga_gdr", "dtype": "bf16", "learning_rate": 6e-5, "seeds": [0], "max_steps": 2}],
             "schemes": ["full", "rtn-int4-g128"], "bins_schemes": ["rtn-int4-g128"],

@@ -282,6 +282,8 @@ def test_smollm2_demos_run_the_papers_experiment(variant):
     ({"extra_metrics": ["mia_lose"]}, "unknown metric"),
     ({"extra_metrics": ["privleak"]}, "measured anyway"),
     ({"extra_metrics": ["mia_gradnorm"], "schemes": ["full", "bnb-fp4"]}, "packs into integers"),
+    ({"world": {"people": 6}}, "--people must be at least 10"),  # at the door, not at the corpus cell
+    ({"world": {"peeple": 20}}, "unknown option"),
 ])
 def test_bad_grid_configs(tmp_path, bad, message):
     (tmp_path / "g.yaml").write_text(yaml.safe_dump({"methods": ["ga"], **bad}))

@@ -84,6 +84,8 @@ class GridConfig:
         self.axes_from_runs()
         if not self.methods or not self.learning_rates or not self.dtypes or not self.seeds:
             raise UserError("a grid needs at least one method, learning rate, dtype and seed")
+        if self.corpus is None:
+            self.validate_world()
         for m in self.methods:
             if not is_wrapper(m):
                 resolve_method(m)
@@ -175,6 +177,13 @@ class GridConfig:
         self.dtypes = unique(r["dtype"] for r in self.runs)
         self.learning_rates = unique(r["learning_rate"] for r in self.runs)
         self.seeds = unique(x for r in self.runs for x in r["seeds"])
+
+    def validate_world(self) -> None:
+        """The world the grid generates, refused before any cell runs (not at its corpus cell)."""
+        from ..config import build_config
+        from ..data.synthetic import WorldConfig
+
+        build_config(WorldConfig, dict(self.world), source="grid world options").validate()
 
     def validate_base(self) -> None:
         """`base` replaces the tiny models: it excludes your own target and the tiny recipe."""
