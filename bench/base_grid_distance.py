@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-BLOCK = 32
-ON_GRID = 0.05  # within this share of a step of a grid point counts as on the grid
+from unlearn_audit.quantize.base_grid import BLOCK, ON_GRID, block_grid
+
 SAMPLE = 10_000  # weights per tensor whose percentiles are taken (all of them enter the shares)
 
 
@@ -40,8 +40,7 @@ def grid(name: str, w: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
     blocks = w.reshape(-1, BLOCK)
     if "embed_tokens" in name:
         return "q8_0", torch.zeros(len(blocks), 1), blocks.abs().amax(1, keepdim=True) / 127
-    low, high = blocks.amin(1, keepdim=True), blocks.amax(1, keepdim=True)
-    return "q4_1", low, (high - low) / 15
+    return "q4_1", *block_grid(blocks)
 
 
 def main() -> None:
