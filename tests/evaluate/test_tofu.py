@@ -331,6 +331,29 @@ def test_teacher_forcing_scores_each_answer_as_a_direct_forward_pass_does(micro)
     assert unparaphrased["correct_loss"] == pytest.approx(unparaphrased["answer_loss"])  # their "correct" is the answer
 
 
+def test_each_distinct_prompt_and_answer_is_scored_once(monkeypatch):
+    """On the unparaphrased sets the correct answer is the answer itself: one forward pass, both losses."""
+    scored = []
+
+    def fake_logprobs(model, tok, pairs, batch_size, progress, hits):
+        scored.extend(pairs)
+        hits.extend(np.ones(len(text), dtype=bool) for _, text in pairs)
+        return [-np.full(len(text), float(len(text))) for _, text in pairs], 0
+
+    monkeypatch.setattr(tofu, "continuation_logprobs", fake_logprobs)
+    items = [{"question": "Q1", "answer": "aa", "paraphrased_answer": "bbb", "perturbed_answer": ["c", "aa"]},
+             {"question": "Q2", "answer": "aa", "paraphrased_answer": "bbb", "perturbed_answer": ["dddd", "c"]}]
+    cfg = EvalConfig().for_benchmark("tofu")
+    out = tofu.teacher_forced(None, None, items, "real_authors", cfg, "", False)
+    assert sorted(scored) == sorted({(f"Question: Q{i}\nAnswer: ", t) for i, ts in ((1, "aa c"), (2, "aa dddd c"))
+                                     for t in ts.split()})  # per prompt: the answer once, each perturbed once
+    assert out["answer_loss"] == out["correct_loss"] == [2.0, 2.0]
+    assert out["perturbed_loss"] == [[1.0, 2.0], [4.0, 1.0]] and out["hits"][1].tolist() == [True, True]
+    scored.clear()
+    out = tofu.teacher_forced(None, None, items, "forget", cfg, "", False)
+    assert len(scored) == 7 and out["correct_loss"] == [3.0, 3.0]  # the paraphrase is its own text
+
+
 def test_the_chat_prompt_is_one_user_message_and_loses_only_a_leading_bos():
     class ChatTok:
         chat_template = "{{ messages }}"

@@ -145,21 +145,23 @@ def build_prompt(tokenizer, question: str, template: str) -> str:
 
 # ------------------------------------------------------------------------------------------- per-set work
 def teacher_forced(model, tokenizer, items: list[dict], split: str, cfg, eos: str, show: bool) -> dict:
-    """Per item: L(answer), L(correct), L(perturbed_j), and the greedy hits on the answer's tokens."""
+    """Per item: L(answer), L(correct), L(perturbed_j), and the greedy hits on the answer's tokens. Each
+    distinct (prompt, text) is scored once: on the unparaphrased sets the correct answer is the answer."""
     prompts = [build_prompt(tokenizer, it["question"], cfg.tofu_template) for it in items]
     correct_field = "answer" if split in TOFU_UNPARAPHRASED else "paraphrased_answer"
-    pairs, slots = [], []
+    pairs: dict[tuple[str, str], int] = {}
+    slots = []
     for i, (prompt, it) in enumerate(zip(prompts, items)):
         for role, text in [("answer", it["answer"]), ("correct", it[correct_field]),
                            *(("perturbed", t) for t in it["perturbed_answer"])]:
-            pairs.append((prompt, text + eos))
-            slots.append((i, role))
+            slots.append((i, role, pairs.setdefault((prompt, text + eos), len(pairs))))
     hits: list = []
     with tqdm(total=len(pairs), desc=f"tofu {split}", disable=not show, leave=False) as bar:
-        lps, truncated = continuation_logprobs(model, tokenizer, pairs, cfg.batch_size, bar.update, hits)
+        lps, truncated = continuation_logprobs(model, tokenizer, list(pairs), cfg.batch_size, bar.update, hits)
     out = {"answer_loss": [0.0] * len(items), "correct_loss": [0.0] * len(items),
            "perturbed_loss": [[] for _ in items], "hits": [None] * len(items), "truncated": truncated}
-    for (i, role), lp, hit in zip(slots, lps, hits):
+    for i, role, k in slots:
+        lp, hit = lps[k], hits[k]
         loss = float(-lp.mean()) if lp.size else math.inf
         if role == "perturbed":
             out["perturbed_loss"][i].append(loss)
