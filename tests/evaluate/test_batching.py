@@ -1,6 +1,7 @@
 """Batched evaluation must give the same answers as MUSE's one-item-at-a-time loop."""
 
 import numpy as np
+import pytest
 import torch
 
 from unlearn_audit.data.corpus import Corpus
@@ -116,3 +117,75 @@ def test_batched_generation_with_grouped_kv_heads_equals_one_at_a_time(micro_tar
     batched, _ = greedy_generate(model, tok, prompts, 16, batch_size=6)
     single, _ = greedy_generate(model, tok, prompts, 16, batch_size=1)
     assert batched == single and len(set(batched)) > 1
+
+
+def tofu_pairs(corpus, n: int) -> list[tuple[str, str]]:
+    """Each question's prompt with its answer, paraphrase and perturbed answers, as TOFU scores them."""
+    from unlearn_audit.evaluate.tofu import build_prompt
+
+    return [(build_prompt(None, it["question"], "qa"), text) for it in corpus.tofu("forget")[:n]
+            for text in (it["answer"], it["paraphrased_answer"], *it["perturbed_answer"])]
+
+
+def rows_seen(model) -> list[int]:
+    """Rows of every forward pass from now on (a hook on the model's input)."""
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("attention", ["trained", "sdpa-grouped", "eager-grouped"])
+def test_a_prompt_and_its_continuations_in_one_row_score_as_rows_of_their_own(micro_target, micro_world, attention):
+    """The tree mask and position ids make every continuation read what it reads alone: log-probabilities to
+    float rounding, the same greedy hits; one row per prompt instead of one per pair."""
+    from unlearn_audit.models.generation import continuation_logprobs, shared_prompt_logprobs
+
+    tok = load_tokenizer(micro_target)
+    model = load_model(micro_target) if attention == "trained" else grouped_head_model(tok)
+    if attention == "eager-grouped":
+        model.config._attn_implementation = "eager"
+    pairs = tofu_pairs(Corpus(micro_world), 5)
+    alone_hits, shared_hits = [], []
+    alone, _ = continuation_logprobs(model, tok, pairs, 4, hits=alone_hits)
+    seen = rows_seen(model)
+    shared, truncated = shared_prompt_logprobs(model, tok, pairs, 4, hits=shared_hits)
+    assert truncated == 0 and sum(seen) == 5 and len(seen) == 2  # 5 prompts in rows of 4: 35 pairs, 2 passes
+    for a, b, ha, hb in zip(alone, shared, alone_hits, shared_hits):
+        assert a.shape == b.shape and a.size > 0
+        np.testing.assert_allclose(b, a, atol=1e-4)
+        assert hb.tolist() == ha.tolist()
+
+
+def test_rows_past_the_context_and_other_architectures_score_each_pair_alone(micro_target, micro_world, monkeypatch):
+    from unlearn_audit.models import generation
+    from unlearn_audit.models.generation import continuation_logprobs, shared_prompt_logprobs
+
+    tok = load_tokenizer(micro_target)
+    model = grouped_head_model(tok)
+    pairs = tofu_pairs(Corpus(micro_world), 3)
+    longest = max(len(generation.split_continuation(tok, p, c)[0] + generation.split_continuation(tok, p, c)[1])
+                  for p, c in pairs)
+    model.config.max_position_embeddings = longest  # every pair fits alone; no prompt's whole row does
+    alone, _ = continuation_logprobs(model, tok, pairs, 4)
+    seen = rows_seen(model)
+    shared, _ = shared_prompt_logprobs(model, tok, pairs, 4)
+    assert sum(seen) == len(pairs)  # one row per pair
+    for a, b in zip(alone, shared):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(generation, "SHARED_PROMPT_TYPES", ("gemma3_text",))
+    model.config.max_position_embeddings = 1024
+    seen.clear()
+    shared_prompt_logprobs(model, tok, pairs, 4)
+    assert sum(seen) == len(pairs)  # an architecture not checked: separate rows
+
+
+def test_the_tree_mask_lets_continuations_see_the_prompt_and_themselves_only():
+    from unlearn_audit.models.generation import tree_mask
+
+    mask = tree_mask(torch.tensor([[0, 0, 1, 1, 2, -1]]), torch.float32)[0, 0] == 0
+    assert mask.tolist() == [[True, False, False, False, False, False],
+                             [True, True, False, False, False, False],
+                             [True, True, True, False, False, False],
+                             [True, True, True, True, False, False],
+                             [True, True, False, False, True, False],
+                             [False, False, False, False, False, True]]

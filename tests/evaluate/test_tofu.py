@@ -340,7 +340,7 @@ def test_each_distinct_prompt_and_answer_is_scored_once(monkeypatch):
         hits.extend(np.ones(len(text), dtype=bool) for _, text in pairs)
         return [-np.full(len(text), float(len(text))) for _, text in pairs], 0
 
-    monkeypatch.setattr(tofu, "continuation_logprobs", fake_logprobs)
+    monkeypatch.setattr(tofu, "shared_prompt_logprobs", fake_logprobs)
     items = [{"question": "Q1", "answer": "aa", "paraphrased_answer": "bbb", "perturbed_answer": ["c", "aa"]},
              {"question": "Q2", "answer": "aa", "paraphrased_answer": "bbb", "perturbed_answer": ["dddd", "c"]}]
     cfg = EvalConfig().for_benchmark("tofu")

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..data.corpus import TOFU_UNPARAPHRASED
 from ..data.synthetic import WORLD_NAME
 from ..errors import UserError
-from ..models.generation import continuation_logprobs, greedy_generate
+from ..models.generation import greedy_generate, shared_prompt_logprobs
 from ..utils.io import read_json
 from . import mia
 from .benchmark import Benchmark, Metric, register_benchmark
@@ -146,7 +146,8 @@ def build_prompt(tokenizer, question: str, template: str) -> str:
 # ------------------------------------------------------------------------------------------- per-set work
 def teacher_forced(model, tokenizer, items: list[dict], split: str, cfg, eos: str, show: bool) -> dict:
     """Per item: L(answer), L(correct), L(perturbed_j), and the greedy hits on the answer's tokens. Each
-    distinct (prompt, text) is scored once: on the unparaphrased sets the correct answer is the answer."""
+    distinct (prompt, text) is scored once (on the unparaphrased sets the correct answer is the answer), and
+    a question's prompt is encoded once for all its answers (`shared_prompt_logprobs`)."""
     prompts = [build_prompt(tokenizer, it["question"], cfg.tofu_template) for it in items]
     correct_field = "answer" if split in TOFU_UNPARAPHRASED else "paraphrased_answer"
     pairs: dict[tuple[str, str], int] = {}
@@ -157,7 +158,7 @@ def teacher_forced(model, tokenizer, items: list[dict], split: str, cfg, eos: st
             slots.append((i, role, pairs.setdefault((prompt, text + eos), len(pairs))))
     hits: list = []
     with tqdm(total=len(pairs), desc=f"tofu {split}", disable=not show, leave=False) as bar:
-        lps, truncated = continuation_logprobs(model, tokenizer, list(pairs), cfg.batch_size, bar.update, hits)
+        lps, truncated = shared_prompt_logprobs(model, tokenizer, list(pairs), cfg.batch_size, bar.update, hits)
     out = {"answer_loss": [0.0] * len(items), "correct_loss": [0.0] * len(items),
            "perturbed_loss": [[] for _ in items], "hits": [None] * len(items), "truncated": truncated}
     for i, role, k in slots:
