@@ -134,14 +134,28 @@ def rows_seen(model) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("attention", ["trained", "sdpa-grouped", "eager-grouped"])
+def tiny_gemma3(tok, sliding_window: int):
+    """A random Gemma 3 text model (sliding-window and global layers, query-key norms, scaled embeddings)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=sliding_window,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           attn_implementation="sdpa", initializer_range=0.2)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("attention", ["trained", "sdpa-grouped", "eager-grouped", "gemma3"])
 def test_a_prompt_and_its_continuations_in_one_row_score_as_rows_of_their_own(micro_target, micro_world, attention):
     """The tree mask and position ids make every continuation read what it reads alone: log-probabilities to
     float rounding, the same greedy hits; one row per prompt instead of one per pair."""
     from unlearn_audit.models.generation import continuation_logprobs, shared_prompt_logprobs
 
     tok = load_tokenizer(micro_target)
-    model = load_model(micro_target) if attention == "trained" else grouped_head_model(tok)
+    model = {"trained": lambda: load_model(micro_target), "gemma3": lambda: tiny_gemma3(tok, 512)}.get(
+        attention, lambda: grouped_head_model(tok))()
     if attention == "eager-grouped":
         model.config._attn_implementation = "eager"
     pairs = tofu_pairs(Corpus(micro_world), 5)
@@ -172,9 +186,16 @@ def test_rows_past_the_context_and_other_architectures_score_each_pair_alone(mic
     assert sum(seen) == len(pairs)  # one row per pair
     for a, b in zip(alone, shared):
         np.testing.assert_array_equal(a, b)
+    gemma = tiny_gemma3(tok, sliding_window=longest)  # a 4D mask replaces the window: rows must fit in it
+    alone, _ = continuation_logprobs(gemma, tok, pairs, 4)
+    seen = rows_seen(gemma)
+    shared, _ = shared_prompt_logprobs(gemma, tok, pairs, 4)
+    assert sum(seen) == len(pairs)
+    for a, b in zip(alone, shared):
+        np.testing.assert_array_equal(a, b)
+    seen = rows_seen(model)
     monkeypatch.setattr(generation, "SHARED_PROMPT_TYPES", ("gemma3_text",))
     model.config.max_position_embeddings = 1024
-    seen.clear()
     shared_prompt_logprobs(model, tok, pairs, 4)
     assert sum(seen) == len(pairs)  # an architecture not checked: separate rows
 

@@ -466,8 +466,9 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 # Architectures whose forward pass honours a custom 4D attention mask with explicit position ids
-# (transformers' masking_utils returns a 4D mask as given; rotary positions come from position_ids), checked
-# against separate rows in tests/models/test_generation.py; others score each pair on its own row.
+# (transformers' masking_utils returns a 4D mask as given, to sliding-window layers too; rotary positions
+# come from position_ids), checked against separate rows in tests/evaluate/test_batching.py; others score
+# each pair on its own row.
 SHARED_PROMPT_TYPES = ("llama", "gemma3_text")
 
 
@@ -475,6 +476,13 @@ def shares_prompts(model) -> bool:
     """Whether `shared_prompt_logprobs` may pack one prompt's continuations into one row for this model."""
     cfg = model.config
     return cfg.model_type in SHARED_PROMPT_TYPES and getattr(cfg, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+
+
+def packed_width_limit(model) -> int | None:
+    """The longest packed row: the context, and a sliding window's width where there is one (a 4D mask
+    given to the model replaces the window, so every row must fit inside it)."""
+    limits = [n for n in (max_positions(model), getattr(model.config, "sliding_window", None)) if n]
+    return min(limits) if limits else None
 
 
 def tree_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -497,7 +505,8 @@ def shared_prompt_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], b
     continuation read exactly what it reads on a row of its own (TOFU scores 6-7 answers per question: on
     the built-in world's ~11-token prompts and ~7-token answers a row holds 55% of the tokens). Equal to
     separate rows up to float rounding (the sums of attention run over other lengths). Pairs whose row
-    would pass the context, and models outside SHARED_PROMPT_TYPES, take the separate-row path."""
+    would pass the context or a sliding window, and models outside SHARED_PROMPT_TYPES, take the
+    separate-row path."""
     if not shares_prompts(model):
         return continuation_logprobs(model, tokenizer, pairs, batch_size, progress, hits)
     split = [split_continuation(tokenizer, p, c) for p, c in pairs]
@@ -505,7 +514,7 @@ def shared_prompt_logprobs(model, tokenizer, pairs: Sequence[tuple[str, str]], b
     for i, (prompt_ids, cont_ids) in enumerate(split):
         if cont_ids and prompt_ids:
             groups.setdefault(tuple(prompt_ids), []).append(i)
-    ctx = max_positions(model)
+    ctx = packed_width_limit(model)
     width = {k: len(k) + sum(len(split[i][1]) for i in members) for k, members in groups.items()}
     rows = sorted((k for k in groups if ctx is None or width[k] <= ctx), key=lambda k: -width[k])
     scores: list[np.ndarray] = [np.zeros(0)] * len(pairs)
