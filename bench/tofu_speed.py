@@ -1,10 +1,11 @@
 """Batched TOFU evaluation vs an item-by-item loop (one forward pass per scored answer, one `generate`
 per question, as open-unlearning's per-sample evaluation does at batch size 1), in the same run.
 
-    python bench/tofu_speed.py [--people 100] [--threads 2]
+    python bench/tofu_speed.py [--people 100] [--threads 2] [--model package:smollm2 --people 20]
 
-Measures the tiny target of the built-in world (trained or taken from the cache) on every TOFU metric:
-the loop's time, ours, the ratio (goal >= 10x) and every metric value of both, asserted equal.
+Measures the tiny target of the built-in world (trained or taken from the cache), or the model `--model`
+names, on every TOFU metric of the world: the loop's time, ours, the ratio (goal >= 10x) and every metric
+value of both, asserted equal.
 """
 
 from __future__ import annotations
@@ -87,18 +88,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=100, help="size of the tiny world")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model", default=None, help="a model spec (folder, .gguf, package:smollm2) instead of "
+                                                      "the tiny target")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Corpus(write_world(WorldConfig(people=args.people), Path(tmp) / "world"))
-        model_dir = train_tiny(corpus, "target", progress=False)
+        model_dir = args.model or train_tiny(corpus, "target", progress=False)
         model, tok = load_model(model_dir), load_tokenizer(model_dir)
         t_loop, loop = timed(lambda: loop_metrics(model, tok, corpus))
         t_ours, ours = timed(lambda: batched_metrics(model, tok, corpus))
         splits = corpus.tofu_splits()
         items = sum(len(corpus.tofu(s)) for s in splits)
-    print(f"{torch.get_num_threads()} threads; tiny target, {items} TOFU items "
+    print(f"{torch.get_num_threads()} threads; {args.model or 'tiny target'}, {items} TOFU items "
           f"({', '.join(splits)}), each with its paraphrased and 5 perturbed answers")
     print(f"{'metric':<22}{'item loop':>14}{'batched':>14}")
     for key, value in loop.items():
