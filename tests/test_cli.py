@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
 NOT_OURS = {"--no-deps": "pip's", "--flag": "config.py's docstring names the pattern, not a flag",
             "--max-children": "mutmut's (docs/testing.md)", "--all": "mutmut's (docs/testing.md)",
+            "--durations": "pytest's (docs/testing.md)", "--dist": "pytest-xdist's (docs/testing.md)",
             **dict.fromkeys(("--allow-requantize", "--imatrix", "--output-tensor-type", "--outtype", "--pure",
                              "--tensor-type", "--token-embedding-type"),
                             "llama.cpp's (llama-quantize, convert_hf_to_gguf.py), named where gguf-* follows them")}

@@ -63,7 +63,9 @@ def test_measured_kinds_use_their_own_rate_and_the_others_the_prior_scaled_by_ho
 def test_before_any_cell_is_timed_the_prior_scales_with_the_model_and_is_silent_when_unknown():
     cells = [("corpus", 0.0, 0.0), ("model", 5.0, None), ("bins", 1.0, None)]
     assert seconds_left(cells, scale=2.0) == (pytest.approx(2 * (5 * PRIOR["model"] + PRIOR["bins"])), {"model", "bins"})
-    assert seconds_left(cells, scale=None) == (0.0, set())
+    assert seconds_left(cells, scale=None) == (None, set())
+    tiny = seconds_left(cells, scale=1e-4)  # a model whose cells take a fraction of a second is still estimated
+    assert tiny[0] == pytest.approx(1e-4 * (5 * PRIOR["model"] + PRIOR["bins"])) and tiny[0] < 1
     assert prior_scale("package:smollm2", None) == 1.0
     assert prior_scale("package:gemma3-270m", None) == pytest.approx(1.99, abs=0.01)
     assert prior_scale(None, None) is None and prior_scale("some/hub-id", None) is None

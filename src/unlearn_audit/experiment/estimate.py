@@ -72,9 +72,11 @@ def unlearn_work(settings: dict, forget_share: float) -> float:
     return settings.get("epochs", UnlearnConfig.epochs) * forget_share * passes * factor
 
 
-def seconds_left(cells: list[tuple[str, float, float | None]], scale: float | None) -> tuple[float, set[str]]:
-    """(seconds, kinds estimated from PRIOR) for the cells left. `cells`: (kind, work, measured seconds or
-    None for a cell not finished); `scale`: PRIOR's factor before anything is timed (None: unknown)."""
+def seconds_left(cells: list[tuple[str, float, float | None]], scale: float | None) -> tuple[float | None, set[str]]:
+    """(seconds, kinds estimated from PRIOR) for the cells left; seconds None when no cell left could be
+    estimated (a small total is an estimate too: the tiny models' cells take well under a second).
+    `cells`: (kind, work, measured seconds or None for a cell not finished); `scale`: PRIOR's factor
+    before anything is timed (None: unknown)."""
     done = [(k, w, s) for k, w, s in cells if s is not None and w > 0]
     rate: dict[str, list[float]] = {}
     for kind, work, seconds in done:
@@ -84,7 +86,7 @@ def seconds_left(cells: list[tuple[str, float, float | None]], scale: float | No
     predicted = sum(PRIOR.get(k, 0.0) * w for k, w, _ in done)
     if predicted > 0 and sum(s for _, _, s in done) >= 1:
         scale = sum(s for _, _, s in done) / predicted
-    total, guessed = 0.0, set()
+    total, guessed, estimated = 0.0, set(), False
     for kind, work, seconds in cells:
         if seconds is not None or work <= 0:
             continue
@@ -93,7 +95,10 @@ def seconds_left(cells: list[tuple[str, float, float | None]], scale: float | No
         elif scale is not None and kind in PRIOR:
             total += work * PRIOR[kind] * scale
             guessed.add(kind)
-    return total, guessed
+        else:
+            continue
+        estimated = True
+    return (total if estimated else None), guessed
 
 
 def prior_scale(base: str | None, target: str | None) -> float | None:

@@ -400,10 +400,10 @@ class GridRunner:
                  c.seconds if c.status == "done" and c.seconds is not None else None)
                 for c in cells if c.status != "failed"]
         seconds, guessed = seconds_left(work, prior_scale(self.cfg.base, self.cfg.target))
-        if seconds < 1:  # nothing to estimate from yet
+        if seconds is None:  # nothing to estimate from yet
             return f"; {left} cells left"
         rough = f" (the {', '.join(sorted(guessed))} cells estimated until one is timed)" if guessed else ""
-        return f"; {left} cells left, about {clock(seconds / max(1, self.cfg.workers))}{rough}"
+        return f"; {left} cells left, about {clock(max(1.0, seconds / max(1, self.cfg.workers)))}{rough}"
 
     def forget_share(self) -> float:
         """The world's forget share (the estimate's unit of unlearning work); a corpus folder's is not
