@@ -177,8 +177,7 @@ def test_rows_past_the_context_and_other_architectures_score_each_pair_alone(mic
     tok = load_tokenizer(micro_target)
     model = grouped_head_model(tok)
     pairs = tofu_pairs(Corpus(micro_world), 3)
-    longest = max(len(generation.split_continuation(tok, p, c)[0] + generation.split_continuation(tok, p, c)[1])
-                  for p, c in pairs)
+    longest = max(sum(map(len, generation.split_continuation(tok, p, c))) for p, c in pairs)
     model.config.max_position_embeddings = longest  # every pair fits alone; no prompt's whole row does
     alone, _ = continuation_logprobs(model, tok, pairs, 4)
     seen = rows_seen(model)

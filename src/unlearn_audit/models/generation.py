@@ -388,8 +388,7 @@ def score_ids(model, tokenizer, ids: list[list[int]], batch_size: int | None = N
         input_ids, mask = right_pad([ids[i] for i in rows], pad_id, device)
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
         lp = gather_logprobs(logits, input_ids[:, 1:])
-        top = logits.float().amax(-1) <= logits.float().gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) \
-            if hits is not None else None
+        top = greedy_hits(logits, input_ids[:, 1:]) if hits is not None else None
         for r, i in enumerate(rows):
             result[i] = lp[r, : len(ids[i]) - 1].double().cpu().numpy()
             if top is not None:
@@ -456,6 +455,12 @@ def continuation_logprobs(
     if hits is not None:
         hits[:] = tail(hits)
     return tail(scores), truncated
+
+
+def greedy_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each target token is the greedy choice of its logits (ties count as a hit)."""
+    logits = logits.float()
+    return logits.amax(-1) <= logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -564,7 +569,7 @@ def score_packed(model, tokenizer, rows: list[tuple[tuple[int, ...], list[int]]]
             cont = split[i][1]
             reads = torch.tensor([len(prompt) - 1, *range(at, at + len(cont) - 1)], device=device)
             targets = torch.tensor(cont, device=device)
-            picked = logits[r, reads].float()
+            picked = logits[r, reads]
             scores[i] = gather_logprobs(picked, targets).double().cpu().numpy()
-            found[i] = (picked.amax(-1) <= picked.gather(-1, targets[:, None]).squeeze(-1)).cpu().numpy()
+            found[i] = greedy_hits(picked, targets).cpu().numpy()
             at += len(cont)
