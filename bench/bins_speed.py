@@ -4,7 +4,11 @@
 
 Writes a synthetic (target, unlearned) pair as sharded safetensors, then in fresh processes (a) reads
 every tensor of both models, (b) runs `bins` on them (cold, and with its compiled kernel already loaded: numba loads it from
-its disk cache once per process, ~0.3 s). Prints bins throughput / plain-read throughput (goal >= 0.5) and the peak anonymous memory of the bins process against the largest tensor (goal <= 2x).
+its disk cache once per process, ~0.3 s), (c) times its two jobs apart: reading the chunks, then counting
+them (the kernel uses every core, so on few cores the two cannot overlap much: the ratio with no overlap,
+read / (reading + counting), is the bound this prints beside the measured one).
+Prints bins throughput / plain-read throughput (goal >= 0.8) and the peak anonymous memory of the bins
+process against the largest tensor (goal <= 2x).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ base = anon_kb()
 th = threading.Thread(target=watch, daemon=True); th.start()
 started = time.perf_counter()
 load = 0.0
-if mode == 'bins-warm':  # load the compiled kernel (numba's on-disk cache) before the clock starts
+if mode in ('bins-warm', 'parts'):  # load the compiled kernel (numba's on-disk cache) before the clock starts
     import numpy as np
     from unlearn_audit.quantize import bins_kernel
     t0 = time.perf_counter()
@@ -52,6 +56,21 @@ if mode == 'read':
         for name in w.names():
             x = w.slice(name)[:]
             x.float().sum()  # touch every value once, as the analysis does
+elif mode == 'parts':  # the analysis's two jobs one after the other: reading its chunks, then counting them
+    from unlearn_audit.quantize.schemes import parse_scheme
+    s = parse_scheme(scheme)
+    a, b = bins.open_weights(t), bins.open_weights(u)
+    reading = counting = 0.0
+    for name in bins.select_tensors(a, b, bins.BinsOptions(), s):
+        per = bins.chunk_rows(a.shape(name), s, bins.CHUNK_ELEMENTS)
+        for r0 in range(0, a.shape(name)[0], per):
+            t0 = time.perf_counter()
+            pair = [w.rows(name, r0, r0 + per, None, keep_bf16=bins.fused(s)) for w in (a, b)]
+            t1 = time.perf_counter()
+            bins.tally_chunk(*pair, s, None)
+            reading, counting = reading + t1 - t0, counting + time.perf_counter() - t1
+    print(json.dumps({'reading': reading, 'counting': counting}))
+    raise SystemExit
 else:
     bins.analyse(t, u, scheme)
 seconds = time.perf_counter() - started
@@ -103,6 +122,7 @@ def main() -> None:
         child("bins", folder, args.scheme)  # compiles the kernel once into numba's cache, as a first `bins` run does
         analysed = child("bins", folder, args.scheme)
         warm = child("bins-warm", folder, args.scheme)
+        split = child("parts", folder, args.scheme)
     mb = 2**20
     print(f"model pair: 2 x {args.tensors} tensors of {args.rows}x{args.cols} {args.dtype} in {args.shards} shards "
           f"({total / mb:.0f} MiB), largest tensor {largest / mb:.0f} MiB")
@@ -110,8 +130,13 @@ def main() -> None:
     print(f"bins:      {analysed['seconds']:.2f} s ({total / mb / analysed['seconds']:.0f} MiB/s)")
     print(f"bins, kernel already loaded: {warm['seconds']:.2f} s (loading the compiled kernel once per process: "
           f"{warm['load']:.2f} s)")
-    print(f"throughput ratio bins / read: {read['seconds'] / warm['seconds']:.2f} (goal >= 0.5); "
+    print(f"throughput ratio bins / read: {read['seconds'] / warm['seconds']:.2f} (goal >= 0.8); "
           f"with the one-time kernel load: {read['seconds'] / analysed['seconds']:.2f}")
+    both = split["reading"] + split["counting"]
+    print(f"its two jobs apart (kernel loaded): reading the chunks {split['reading']:.2f} s, counting them "
+          f"{split['counting']:.2f} s; the best overlap on these cores could reach "
+          f"{read['seconds'] / max(split['reading'], split['counting']):.2f}x of read speed, none at all "
+          f"{read['seconds'] / both:.2f}x, and bins ran at {read['seconds'] / warm['seconds']:.2f}x")
     print(f"peak extra memory of bins: {analysed['peak_extra_mb']:.0f} MiB = "
           f"{analysed['peak_extra_mb'] * mb / largest:.2f} x the largest tensor (goal <= 2)")
 
