@@ -44,14 +44,20 @@ def rounded_names(model, opts: BinsOptions) -> list[str]:
 
 
 @torch.no_grad()
-def parts(target, unlearned, scheme, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-    """{part: {name: tensor}} for the quantized tensors: q_target, q_unlearned, noise, fallback."""
+def quantized(model, scheme, names: list[str]) -> dict[str, torch.Tensor]:
+    """{name: Q(w)} for the tensors the quantizer rounds."""
+    params = dict(model.named_parameters())
+    return {name: fake_quantize(params[name].float(), scheme) for name in names}
+
+
+@torch.no_grad()
+def parts(target, q_target: dict, unlearned, scheme, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """{part: {name: tensor}} for the quantized tensors: q_unlearned, noise, fallback (Q(t) given once)."""
     wt, wu = dict(target.named_parameters()), dict(unlearned.named_parameters())
-    out: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("q_target", "q_unlearned", "noise", "fallback")}
+    out: dict[str, dict[str, torch.Tensor]] = {"q_unlearned": quantized(unlearned, scheme, names),
+                                               "noise": {}, "fallback": {}}
     for name in names:
-        t, u = wt[name].float(), wu[name].float()
-        qt, qu = fake_quantize(t, scheme), fake_quantize(u, scheme)
-        out["q_target"][name], out["q_unlearned"][name] = qt, qu
+        t, u, qt, qu = wt[name].float(), wu[name].float(), q_target[name], out["q_unlearned"][name]
         out["noise"][name], out["fallback"][name] = u + (qt - t), t + (qu - qt)
     return out
 
@@ -87,13 +93,14 @@ def main() -> None:
     target = load_model(args.target, "fp32")
     names = rounded_names(target, BinsOptions())
     t_full = scores(target, tok, corpus, cfg)
+    q_target = quantized(target, scheme, names)  # the target's side is the same for every unlearned model
+    t_q = scores(with_tensors(load_model(args.target, "fp32"), q_target), tok, corpus, cfg)
     print(f"{args.scheme}: recovery of Q(u) and of the noise part against the quantized target, of the fallback "
           "part against the full-precision one (what bins forecasts)", flush=True)
     head = f"{'unlearned model':<40} {'model':<10} {'VerbMem_f':>9} {'KnowMem_f':>9} {'KnowMem_r':>9}  recovery"
     for path in args.unlearned:
         print(head)
-        split = parts(target, load_model(path, "fp32"), scheme, names)
-        t_q = scores(with_tensors(load_model(args.target, "fp32"), split["q_target"]), tok, corpus, cfg)
+        split = parts(target, q_target, load_model(path, "fp32"), scheme, names)
         u_full = scores(load_model(path, "fp32"), tok, corpus, cfg)
         rows = {"target": (t_full, None), "target+Q": (t_q, None), "u": (u_full, None)}
         for part, against in (("q_unlearned", t_q), ("noise", t_q), ("fallback", t_full)):
