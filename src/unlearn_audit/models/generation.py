@@ -569,7 +569,7 @@ def score_packed(model, tokenizer, rows: list[tuple[tuple[int, ...], list[int]]]
             cont = split[i][1]
             reads = torch.tensor([len(prompt) - 1, *range(at, at + len(cont) - 1)], device=device)
             targets = torch.tensor(cont, device=device)
-            picked = logits[r, reads]
+            picked = logits[r, reads].float()  # once for both readers
             scores[i] = gather_logprobs(picked, targets).double().cpu().numpy()
             found[i] = greedy_hits(picked, targets).cpu().numpy()
             at += len(cont)
