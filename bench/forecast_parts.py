@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from unlearn_audit.data.corpus import Corpus
+from unlearn_audit.errors import UserError
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
 from unlearn_audit.quantize.bins import BinsOptions, quantized_by
@@ -85,7 +86,13 @@ def main() -> None:
     parser.add_argument("--verbmem-length", default="reference", choices=["reference", "muse"],
                         help="as the run being explained evaluated VerbMem (the grid's `eval: verbmem_length`)")
     args = parser.parse_args()
-    scheme = parse_scheme(args.scheme)
+    missing = [p for p in (args.target, *args.unlearned, args.corpus) if not Path(p).is_dir()]
+    if missing:
+        parser.error(f"not a folder: {', '.join(missing)}")
+    try:
+        scheme = parse_scheme(args.scheme)
+    except UserError as e:
+        parser.error(str(e))
     if not scheme.analysable:
         parser.error(f"{scheme.name} depends on calibration data; this split needs a scheme bins can reproduce")
     corpus, cfg = Corpus(args.corpus), EvalConfig(metrics=METRICS, verbmem_length=args.verbmem_length)
