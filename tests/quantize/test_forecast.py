@@ -54,6 +54,33 @@ def edited(target, out, edit):
     return out
 
 
+def embedding_only(name, w):
+    """Move only the token embedding (0.01 of random noise)."""
+    return w + 0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(2)) if "embed" in name else w
+
+
+def recomputed(target, unlearned, texts, scheme="rtn-int4-g128"):
+    """The forecast's sums recomputed from the gradients: per gradient (at t, at u, their mean)
+    [<g, Q(u) - Q(t)>, <g, u - t>], and <g_mid, u - t> over the tensors Q keeps."""
+    from unlearn_audit.models.loading import load_model, load_tokenizer
+    from unlearn_audit.quantize.forecast import forget_gradient
+
+    tok = load_tokenizer(target)
+    t, u = load_model(target, "fp32"), load_model(unlearned, "fp32")
+    gt, gu = forget_gradient(t, tok, texts), forget_gradient(u, tok, texts)
+    s = parse_scheme(scheme)
+    sums = {"t": [0.0, 0.0], "u": [0.0, 0.0], "mid": [0.0, 0.0], "kept": 0.0}
+    for (n, pt), (_, pu) in zip(t.named_parameters(), u.named_parameters()):
+        d = pu.detach() - pt.detach()
+        quantized = quantized_by(n, tuple(d.shape), BinsOptions())
+        q = fake_quantize(pu.detach(), s) - fake_quantize(pt.detach(), s) if quantized else d
+        for key, g in (("t", gt[n]), ("u", gu[n]), ("mid", (gt[n] + gu[n]) / 2)):
+            sums[key][0] += float((g * q).sum())
+            sums[key][1] += float((g * d).sum())
+        sums["kept"] += 0.0 if quantized else float(((gt[n] + gu[n]) / 2 * d).sum())
+    return sums
+
+
 def inside_zero_bins(name, w):
     """Halve every weight of a quantized tensor that int4 RTN g128 rounds to zero: int4 erases the change."""
     if not quantized_by(name, tuple(w.shape), BinsOptions()):
@@ -72,9 +99,6 @@ def test_an_update_inside_the_bins_is_forecast_to_come_back_whole(micro_target, 
 
 def test_an_update_int4_leaves_alone_survives_whole(micro_target, micro_world, tmp_path):
     """Only the embedding moves: RTN keeps it, so all of the first-order loss change survives."""
-    def embedding_only(name, w):
-        return w + 0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(2)) if "embed" in name else w
-
     unlearned = edited(micro_target, tmp_path / "u", embedding_only)
     r = first_order_forecast(micro_target, unlearned, "rtn-int4-g128", Corpus(micro_world).raw("forget"))
     assert r["first_order_survival"] == pytest.approx(1.0) and r["kept_tensors_share"] == pytest.approx(1.0)
@@ -83,25 +107,13 @@ def test_an_update_int4_leaves_alone_survives_whole(micro_target, micro_world, t
 
 def test_the_survival_is_the_gradient_weighted_ratio(micro_target, micro_world, tmp_path):
     """Recomputed here from the gradients directly: the trapezoid-rule ratio of the module's docstring."""
-    from unlearn_audit.models.loading import load_model, load_tokenizer
-    from unlearn_audit.quantize.forecast import forget_gradient
-
     def crossing(name, w):  # a large update that crosses bin edges in the quantized tensors
         return w * 1.3 if quantized_by(name, tuple(w.shape), BinsOptions()) else w
 
     unlearned = edited(micro_target, tmp_path / "u", crossing)
     texts = Corpus(micro_world).raw("forget")
     r = first_order_forecast(micro_target, unlearned, "rtn-int4-g128", texts)
-    tok = load_tokenizer(micro_target)
-    t, u = load_model(micro_target), load_model(unlearned)
-    gt, gu = forget_gradient(t, tok, texts), forget_gradient(u, tok, texts)
-    s = parse_scheme("rtn-int4-g128")
-    num = den = 0.0
-    for (n, pt), (_, pu) in zip(t.named_parameters(), u.named_parameters()):
-        g = (gt[n] + gu[n]) / 2
-        d = pu.detach() - pt.detach()
-        q = fake_quantize(pu.detach(), s) - fake_quantize(pt.detach(), s) if quantized_by(n, tuple(d.shape), BinsOptions()) else d
-        num, den = num + float((g * q).sum()), den + float((g * d).sum())
+    num, den = recomputed(micro_target, unlearned, texts)["mid"]
     assert r["first_order_survival"] == pytest.approx(num / den, rel=1e-4)
     assert 0.0 < r["first_order_survival"]
 
@@ -111,3 +123,89 @@ def test_calibrated_schemes_are_refused(micro_target, micro_world):
 
     with pytest.raises(UserError, match="calibration"):
         first_order_forecast(micro_target, micro_target, "gptq-int4-g128", ["text"])
+
+
+def test_the_forget_gradient_is_that_of_the_mean_per_text_loss(micro_target, micro_world):
+    """Chunks of unequal size (5 texts in batches of 3) weigh each text once: the gradient of the mean of the
+    per-text NLLs, each text scored alone."""
+    from unlearn_audit.models.loading import load_model, load_tokenizer
+    from unlearn_audit.quantize.forecast import forget_gradient
+
+    texts = Corpus(micro_world).raw("forget")[:5]
+    tok, model = load_tokenizer(micro_target), load_model(micro_target, "fp32")
+    tok.padding_side = "right"
+    got = forget_gradient(model, tok, texts, batch_size=3)
+    assert all(p.grad is None for p in model.parameters())  # the model is left without gradients
+    for text in texts:
+        ids = tok(text, return_tensors="pt").input_ids
+        (model(input_ids=ids, labels=ids).loss / len(texts)).backward()
+    want = {n: p.grad for n, p in model.named_parameters()}
+    assert got.keys() == want.keys()
+    for n in want:
+        assert torch.allclose(got[n], want[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_a_tokenizer_without_pad_or_eos_is_refused():
+    from unlearn_audit.errors import UserError
+    from unlearn_audit.quantize.forecast import forget_gradient
+
+    class NoPad:
+        pad_token_id = None
+
+    with pytest.raises(UserError, match="neither a pad nor an EOS token"):
+        forget_gradient(None, NoPad(), ["text"])
+
+
+def test_no_update_has_no_first_order_survival(micro_target, micro_world):
+    r = first_order_forecast(micro_target, micro_target, "rtn-int4-g128", Corpus(micro_world).raw("forget"))
+    assert r["first_order_survival"] is None and "does not change the forget loss" in r["note"]
+
+
+def test_a_bf16_copy_of_an_fp32_target_made_no_update(micro_target, micro_world, tmp_path):
+    """Storage rounding is not the update: the target is rounded to the unlearned model's bf16 first."""
+    target32 = edited(micro_target, tmp_path / "t32", lambda n, w: w.float())
+    r = first_order_forecast(target32, micro_target, "rtn-int4-g128", Corpus(micro_world).raw("forget"))
+    assert r["first_order_survival"] is None
+
+
+def test_each_gradient_gives_its_own_survival(micro_target, micro_world, tmp_path):
+    """The survival with the gradient at the target, at the unlearned model and their mean, and the share
+    of the tensors RTN keeps, all recomputed from the gradients; the embedding (kept) moves too."""
+    def mixed(name, w):
+        if "embed" in name:
+            return w + 0.01 * torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
+        return w * 1.3 if quantized_by(name, tuple(w.shape), BinsOptions()) else w
+
+    unlearned = edited(micro_target, tmp_path / "u", mixed)
+    texts = Corpus(micro_world).raw("forget")
+    r = first_order_forecast(micro_target, unlearned, "rtn-int4-g128", texts)
+    sums = recomputed(micro_target, unlearned, texts)
+    assert r["survival_gradient_at_target"] == pytest.approx(sums["t"][0] / sums["t"][1], rel=1e-4)
+    assert r["survival_gradient_at_unlearned"] == pytest.approx(sums["u"][0] / sums["u"][1], rel=1e-4)
+    assert r["first_order_survival"] == pytest.approx(sums["mid"][0] / sums["mid"][1], rel=1e-4)
+    assert r["kept_tensors_share"] == pytest.approx(sums["kept"] / sums["mid"][1], rel=1e-4)
+    assert r["kept_tensors_share"] != 0.0
+    assert r["forget_loss_change_first_order"] == pytest.approx(sums["mid"][1], rel=1e-4)
+
+
+def test_gguf_rounds_the_embedding_and_keeps_the_norms(micro_target, micro_world, tmp_path):
+    """llama-quantize quantizes the token embedding (RTN does not) and leaves 1-D tensors in F32."""
+    texts = Corpus(micro_world).raw("forget")
+    moved = edited(micro_target, tmp_path / "embed", embedding_only)
+    assert first_order_forecast(micro_target, moved, "gguf-q8_0", texts)["kept_tensors_share"] == 0.0
+    assert first_order_forecast(micro_target, moved, "rtn-int4-g128", texts)["kept_tensors_share"] == pytest.approx(1.0)
+    norms = edited(micro_target, tmp_path / "norms", lambda n, w: w * 1.5 if w.dim() == 1 else w)
+    r = first_order_forecast(micro_target, norms, "gguf-q8_0", texts)
+    assert r["kept_tensors_share"] == pytest.approx(1.0) and r["first_order_survival"] == pytest.approx(1.0)
+
+
+def test_a_cast_rounds_every_tensor(micro_target, micro_world, tmp_path):
+    """A norm update far below bf16's spacing: RTN keeps it whole (norms are not quantized), a bf16 cast
+    rounds it away."""
+    texts = Corpus(micro_world).raw("forget")
+    target32 = edited(micro_target, tmp_path / "t32", lambda n, w: w.float())
+    tiny = edited(target32, tmp_path / "u32", lambda n, w: w * (1 + 1e-5) if w.dim() == 1 else w)
+    rtn = first_order_forecast(target32, tiny, "rtn-int4-g128", texts)
+    assert rtn["first_order_survival"] == pytest.approx(1.0) and rtn["kept_tensors_share"] == pytest.approx(1.0)
+    cast = first_order_forecast(target32, tiny, "cast-bf16", texts)
+    assert cast["first_order_survival"] == pytest.approx(0.0, abs=1e-6) and cast["kept_tensors_share"] == 0.0
