@@ -155,10 +155,15 @@ def cmd_eval(args) -> int:
     cfg = EvalConfig(limit=args.limit, batch_size=args.batch_size, **eval_options(args)).for_benchmark(bench.name)
     if args.metrics:
         cfg.metrics = parse_metrics(args.metrics)
+    if args.runtime == "llama.cpp":
+        from .models.llamacpp import runtime_source
+
+        runtime_source(model_spec(args), args.quantize or "full")  # before any work
     started = time.time()
     res = evaluate_to_folder(model_spec(args), corpus, cfg, args.out, args.quantize or "full", args.dtype,
                              args.device or default_device(), load_options(args), quantize_options(args),
-                             model_spec(args, "retrained"), show=not args.quiet, reference_log=args.reference_log)
+                             model_spec(args, "retrained"), show=not args.quiet, reference_log=args.reference_log,
+                             runtime=args.runtime)
     print(markdown_table(["metric", "value"], [[m, fmt(res[m], digits=4 if m in bench.fractions else 2)]
                                                for m in cfg.metrics]))
     if "privleak" in res["details"]:
@@ -473,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "against its truth ratios")
     add_benchmark_flags(p)
     p.add_argument("--quantize", help="quantize on the fly with this scheme (e.g. rtn-int4-g128)")
+    p.add_argument("--runtime", default="torch", choices=["torch", "llama.cpp"],
+                   help="what runs the model: torch (default) or llama.cpp itself (pip install "
+                        "'unlearn-audit[llamacpp]'): a .gguf file as it is, a Llama-style folder converted to GGUF and, "
+                        "with a gguf-* --quantize, quantized by llama.cpp (docs/quantization.md)")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES),
                    help="dtype to run the model in (default fp32; bf16 weights upcast exactly)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -301,10 +301,12 @@ def reference_from_log(bench: Benchmark, path: str | None, corpus: Corpus, cfg: 
 
 def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | Path, scheme: str, dtype: str,
                        device: str, opts, qopts, retrained: str | None = None, show: bool = True,
-                       reference_log: str | None = None) -> dict:
+                       reference_log: str | None = None, runtime: str = "torch") -> dict:
     """`eval`: the model at `model_path` (quantized with `scheme`) on `corpus`, per-item logs under `out`
     and metrics.json beside them (with a retrained model, the scores relative to it: MUSE's PrivLeak
-    against its AUC, TOFU's forget quality against its truth ratios)."""
+    against its AUC, TOFU's forget quality against its truth ratios). `runtime` 'llama.cpp' runs the
+    model in llama.cpp itself (models/llamacpp.py; its GGUF files are kept in `out`/llama.cpp); the
+    retrained model's reference is computed in torch."""
     from .. import __version__
     from ..models.loading import load_model, load_tokenizer, merged_adapter, model_fingerprint
     from ..quantize import model_at
@@ -320,10 +322,16 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
         ref = bench.reference(ret, load_tokenizer(retrained, opts), corpus, cfg, show)
         del ret
     tok = load_tokenizer(model_path, opts)
-    model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
+    if runtime == "llama.cpp":
+        from ..models.llamacpp import runtime_model
+
+        model = runtime_model(model_path, scheme, out / "llama.cpp")
+    else:
+        model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
     adapter = merged_adapter(model)
     identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype,
-                **({"adapter": adapter["merged_in"]} if adapter else {})}
+                **({"adapter": adapter["merged_in"]} if adapter else {}),
+                **({"runtime": runtime} if runtime != "torch" else {})}
     res = evaluate_model(model, tok, corpus, cfg, ref, out, identity=identity, show=show)
     record = {"model": str(model_path), "scheme": scheme, "corpus": corpus.name, "benchmark": bench.name,
               **res["metrics"],
@@ -331,6 +339,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
               "retrained": str(retrained) if retrained else None, "reference_log": reference_log,
               "revision": opts.revision, "tokenizer": opts.tokenizer, "adapter": adapter,
               "quantization": getattr(model, "quantization_record", None),
+              "runtime": getattr(model, "runtime_record", None),
               "seconds": {**res["seconds"], "total": round(time.time() - started, 3)},
               "unlearn_audit_version": __version__, "environment": environment()}
     atomic_write_json(out / "metrics.json", record)

@@ -1,0 +1,232 @@
+"""The llama.cpp runtime (models/llamacpp.py): the GGUF writer and the torch-shaped front run everywhere (the
+front against a scripted stand-in for llama.cpp); the tests marked `llamacpp` run llama.cpp itself and are
+skipped without the [llamacpp] extra (a source build kept out of CI)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn_audit.errors import UserError
+from unlearn_audit.models import llamacpp
+from unlearn_audit.models.llamacpp import LlamaCppModel, permute, read_config, write_gguf
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama.cpp: pip install 'unlearn-audit[llamacpp]'")
+
+
+def test_permute_is_the_converters_rotary_reordering():
+    """Rows of each head go from Hugging Face's two halves to llama.cpp's interleaved pairs: for one head of
+    dimension 4, rows (0, 1, 2, 3) -> (0, 2, 1, 3); grouped KV heads use the KV head count."""
+    w = torch.arange(8.0).reshape(8, 1)
+    assert permute(w, 2, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    k = torch.arange(4.0).reshape(4, 1)
+    assert permute(k, 4, 1).flatten().tolist() == [0, 2, 1, 3]
+
+
+def test_a_folder_is_written_as_the_converter_writes_it(micro_target, tmp_path):
+    import gguf
+    from safetensors.torch import load_file
+
+    info = write_gguf(micro_target, tmp_path / "m.gguf", "f32")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    tensors = {t.name: t for t in reader.tensors}
+    hf = load_file(str(micro_target / "model.safetensors"))
+    config = json.loads((micro_target / "config.json").read_text())
+    assert info["tensors"] == len(tensors)
+    assert ("output.weight" in tensors) == (not config.get("tie_word_embeddings"))  # a tied head is not written
+    assert all(t.tensor_type.name == "F32" for t in tensors.values())
+    q = hf["model.layers.0.self_attn.q_proj.weight"].float()
+    got = torch.from_numpy(np.array(tensors["blk.0.attn_q.weight"].data)).reshape(q.shape)
+    assert torch.equal(got, permute(q, config["num_attention_heads"], config["num_attention_heads"]))
+    v = hf["model.layers.1.self_attn.v_proj.weight"].float()
+    assert torch.equal(torch.from_numpy(np.array(tensors["blk.1.attn_v.weight"].data)).reshape(v.shape), v)
+    fields = reader.fields
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "llama"
+    assert int(fields["llama.block_count"].parts[-1][0]) == config["num_hidden_layers"]
+    assert len(fields["tokenizer.ggml.tokens"].data) == config["vocab_size"]
+
+
+def test_auto_writes_a_bf16_checkpoint_as_bf16_and_keeps_1d_tensors_f32(micro_target, tmp_path):
+    import gguf
+
+    assert write_gguf(micro_target, tmp_path / "a.gguf", "auto")["outtype"] == "bf16"  # the micro target is bf16
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "a.gguf")).tensors}
+    assert types["blk.0.ffn_up.weight"] == "BF16" and types["blk.0.attn_norm.weight"] == "F32"
+    assert write_gguf(micro_target, tmp_path / "h.gguf", "f16")["outtype"] == "f16"
+
+
+def test_models_the_converter_path_does_not_cover_are_one_line(micro_target, tmp_path):
+    other = tmp_path / "gpt2"
+    shutil.copytree(micro_target, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(UserError, match="GPT2LMHeadModel: evaluate it with the torch twin"):
+        read_config(other)
+    (other / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))
+    with pytest.raises(UserError, match="llama3 rope scaling"):
+        read_config(other)
+
+
+def test_runtime_without_the_extra_is_one_line_and_exit_2(run_cli, micro_target, micro_world, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import fails as if not installed
+    code, out, err = run_cli("eval", "--model", str(micro_target), "--corpus", str(micro_world), "--runtime", "llama.cpp",
+                             "--out", str(tmp_path / "e"))
+    assert code == 2 and "unlearn-audit[llamacpp]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("scheme, message", [("rtn-int4-g128", "runs in torch"),
+                                             ("gguf-q4_k_m-imatrix-retain", "without an importance matrix")])
+def test_schemes_llama_cpp_does_not_apply_are_refused(micro_target, scheme, message, monkeypatch):
+    monkeypatch.setattr(llamacpp, "require", lambda: None)
+    with pytest.raises(UserError, match=message):
+        llamacpp.runtime_source(str(micro_target), scheme)
+
+
+class ScriptedLlama:
+    """Stands in for llama_cpp.Llama: the logits at a position favour token (last token + 1) mod vocab, so
+    greedy decoding counts upwards; it records what it was asked to evaluate."""
+
+    def __init__(self, vocab: int = 10):
+        self.vocab, self.n_tokens, self.seen = vocab, 0, []
+        self.scores = np.zeros((64, vocab), dtype=np.float32)
+
+    def n_vocab(self):
+        return self.vocab
+
+    def n_ctx(self):
+        return 64
+
+    def reset(self):
+        self.n_tokens = 0
+
+    def eval(self, tokens):
+        self.seen.append(list(tokens))
+        for t in tokens:
+            self.scores[self.n_tokens] = np.eye(self.vocab, dtype=np.float32)[(t + 1) % self.vocab]
+            self.n_tokens += 1
+
+
+def scripted_model(vocab: int = 10) -> LlamaCppModel:
+    model = LlamaCppModel.__new__(LlamaCppModel)
+    torch.nn.Module.__init__(model)
+    model.llm = ScriptedLlama(vocab)
+    return model
+
+
+def test_each_row_is_scored_without_its_padding():
+    model = scripted_model()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    logits = model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]])).logits
+    assert model.llm.seen == [[1, 2, 3], [4, 5]]
+    assert logits.argmax(-1)[0].tolist() == [2, 3, 4] and logits.argmax(-1)[1, :2].tolist() == [5, 6]
+    assert torch.equal(logits[1, 2], torch.zeros(10))
+    with pytest.raises(NotImplementedError):
+        model(input_ids=ids, use_cache=True)
+
+
+def test_greedy_rows_stop_at_eos_or_length_and_come_back_padded():
+    model = scripted_model()
+    ids = torch.tensor([[0, 6, 7], [1, 2, 3]])
+    out = model.generate(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), max_new_tokens=4,
+                         eos_token_id=9, pad_token_id=0)
+    assert model.llm.seen[0] == [6, 7]  # the left padding is not evaluated
+    assert out[:, :3].tolist() == ids.tolist()
+    assert out[0, 3:].tolist() == [8, 9, 0, 0] and out[1, 3:].tolist() == [4, 5, 6, 7]
+
+
+def test_a_stop_string_ends_a_row():
+    class Tok:
+        def decode(self, ids, **kwargs):
+            return "".join(chr(ord("a") + i) for i in ids)
+
+    class Stop:
+        tokenizer, stops, window = Tok(), ("de",), 8
+
+    model = scripted_model()
+    out = model.generate(input_ids=torch.tensor([[1, 2]]), max_new_tokens=6, eos_token_id=None, pad_token_id=0,
+                         stopping_criteria=[Stop()])
+    assert out[0, 2:].tolist() == [3, 4]  # "d", "e": stopped once "de" appeared
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+def test_an_f32_file_in_llama_cpp_gives_torchs_greedy_choices(micro_target, tmp_path):
+    """The floor: llama.cpp's CPU products quantize activations, so logits differ a little from torch fp32,
+    but the next-token choices of a trained model almost never do."""
+    from unlearn_audit.models.loading import load_model, load_tokenizer
+
+    model = llamacpp.runtime_model(str(micro_target), "full", tmp_path / "work", threads=2)
+    tok = load_tokenizer(micro_target)
+    ids = tok(["Question: Where was the person born?", "The capital of the world is"], return_tensors="pt",
+              padding=True)
+    ours = model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits
+    with torch.no_grad():
+        ref = load_model(micro_target, "fp32")(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits
+    real = ids.attention_mask.bool()
+    assert (ours[real].argmax(-1) == ref[real].argmax(-1)).float().mean() >= 0.9
+    assert (ours[real] - ref[real]).abs().max() < 0.5
+    assert model.runtime_record["types"]["blk.0.ffn_up.weight"] == "f32"
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m"])
+def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_path, ftype):
+    """llama.cpp's own quantize of our GGUF: every tensor gets the type the twin's mix gives it, and its
+    dequantized values equal the twin's (quantize/gguf.py) for the same model."""
+    import gguf
+
+    from unlearn_audit.quantize import model_at
+    from unlearn_audit.quantize.ggml_mix import hf_to_gguf_name
+
+    write_gguf(micro_target, tmp_path / "src.gguf", "auto")
+    info = llamacpp.quantize_gguf(tmp_path / "src.gguf", tmp_path / "q.gguf", ftype, threads=2)
+    files = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    twin = model_at(str(micro_target), f"gguf-{ftype}")
+    weights = dict(twin.named_parameters())
+    config = json.loads((micro_target / "config.json").read_text())
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    compared = 0
+    for name, qtype in twin.quantization_record["gguf_types"].items():
+        gname = hf_to_gguf_name(name)
+        assert info["types"][gname] == qtype, gname
+        if qtype == "f32":
+            continue
+        t, w = files[gname], weights[name].detach().float()
+        values = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).reshape(w.shape)
+        if name.endswith("q_proj.weight"):
+            w = permute(w, n_head, n_head)
+        elif name.endswith("k_proj.weight"):
+            w = permute(w, n_head, n_kv)
+        assert torch.equal(values, w), gname
+        compared += 1
+    assert compared >= 7 * config["num_hidden_layers"]
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+def test_eval_in_llama_cpp_records_the_file_it_ran_and_resumes(run_cli, micro_target, micro_world, tmp_path):
+    out = tmp_path / "e"
+    args = ("eval", "--model", str(micro_target), "--corpus", str(micro_world), "--runtime", "llama.cpp",
+            "--quantize", "gguf-q8_0", "--limit", "4", "--metrics", "knowmem_f,privleak", "--out", str(out), "--quiet")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    record = json.loads((out / "metrics.json").read_text())
+    runtime = record["runtime"]
+    assert runtime["ftype"] == "q8_0" and runtime["types"]["blk.0.ffn_down.weight"] == "q8_0"
+    assert runtime["sha256"] == llamacpp.sha256(Path(runtime["gguf"]))
+    assert runtime["llama_cpp_python"] == __import__("llama_cpp").__version__ and "CPU" in runtime["system_info"]
+    assert 0 <= record["knowmem_f"] <= 100 and len(json.loads((out / "knowmem_f" / "log.json").read_text())) == 4
+    quantized = Path(runtime["gguf"])
+    written = quantized.stat().st_mtime_ns
+    code, _, _ = run_cli(*args)  # a second run reuses the quantized file and gives the same numbers
+    assert code == 0 and json.loads((out / "metrics.json").read_text())["knowmem_f"] == record["knowmem_f"]
+    assert quantized.stat().st_mtime_ns == written
