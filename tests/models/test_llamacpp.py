@@ -114,11 +114,25 @@ class ScriptedLlama:
             self.n_tokens += 1
 
 
+class ScriptedModel(LlamaCppModel):
+    """The front over the scripted llama.cpp (its logits read from `scores`, as logits_all keeps them)."""
+
+    def __init__(self, vocab: int):
+        torch.nn.Module.__init__(self)
+        self.llm = ScriptedLlama(vocab)
+
+    def start(self, prompt):
+        self.llm.reset()
+        self.llm.eval(prompt)
+        return self.llm.scores[self.llm.n_tokens - 1]
+
+    def step(self, token):
+        self.llm.eval([token])
+        return self.llm.scores[self.llm.n_tokens - 1]
+
+
 def scripted_model(vocab: int = 10) -> LlamaCppModel:
-    model = LlamaCppModel.__new__(LlamaCppModel)
-    torch.nn.Module.__init__(model)
-    model.llm = ScriptedLlama(vocab)
-    return model
+    return ScriptedModel(vocab)
 
 
 def test_each_row_is_scored_without_its_padding():
@@ -230,3 +244,19 @@ def test_eval_in_llama_cpp_records_the_file_it_ran_and_resumes(run_cli, micro_ta
     code, _, _ = run_cli(*args)  # a second run reuses the quantized file and gives the same numbers
     assert code == 0 and json.loads((out / "metrics.json").read_text())["knowmem_f"] == record["knowmem_f"]
     assert quantized.stat().st_mtime_ns == written
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+def test_greedy_decoding_reads_the_same_logits_as_scoring(micro_target, tmp_path):
+    """Generation computes only the last position's logits; its choices equal the argmax of the all-position
+    logits of the growing sequence, step by step."""
+    from unlearn_audit.models.loading import load_tokenizer
+
+    model = llamacpp.runtime_model(str(micro_target), "full", tmp_path / "work", threads=2)
+    prompt = load_tokenizer(micro_target)("Question: What is the name of", return_tensors="pt").input_ids
+    out = model.generate(input_ids=prompt, max_new_tokens=6, eos_token_id=None, pad_token_id=0)
+    seq = prompt[0].tolist()
+    for _ in range(6):
+        seq.append(int(model.row_logits(seq)[-1].argmax()))
+    assert out[0].tolist() == seq

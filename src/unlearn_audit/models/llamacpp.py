@@ -299,18 +299,41 @@ class LlamaCppModel(torch.nn.Module):
         return torch.cat([input_ids, new], dim=1)
 
     def greedy(self, prompt: list[int], max_new_tokens: int, eos: set[int], stops: list) -> list[int]:
-        self.llm.reset()
-        self.llm.eval(prompt)
+        logits = self.start(prompt)
         new: list[int] = []
         while len(new) < max_new_tokens:
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            token = int(np.argmax(logits))
             new.append(token)
-            if token in eos or any(stopped(c, new) for c in stops):
+            if token in eos or any(stopped(c, new) for c in stops) or self.llm.n_tokens >= self.llm.n_ctx():
                 break
-            if self.llm.n_tokens >= self.llm.n_ctx():
-                break
-            self.llm.eval([token])
+            logits = self.step(token)
         return new
+
+    def start(self, prompt: list[int]) -> np.ndarray:
+        """Evaluate a prompt from an empty cache; the logits of its last position. Only that position's
+        logits are computed (the output head over a 49k vocabulary at every prompt position would cost more
+        than the rest of the model)."""
+        self.llm.reset()
+        self.llm._logits_all = False
+        try:
+            self.llm.eval(prompt)
+        finally:
+            self.llm._logits_all = True
+        return self.last_logits()
+
+    def step(self, token: int) -> np.ndarray:
+        """Append one token; the logits after it."""
+        self.llm._logits_all = False
+        try:
+            self.llm.eval([token])
+        finally:
+            self.llm._logits_all = True
+        return self.last_logits()
+
+    def last_logits(self) -> np.ndarray:
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),)).copy()
 
 
 def stopped(criterion, new: list[int]) -> bool:
