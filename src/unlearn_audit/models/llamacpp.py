@@ -25,7 +25,10 @@ import copy
 import ctypes
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,9 +36,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..utils.quiet import VERBOSE_ENV
 
 EXTRA = ("pip install 'unlearn-audit[llamacpp]' (builds llama-cpp-python 0.3.36 and llama.cpp from source with "
-         "cmake and a C++ compiler: about 25 minutes on 2 cores)")
+         "cmake and a C++ compiler: 9 minutes on 2 cores here; docs/quantization.md)")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # llama.h's enum llama_ftype
 FTYPE_IDS = {"f32": 0, "f16": 1, "bf16": 32, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q4_k_s": 14,
@@ -221,11 +225,27 @@ def quantize_gguf(src: str | Path, out: str | Path, ftype: str, threads: int | N
     params.ftype = FTYPE_IDS[ftype]
     params.nthread = threads or torch.get_num_threads()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+    with quiet_llama_cpp():
+        failed = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0
+    if failed:
         tmp.unlink(missing_ok=True)
         raise UserError(f"llama.cpp could not quantize {src} to {ftype}")
     os.replace(tmp, out)
     return {"gguf": str(out), "ftype": ftype, "types": file_types(out)}
+
+
+@contextmanager
+def quiet_llama_cpp() -> Iterator[None]:
+    """llama.cpp's C log silent unless -v (its quantize warns once per tensor that falls back). The binding's
+    callback maps ggml's log levels one step off (a warning reads as ERROR), so only CRITICAL silences it."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    if not os.environ.get(VERBOSE_ENV):
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def file_types(path: str | Path) -> dict[str, str]:

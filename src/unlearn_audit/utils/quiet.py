@@ -36,7 +36,6 @@ def quiet_libraries() -> None:
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns of optional kernels at import
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's C log (its quantize warns per tensor)
     try:
         from transformers.utils import logging as hf_logging
 
