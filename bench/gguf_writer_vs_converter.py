@@ -1,4 +1,4 @@
-"""Our GGUF writer (models/llamacpp.py) against llama.cpp's own convert_hf_to_gguf.py, on one model folder.
+"""Our GGUF writer (quantize/llamacpp.py) against llama.cpp's own convert_hf_to_gguf.py, on one model folder.
 
     python bench/gguf_writer_vs_converter.py --llama-cpp SRC --model FOLDER --out DIR
 
@@ -56,7 +56,7 @@ def main() -> None:
     if not (src / "convert_hf_to_gguf.py").is_file():
         raise SystemExit(f"error: {src} has no convert_hf_to_gguf.py")
     out.mkdir(parents=True, exist_ok=True)
-    from unlearn_audit.models.llamacpp import write_gguf
+    from unlearn_audit.quantize.llamacpp import write_gguf
 
     for outtype in ("f32", "auto"):
         official = out / f"official-{outtype}.gguf"

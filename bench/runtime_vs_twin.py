@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     try:
-        from unlearn_audit.models.llamacpp import runtime_source
+        from unlearn_audit.quantize.llamacpp import runtime_source
 
         corpus = Corpus.open(args.corpus)
         for model in args.model:

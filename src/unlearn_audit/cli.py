@@ -156,7 +156,7 @@ def cmd_eval(args) -> int:
     if args.metrics:
         cfg.metrics = parse_metrics(args.metrics)
     if args.runtime == "llama.cpp":
-        from .models.llamacpp import runtime_source
+        from .quantize.llamacpp import runtime_source
 
         runtime_source(model_spec(args), args.quantize or "full")  # before any work
     started = time.time()

@@ -305,7 +305,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
     """`eval`: the model at `model_path` (quantized with `scheme`) on `corpus`, per-item logs under `out`
     and metrics.json beside them (with a retrained model, the scores relative to it: MUSE's PrivLeak
     against its AUC, TOFU's forget quality against its truth ratios). `runtime` 'llama.cpp' runs the
-    model in llama.cpp itself (models/llamacpp.py; its GGUF files are kept in `out`/llama.cpp); the
+    model in llama.cpp itself (quantize/llamacpp.py; its GGUF files are kept in `out`/llama.cpp); the
     retrained model's reference is computed in torch."""
     from .. import __version__
     from ..models.loading import load_model, load_tokenizer, merged_adapter, model_fingerprint
@@ -323,7 +323,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
         del ret
     tok = load_tokenizer(model_path, opts)
     if runtime == "llama.cpp":
-        from ..models.llamacpp import runtime_model
+        from ..quantize.llamacpp import runtime_model
 
         model = runtime_model(model_path, scheme, out / "llama.cpp")
     else:

@@ -33,14 +33,14 @@ def forget_gradient(model, tokenizer, texts: list[str], batch_size: int = 4) -> 
     """The gradient of the mean per-text NLL of `texts` (padding masked) with respect to every parameter."""
     if tokenizer.pad_token_id is None:
         raise UserError("the tokenizer has neither a pad nor an EOS token to pad the forget texts with")
-    from ..training.nll import token_logprobs
+    from ..models.generation import gather_logprobs
 
     model.zero_grad(set_to_none=True)
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True)
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        lp, real = token_logprobs(model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits, labels)
-        per_text = -lp.sum(1) / real.sum(1).clamp(min=1)  # each text's own mean, whatever its length
+        logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        lp, real = gather_logprobs(logits[:, :-1], enc.input_ids[:, 1:]), enc.attention_mask[:, 1:].bool()
+        per_text = -(lp * real).sum(1) / real.sum(1).clamp(min=1)  # each text's own mean, whatever its length
         (per_text.sum() / len(texts)).backward()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)

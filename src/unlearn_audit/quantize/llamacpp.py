@@ -61,7 +61,7 @@ def require():
 def runtime_version() -> dict:
     """What evaluated: the binding's version, llama.cpp's commit and the CPU features it was built with."""
     llama_cpp = require()
-    from ..quantize.gguf import LLAMA_CPP_COMMIT
+    from .gguf import LLAMA_CPP_COMMIT
 
     return {"llama_cpp_python": llama_cpp.__version__, "llama_cpp_commit": LLAMA_CPP_COMMIT,
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
@@ -110,8 +110,8 @@ def gguf_tensors(folder: Path, config: dict) -> dict[str, torch.Tensor]:
     """{GGUF name: tensor} as the converter writes them (tied head skipped, q/k permuted)."""
     from safetensors.torch import load_file
 
-    from ..quantize.ggml_mix import hf_to_gguf_name
-    from .files import weight_files
+    from ..models.files import weight_files
+    from .ggml_mix import hf_to_gguf_name
 
     safe, _ = weight_files(folder)
     if not safe:
@@ -157,7 +157,7 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", token
     """Write the Llama-style model `folder` as an unquantized GGUF file `out`; returns what was written."""
     import gguf
 
-    from .loading import load_tokenizer
+    from ..models.loading import load_tokenizer
 
     folder, out = Path(folder), Path(out)
     if outtype not in OUTTYPES:
@@ -370,9 +370,9 @@ def runtime_source(spec, scheme: str) -> Path:
     """The file or folder llama.cpp will run for the model argument `spec` at `scheme`, checked before any
     work: the extra installed, the scheme one llama.cpp applies, the model a GGUF file (a package's shipped
     file, run as it is) or a Llama-style local folder. One line (UserError) for anything else."""
-    from ..quantize.gguf import parse
-    from .packaged import check_packaged
-    from .spec import Kind, ModelSpec
+    from ..models.packaged import check_packaged
+    from ..models.spec import Kind, ModelSpec
+    from .gguf import parse
 
     require()
     spec = ModelSpec.of(spec)
@@ -398,7 +398,7 @@ def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = Non
     kept in `work` under the model's fingerprint, so a resumed evaluation reuses them."""
     from transformers import AutoConfig, GenerationConfig
 
-    from .loading import model_fingerprint
+    from ..models.loading import model_fingerprint
 
     src = runtime_source(spec, scheme)
     ftype = None if scheme == "full" else scheme.removeprefix("gguf-")

@@ -1,4 +1,4 @@
-"""The llama.cpp runtime (models/llamacpp.py): the GGUF writer and the torch-shaped front run everywhere (the
+"""The llama.cpp runtime (quantize/llamacpp.py): the GGUF writer and the torch-shaped front run everywhere (the
 front against a scripted stand-in for llama.cpp); the tests marked `llamacpp` run llama.cpp itself and are
 skipped without the [llamacpp] extra (a source build kept out of CI)."""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from unlearn_audit.errors import UserError
-from unlearn_audit.models import llamacpp
-from unlearn_audit.models.llamacpp import LlamaCppModel, permute, read_config, write_gguf
+from unlearn_audit.quantize import llamacpp
+from unlearn_audit.quantize.llamacpp import LlamaCppModel, permute, read_config, write_gguf
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama.cpp: pip install 'unlearn-audit[llamacpp]'")
