@@ -7,7 +7,7 @@ forget and holdout texts): torch fp32 and an F32 GGUF in llama.cpp (the floor: l
 products quantize the activations, so even unquantized weights give other logits), then the torch twin of
 `--scheme` (quantize/gguf.py) and llama.cpp's own quantization of the same model to that type. Printed per
 pair: the share of KnowMem questions answered identically (forget and retain), the metrics of both and their
-difference, the per-text mean log-probability difference of PrivLeak's texts (median and largest), and the
+difference, the per-text mean NLL difference of PrivLeak's texts (median and largest), and the
 seconds each evaluation took. Evaluations are kept in DIR (a re-run reuses them).
 """
 

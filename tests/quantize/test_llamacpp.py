@@ -4,9 +4,11 @@ skipped without the [llamacpp] extra (a source build kept out of CI)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +77,7 @@ def test_models_the_converter_path_does_not_cover_are_one_line(micro_target, tmp
 
 
 def test_runtime_without_the_extra_is_one_line_and_exit_2(run_cli, micro_target, micro_world, tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
     code, out, err = run_cli("eval", "--model", str(micro_target), "--corpus", str(micro_world), "--runtime", "llama.cpp",
                              "--out", str(tmp_path / "e"))
     assert code == 2 and "unlearn-audit[llamacpp]" in err and len(err.strip().splitlines()) == 1
@@ -236,8 +238,8 @@ def test_eval_in_llama_cpp_records_the_file_it_ran_and_resumes(run_cli, micro_ta
     record = json.loads((out / "metrics.json").read_text())
     runtime = record["runtime"]
     assert runtime["ftype"] == "q8_0" and runtime["types"]["blk.0.ffn_down.weight"] == "q8_0"
-    assert runtime["sha256"] == llamacpp.sha256(Path(runtime["gguf"]))
-    assert runtime["llama_cpp_python"] == __import__("llama_cpp").__version__ and "CPU" in runtime["system_info"]
+    assert runtime["sha256"] == hashlib.sha256(Path(runtime["gguf"]).read_bytes()).hexdigest()
+    assert runtime["llama_cpp_python"] == llamacpp.require().__version__ and "CPU" in runtime["system_info"]
     assert 0 <= record["knowmem_f"] <= 100 and len(json.loads((out / "knowmem_f" / "log.json").read_text())) == 4
     quantized = Path(runtime["gguf"])
     written = quantized.stat().st_mtime_ns

@@ -322,14 +322,15 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
         ref = bench.reference(ret, load_tokenizer(retrained, opts), corpus, cfg, show)
         del ret
     tok = load_tokenizer(model_path, opts)
+    fingerprint = model_fingerprint(model_path, opts.revision)
     if runtime == "llama.cpp":
         from ..quantize.llamacpp import runtime_model
 
-        model = runtime_model(model_path, scheme, out / "llama.cpp")
+        model = runtime_model(model_path, scheme, out / "llama.cpp", fingerprint=fingerprint)
     else:
         model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
     adapter = merged_adapter(model)
-    identity = {"model": model_fingerprint(model_path, opts.revision), "scheme": scheme, "dtype": dtype,
+    identity = {"model": fingerprint, "scheme": scheme, "dtype": dtype,
                 **({"adapter": adapter["merged_in"]} if adapter else {}),
                 **({"runtime": runtime} if runtime != "torch" else {})}
     res = evaluate_model(model, tok, corpus, cfg, ref, out, identity=identity, show=show)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -153,7 +152,7 @@ def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
     return tokens, types, merges
 
 
-def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", tokenizer=None) -> dict:
+def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto") -> dict:
     """Write the Llama-style model `folder` as an unquantized GGUF file `out`; returns what was written."""
     import gguf
 
@@ -165,7 +164,7 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", token
     config = read_config(folder)
     tensors = gguf_tensors(folder, config)
     kind = source_outtype(tensors) if outtype == "auto" else outtype
-    tok = tokenizer or load_tokenizer(folder)
+    tok = load_tokenizer(folder)
     tokens, types, merges = vocabulary(tok, config["vocab_size"])
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -256,14 +255,6 @@ def file_types(path: str | Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name.lower() for t in reader.tensors}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -284,7 +275,6 @@ class LlamaCppModel(torch.nn.Module):
         threads = threads or torch.get_num_threads()
         self.llm = Llama(model_path=str(gguf_path), n_ctx=context, n_batch=min(context, 512), n_ubatch=min(context, 512),
                          n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False, seed=0)
-        self.gguf_path = Path(gguf_path)
 
     def row_logits(self, tokens: list[int]) -> np.ndarray:
         """llama.cpp's logits at every position of one sequence, evaluated from an empty cache."""
@@ -330,29 +320,25 @@ class LlamaCppModel(torch.nn.Module):
         return new
 
     def start(self, prompt: list[int]) -> np.ndarray:
-        """Evaluate a prompt from an empty cache; the logits of its last position. Only that position's
-        logits are computed (the output head over a 49k vocabulary at every prompt position would cost more
-        than the rest of the model)."""
+        """Evaluate a prompt from an empty cache; the logits of its last position."""
         self.llm.reset()
-        self.llm._logits_all = False
-        try:
-            self.llm.eval(prompt)
-        finally:
-            self.llm._logits_all = True
-        return self.last_logits()
+        return self.append(prompt)
 
     def step(self, token: int) -> np.ndarray:
         """Append one token; the logits after it."""
-        self.llm._logits_all = False
-        try:
-            self.llm.eval([token])
-        finally:
-            self.llm._logits_all = True
-        return self.last_logits()
+        return self.append([token])
 
-    def last_logits(self) -> np.ndarray:
+    def append(self, tokens: list[int]) -> np.ndarray:
+        """Evaluate `tokens` after the cached ones; the logits of the last. Only that position's logits are
+        computed (the output head over a 49k vocabulary at every prompt position would cost more than the
+        rest of the model)."""
         import llama_cpp
 
+        self.llm._logits_all = False
+        try:
+            self.llm.eval(tokens)
+        finally:
+            self.llm._logits_all = True
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),)).copy()
 
 
@@ -392,10 +378,12 @@ def runtime_source(spec, scheme: str) -> Path:
     return spec.path
 
 
-def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None) -> LlamaCppModel:
+def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None,
+                  fingerprint: str | None = None) -> LlamaCppModel:
     """The model `spec` evaluated in llama.cpp (`runtime_source`): a GGUF file as it is, a folder converted
     (F32 for full precision, `--outtype auto` for a gguf-* scheme) and quantized by llama.cpp. The files are
-    kept in `work` under the model's fingerprint, so a resumed evaluation reuses them."""
+    kept in `work` under the model's fingerprint (computed here unless the caller has it), so a resumed
+    evaluation reuses them."""
     from transformers import AutoConfig, GenerationConfig
 
     from ..models.loading import model_fingerprint
@@ -407,7 +395,7 @@ def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = Non
         file, record = src, {"gguf": str(src), "as_given": True}
     else:
         config = AutoConfig.from_pretrained(src)
-        key = model_fingerprint(src)[:16]
+        key = (fingerprint or model_fingerprint(src))[:16]
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)
         file = work / f"{key}-{'f32' if ftype is None else 'auto'}.gguf"
@@ -425,6 +413,7 @@ def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = Non
     except OSError:
         generation = GenerationConfig()
     model = LlamaCppModel(file, config, generation, threads)
-    model.runtime_record = {"runtime": "llama.cpp", **record, "sha256": sha256(file), "types": file_types(file),
+    # a GGUF file's fingerprint is the sha256 of its bytes
+    model.runtime_record = {"runtime": "llama.cpp", **record, "sha256": model_fingerprint(file), "types": file_types(file),
                             **runtime_version()}
     return model
