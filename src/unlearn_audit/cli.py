@@ -364,6 +364,10 @@ def cmd_demo(args) -> int:
     print(f"demo ({variant}, {model}): {len(run_points(cfg))} unlearning runs ({', '.join(cfg.methods)}; "
           f"{', '.join(cfg.dtypes)}) x {len(cfg.evaluated)} precisions/attacks on the built-in world; "
           f"results in {out}/ (re-run to resume)")
+    if cfg.tiny_models:
+        from .utils.arithmetic import describe_arithmetic, portable_in_effect
+
+        print(describe_arithmetic(portable_in_effect()))
     if variant in ("smollm2", "tiny"):  # the variants whose numbers the README shows
         from .utils.environment import environment, lock_notice
 
@@ -553,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help="the 0.9M-parameter models trained here instead of SmolLM2: every method, 3 seeds, "
                         "the attacks; shows the shallow form of the failure (no model package needed)")
-    p.add_argument("--quick", action="store_true", help="the CI-sized tiny grid (about 1.5 minutes)")
+    p.add_argument("--quick", action="store_true", help="the CI-sized tiny grid (about 2 minutes)")
     p.add_argument("--full", action="store_true",
                    help="SmolLM2 with every method and 3 seeds (sized for a GPU; docs/scaling.md)")
     p.add_argument("--targets", type=int, metavar="N",
@@ -642,7 +646,34 @@ def flag_reference() -> str:
 INTERRUPTED = "interrupted: finished work is kept; run the same command again to resume"
 
 
+def computes_in_the_built_in_world(argv: list[str]) -> bool:
+    """Whether the command trains or unlearns the built-in world's tiny models (`train-tiny`, `demo --tiny` or
+    `--quick`, a grid without `base` or `target`): read from the raw arguments, because the portable
+    arithmetic (utils/arithmetic.py) must be asked for before the parser imports transformers' trainer."""
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    if command == "train-tiny":
+        return True
+    if command == "demo":
+        return bool({"--tiny", "--quick"} & set(argv)) and not any(a.startswith("--targets") for a in argv)
+    if command != "grid":
+        return False
+    configs = [v for flag, v in zip(argv, argv[1:]) if flag == "--config"]
+    configs += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    try:  # the raw YAML: validating the grid imports the trainer
+        from .config import load_yaml
+
+        data = load_yaml(configs[0]) if len(configs) == 1 else None
+    except Exception:  # bad input: the parser and the command report it
+        return False
+    return isinstance(data, dict) and not data.get("base") and not data.get("target")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if computes_in_the_built_in_world(sys.argv[1:] if argv is None else argv):
+        from .utils.arithmetic import use_portable_arithmetic
+
+        use_portable_arithmetic()
     try:
         parser = build_parser()  # imports torch: a Ctrl-C here is one line too, not a traceback
     except KeyboardInterrupt:

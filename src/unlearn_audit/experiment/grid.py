@@ -28,10 +28,11 @@ from ..errors import UserError
 from ..evaluate.runner import EvalConfig
 from ..quantize.schemes import four_bit
 from ..scoring import fmt
+from ..utils.arithmetic import grid_threads
 from ..utils.environment import record_environment
 from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, sha256_json
-from ..utils.threads import default_threads, torch_threads
+from ..utils.threads import torch_threads
 from .config import GridConfig
 from .ledger import Ledger, PlannedCells, located, portable
 
@@ -485,7 +486,7 @@ def run_grid(cfg: GridConfig, run_dir: str | Path, show: bool = True, shard: tup
     runner.on_decisive = on_decisive
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     workers = max(1, cfg.workers)
-    threads = max(1, default_threads() // workers)
+    threads = grid_threads(workers)
     record_environment(run_dir, threads)
     if shard:
         atomic_write_json(run_dir / SHARD_FILE, {"index": shard[0], "count": shard[1]})

@@ -7,7 +7,9 @@ AVX512-BF16 dot products on AMD EPYC Zen 4, emulation elsewhere) and blocks them
 another order, and a 5-epoch fine-tune amplifies those roundings into another target (measured, with the
 same packages: docs/reproducibility.md). Capping oneDNN at AVX512-BF16 on an AMX Xeon gives yet another
 target, not the EPYC's, so no cap makes the numbers portable: the lock promises the README's numbers on the
-CPU they were measured on, and other CPUs are told so at the start of `demo`.
+CPU they were measured on, and other CPUs are told so at the start of `demo`. The built-in world's tiny
+models compute in fp32, where a portable arithmetic exists (utils/arithmetic.py): their numbers are the
+same on every x86-64 CPU with AVX2, and `arithmetic` records which one a run used.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def environment(threads: int | None = None) -> dict:
     import torch
 
     from .. import __version__
+    from .arithmetic import arithmetic
 
     flags = cpu_flags()
     return {
@@ -128,6 +131,7 @@ def environment(threads: int | None = None) -> dict:
         "cpu_flags": sorted(f for f in ISA_FLAGS if f in flags),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_kernels": bf16_kernels(flags),
+        "arithmetic": arithmetic(),
         "threads": threads or torch.get_num_threads(),
         "cores": default_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
@@ -143,7 +147,7 @@ def numerics_key(threads: int | None = None) -> dict:
     keep = ("torch", "transformers", "accelerate", "numpy")
     return {"packages": {k: v for k, v in env["packages"].items() if k in keep},
             "cpu": env["cpu"], "cpu_identity": env["cpu_identity"], "bf16_kernels": env["bf16_kernels"],
-            "threads": env["threads"], "cuda": env["cuda"]}
+            "arithmetic": env["arithmetic"], "threads": env["threads"], "cuda": env["cuda"]}
 
 
 def read_lock(path: Path = LOCK) -> dict[str, str]:
@@ -199,7 +203,7 @@ def record_environment(folder: Path, threads: int | None = None) -> dict:
 
 def numeric_part(env: dict) -> dict:
     """The fields of an environment that can change a number (not the platform string's kernel build)."""
-    return {k: env.get(k) for k in ("cpu", "cpu_identity", "cpu_flags", "bf16_kernels", "threads", "cores",
+    return {k: env.get(k) for k in ("cpu", "cpu_identity", "cpu_flags", "bf16_kernels", "arithmetic", "threads", "cores",
                                     "cuda", "packages", "python")}
 
 
