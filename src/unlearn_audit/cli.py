@@ -189,6 +189,8 @@ def cmd_quantize(args) -> int:
     from .models.loading import load_tokenizer
     from .quantize import calibration_for, parse_scheme, quantize_to_folder
 
+    if args.format == "gguf":
+        return write_gguf_file(args)
     scheme = parse_scheme(args.scheme)
     opts, model = load_options(args), model_spec(args)
     corpus = Corpus.open(args.calibration) if args.calibration else None
@@ -196,6 +198,18 @@ def cmd_quantize(args) -> int:
                                      load_tokenizer(model), calibration_for(scheme, corpus),
                                      str(args.calibration) if corpus else None)
     print(f"{scheme.name} model written to {out} ({record['seconds']:.1f}s)")
+    return 0
+
+
+def write_gguf_file(args) -> int:
+    """`quantize --format gguf`: the .gguf file llama.cpp's converter and quantize would write, without them."""
+    from .quantize.gguf import applied_label
+    from .quantize.llamacpp import gguf_file_source, write_gguf
+
+    folder, ftype = gguf_file_source(model_spec(args), args.scheme, args.out)
+    started = time.time()
+    info = write_gguf(folder, args.out, ftype=ftype)
+    print(f"{applied_label(args.scheme, info['types'])} written to {args.out} ({time.time() - started:.1f}s)")
     return 0
 
 
@@ -502,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-samples", type=int, default=64, help="calibration texts (default 64)")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to load in")
     p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--out", required=True, help="folder for the quantized model")
+    p.add_argument("--out", required=True, help="folder for the quantized model (a .gguf file with --format gguf)")
+    p.add_argument("--format", choices=("folder", "gguf"), default="folder",
+                   help="folder: the dequantized model as safetensors (default); gguf: a gguf-* scheme as the .gguf "
+                        "file llama.cpp's converter and quantize write (Llama-style folders)")
     add_load_flags(p)
     add_quantize_flags(p)
     p.set_defaults(func=cmd_quantize)

@@ -92,6 +92,40 @@ def test_schemes_llama_cpp_does_not_apply_are_refused(micro_target, scheme, mess
         llamacpp.runtime_source(str(micro_target), scheme)
 
 
+def test_quantize_writes_a_gguf_file_and_says_what_it_applied(run_cli, micro_target, tmp_path):
+    import gguf
+
+    code, out, err = run_cli("quantize", "--model", str(micro_target), "--scheme", "gguf-q4_k_m", "--format", "gguf",
+                             "--out", str(tmp_path / "m.gguf"))
+    assert code == 0, err
+    assert "gguf-q4_k_m (applied: q5_0 x" in out and str(tmp_path / "m.gguf") in out  # 128-wide rows: no k-quant fits
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    assert "Q5_0" in types and "F32" in types
+    assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]  # no temporary file left
+
+
+@pytest.mark.parametrize("scheme, out, message", [
+    ("rtn-int4-g128", "m.gguf", "without an importance matrix; rtn-int4-g128 is written as a dequantized model folder"),
+    ("gguf-q4_k_m-imatrix-retain", "m.gguf", "without an importance matrix"),
+    ("gguf-q8_0", "m", "give --out a path ending in .gguf"),
+])
+def test_quantize_to_gguf_refuses_what_it_cannot_write_in_one_line(run_cli, micro_target, tmp_path, scheme, out, message):
+    code, _, err = run_cli("quantize", "--model", str(micro_target), "--scheme", scheme, "--format", "gguf",
+                           "--out", str(tmp_path / out))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_quantize_to_gguf_refuses_a_model_the_converter_does_not_cover(run_cli, micro_target, tmp_path):
+    other = tmp_path / "gpt2"
+    shutil.copytree(micro_target, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+    code, _, err = run_cli("quantize", "--model", str(other), "--scheme", "gguf-q8_0", "--format", "gguf",
+                           "--out", str(tmp_path / "m.gguf"))
+    assert code == 2 and "GPT2LMHeadModel" in err and not (tmp_path / "m.gguf").exists()
+
+
 class ScriptedLlama:
     """Stands in for llama_cpp.Llama: the logits at a position favour token (last token + 1) mod vocab, so
     greedy decoding counts upwards; it records what it was asked to evaluate."""
@@ -192,20 +226,16 @@ def test_an_f32_file_in_llama_cpp_gives_torchs_greedy_choices(micro_target, tmp_
     assert model.runtime_record["types"]["blk.0.ffn_up.weight"] == "f32"
 
 
-@pytest.mark.llamacpp
-@needs_llama_cpp
-@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m"])
-def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_path, ftype):
-    """llama.cpp's own quantize of our GGUF: every tensor gets the type the twin's mix gives it, and its
-    dequantized values equal the twin's (quantize/gguf.py) for the same model."""
+def assert_holds_the_twins_values(path: Path, micro_target: Path, ftype: str, types: dict[str, str]) -> int:
+    """Every tensor of the GGUF file `path` has the type the twin's mix gives it (also in `types`, the writer's
+    record) and dequantizes to exactly the twin's values (quantize/gguf.py) for the same model; returns how
+    many quantized tensors were compared."""
     import gguf
 
     from unlearn_audit.quantize import model_at
     from unlearn_audit.quantize.ggml_mix import hf_to_gguf_name
 
-    write_gguf(micro_target, tmp_path / "src.gguf", "auto")
-    info = llamacpp.quantize_gguf(tmp_path / "src.gguf", tmp_path / "q.gguf", ftype, threads=2)
-    files = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    files = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
     twin = model_at(str(micro_target), f"gguf-{ftype}")
     weights = dict(twin.named_parameters())
     config = json.loads((micro_target / "config.json").read_text())
@@ -213,7 +243,7 @@ def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_pat
     compared = 0
     for name, qtype in twin.quantization_record["gguf_types"].items():
         gname = hf_to_gguf_name(name)
-        assert info["types"][gname] == qtype, gname
+        assert types[gname] == qtype and files[gname].tensor_type.name.lower() == qtype, gname
         if qtype == "f32":
             continue
         t, w = files[gname], weights[name].detach().float()
@@ -224,7 +254,38 @@ def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_pat
             w = permute(w, n_head, n_kv)
         assert torch.equal(values, w), gname
         compared += 1
-    assert compared >= 7 * config["num_hidden_layers"]
+    return compared
+
+
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m", "q5_0"])
+def test_a_quantized_file_written_without_llama_cpp_holds_the_twins_values(micro_target, tmp_path, ftype):
+    """`quantize --format gguf`'s writer: the file type's mix and the port's blocks, read back by gguf-py."""
+    import gguf
+
+    info = write_gguf(micro_target, tmp_path / "q.gguf", ftype=ftype)
+    config = json.loads((micro_target / "config.json").read_text())
+    assert assert_holds_the_twins_values(tmp_path / "q.gguf", micro_target, ftype, info["types"]) >= 7 * config["num_hidden_layers"]
+    fields = gguf.GGUFReader(str(tmp_path / "q.gguf")).fields
+    assert int(fields["general.file_type"].parts[-1][0]) == llamacpp.FTYPE_IDS[ftype]
+    assert int(fields["general.quantization_version"].parts[-1][0]) == gguf.GGML_QUANT_VERSION
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+@pytest.mark.parametrize("ftype", ["q8_0", "q4_k_m"])
+def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_path, ftype):
+    """llama.cpp's own quantize of our GGUF: every tensor gets the type the twin's mix gives it, its
+    dequantized values equal the twin's, and its bytes equal those our writer computes without llama.cpp."""
+    import gguf
+
+    write_gguf(micro_target, tmp_path / "src.gguf", "auto")
+    info = llamacpp.quantize_gguf(tmp_path / "src.gguf", tmp_path / "q.gguf", ftype, threads=2)
+    config = json.loads((micro_target / "config.json").read_text())
+    assert assert_holds_the_twins_values(tmp_path / "q.gguf", micro_target, ftype, info["types"]) >= 7 * config["num_hidden_layers"]
+    write_gguf(micro_target, tmp_path / "ours.gguf", ftype=ftype)
+    theirs = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+    assert ours == theirs
 
 
 @pytest.mark.llamacpp

@@ -66,6 +66,9 @@ def test_lock_parses_pins_and_finds_differences(tmp_path, monkeypatch):
     assert [d.split(" ")[0] for d in lock_differences(other)] == ["CPU", "8", "Python"]
     amd = {**matched, "cpu": "AMD EPYC 9B14", "bf16_kernels": "avx512_bf16"}  # the README's machine until 2026-12-06
     assert [d.split(" ")[0] for d in lock_differences(amd)] == ["CPU"]
+    portable = {**other, "python": "3.11.7", "arithmetic": "portable"}  # the built-in world's commands
+    assert lock_differences(portable) == [] and "any x86-64 CPU with AVX2" in lock_notice(portable)
+    assert [d.split(" ")[0] for d in lock_differences({**portable, "packages": env["packages"]})] == ["transformers"]
 
 
 def test_the_shipped_lock_pins_the_core_and_matches_the_install_line():

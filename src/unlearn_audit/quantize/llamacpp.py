@@ -42,7 +42,7 @@ EXTRA = ("pip install 'unlearn-audit[llamacpp]' (builds llama-cpp-python 0.3.36 
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # llama.h's enum llama_ftype
 FTYPE_IDS = {"f32": 0, "f16": 1, "bf16": 32, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q4_k_s": 14,
-             "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+             "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18}
 OUTTYPES = ("f32", "f16", "bf16", "auto")
 MAX_CONTEXT = 4096  # the logits of every position are kept (context x vocabulary floats)
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
@@ -152,25 +152,36 @@ def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
     return tokens, types, merges
 
 
-def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto") -> dict:
-    """Write the Llama-style model `folder` as an unquantized GGUF file `out`; returns what was written."""
+def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype: str | None = None) -> dict:
+    """Write the Llama-style model `folder` as a GGUF file `out`: unquantized in `outtype`, or, with `ftype`
+    ('q4_k_m', 'q8_0', ...), what `convert_hf_to_gguf.py --outtype auto` + `llama-quantize` write, without
+    llama.cpp: each tensor's type from ggml_mix.py, its blocks from the byte-exact port ggml_quants.py.
+    Returns what was written (with `types`: {GGUF name: ggml type})."""
     import gguf
 
     from ..models.loading import load_tokenizer
+    from .ggml_mix import FTYPES, tensor_types
 
     folder, out = Path(folder), Path(out)
     if outtype not in OUTTYPES:
         raise UserError(f"GGUF outtype must be one of {', '.join(OUTTYPES)}")
+    if ftype is not None and ftype not in FTYPES:
+        raise UserError(f"unknown GGUF file type {ftype}; choose one of {', '.join(FTYPES)}")
     config = read_config(folder)
     tensors = gguf_tensors(folder, config)
-    kind = source_outtype(tensors) if outtype == "auto" else outtype
+    kind = source_outtype(tensors) if outtype == "auto" or ftype is not None else outtype
+    shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+    qtypes = ({n: ("f32" if t.dim() < 2 else kind) for n, t in tensors.items()} if ftype is None else
+              tensor_types(shapes, ftype, config["num_hidden_layers"], source_type=kind))
     tok = load_tokenizer(folder)
     tokens, types, merges = vocabulary(tok, config["vocab_size"])
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(folder.name)
-    w.add_file_type(FTYPE_IDS[kind])
+    w.add_file_type(FTYPE_IDS[ftype or kind])
+    if ftype is not None:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(config["max_position_embeddings"])
     w.add_embedding_length(config["hidden_size"])
@@ -192,28 +203,38 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto") -> di
     for key, value in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id), ("pad", tok.pad_token_id)):
         if value is not None:
             getattr(w, f"add_{key}_token_id")(value)
-    for name, t in tensors.items():
-        array, kwargs = encoded(t, kind)
-        w.add_tensor(name, array, **kwargs)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, out)
-    return {"gguf": str(out), "outtype": kind, "tensors": len(tensors)}
+    try:
+        for name, t in tensors.items():
+            array, kwargs = encoded(t, qtypes[name], kind)
+            w.add_tensor(name, array, **kwargs)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind
+    return {"gguf": str(out), "outtype": kind, "ftype": ftype, "tensors": len(tensors), "types": qtypes}
 
 
-def encoded(t: torch.Tensor, kind: str) -> tuple[np.ndarray, dict]:
-    """(array, GGUFWriter keyword arguments) for one tensor: 1-D tensors F32, the rest `kind`."""
+def encoded(t: torch.Tensor, qtype: str, source: str = "f32") -> tuple[np.ndarray, dict]:
+    """(array, GGUFWriter keyword arguments) for one tensor in ggml type `qtype` ('f32', 'f16', 'bf16' or a
+    quantized type, whose blocks are computed from the weights rounded to the converted file's `source`
+    type, as llama-quantize reads them)."""
     import gguf
 
+    from .ggml_quants import quantize_rows
+    from .gguf import round_to_source
+
     x = t.float().contiguous()
-    if t.dim() < 2 or kind == "f32":
+    if qtype == "f32":
         return x.numpy(), {}
-    if kind == "f16":
+    if qtype == "f16":
         return x.numpy().astype(np.float16), {}
-    bits = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return bits, {"raw_dtype": gguf.GGMLQuantizationType.BF16}
+    if qtype == "bf16":
+        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), {"raw_dtype": gguf.GGMLQuantizationType.BF16}
+    blocks = quantize_rows(round_to_source(x, source).numpy(), qtype)
+    return blocks.reshape(x.shape[0], -1), {"raw_dtype": gguf.GGMLQuantizationType[qtype.upper()]}
 
 
 def quantize_gguf(src: str | Path, out: str | Path, ftype: str, threads: int | None = None) -> dict:
@@ -376,6 +397,25 @@ def runtime_source(spec, scheme: str) -> Path:
                         "argument: download or merge it into a folder first")
     read_config(spec.path)
     return spec.path
+
+
+def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str]:
+    """`quantize --format gguf`: (the Llama-style local folder, the ggml file type) for writing `out`, checked
+    before any work (one line for a scheme, output path or model the writer does not take)."""
+    from ..models.spec import Kind, ModelSpec
+    from .gguf import parse
+
+    parsed = parse(scheme)
+    if parsed is None or parsed[1] is not None:
+        raise UserError(f"--format gguf writes the gguf-* schemes without an importance matrix; {scheme} is written as "
+                        "a dequantized model folder (without --format)")
+    if Path(out).suffix != ".gguf":
+        raise UserError(f"--format gguf writes one file: give --out a path ending in .gguf, not {out}")
+    spec = ModelSpec.of(spec)
+    if spec.kind is not Kind.FOLDER:
+        raise UserError(f"--format gguf converts a local model folder; {spec} is a {spec.kind.value} argument")
+    read_config(spec.path)
+    return spec.path, parsed[0]
 
 
 def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None,

@@ -175,9 +175,10 @@ def lock_differences(env: dict) -> list[str]:
         locked = lock.get(normalise(name))
         if locked and locked != version and locked.split("+")[0] != version.split("+")[0]:
             diffs.append(f"{name} {version} (locked {locked})")
-    if machine_family(env) != README_MACHINE[0]:
+    portable = env.get("arithmetic") == "portable"  # the built-in world: the same numbers on every such CPU
+    if not portable and machine_family(env) != README_MACHINE[0]:
         diffs.append(f"CPU {env['cpu']} with bf16 kernels '{env['bf16_kernels']}' (README: {README_MACHINE[1]})")
-    if env.get("cores", env["threads"]) != README_CORES:
+    if not portable and env.get("cores", env["threads"]) != README_CORES:
         diffs.append(f"{env.get('cores', env['threads'])} cores (README: {README_CORES})")
     if not env["python"].startswith("3.11."):
         diffs.append(f"Python {env['python']} (README: 3.11)")
@@ -218,6 +219,9 @@ def lock_notice(env: dict) -> str:
     """The line `demo` prints at its start: whether this machine is of the kind, lock and thread count the
     README's tables were measured with, or what differs (then the models and numbers differ too)."""
     diffs = lock_differences(env)
+    if not diffs and env.get("arithmetic") == "portable":
+        return ("environment: the lock and the portable arithmetic of the README's tiny tables: expect their numbers "
+                "on any x86-64 CPU with AVX2 (docs/reproducibility.md)")
     if not diffs:
         return (f"environment: the lock, CPU kind ({README_MACHINE[1]}) and {README_CORES} cores of the "
                 "README's tables: expect their numbers (measured on one such machine; docs/reproducibility.md)")
