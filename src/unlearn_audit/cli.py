@@ -437,7 +437,8 @@ def cmd_audit(args) -> int:
     cfg = AuditConfig(attacks=attacks or list(DEFAULT_ATTACKS), metrics=parse_metrics(args.metrics) if args.metrics else None,
                       benchmark=args.benchmark, eval_options=eval_options(args), reference_log=args.reference_log,
                       max_retained=args.max_retained, min_utility=args.min_utility, lr=args.lr, limit=args.limit,
-                      batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device())
+                      batch_size=args.batch_size, dtype=args.dtype, device=args.device or default_device(),
+                      runtime=args.runtime)
     corpus = Corpus.open(args.corpus)
     control = parse_control(args.control, args.retrained, load_options(args))
     result = audit(model_spec(args, "target"), model_spec(args, "unlearned"), corpus, cfg, control,
@@ -624,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="unlearning learning rate (bins reports the bf16 cap)")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to run models in")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--runtime", default="torch", choices=["torch", "llama.cpp"],
+                   help="llama.cpp: the models as they are (.gguf files or Llama-style folders) and under the gguf-* "
+                        "attacks run in llama.cpp itself (pip install 'unlearn-audit[llamacpp]'); other attacks run in "
+                        "torch on their weights (default torch)")
     p.add_argument("--out", help="folder for audit.json/.md/.png, bins, per-item logs (re-run it to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_load_flags(p)

@@ -126,6 +126,15 @@ def test_quantize_to_gguf_refuses_a_model_the_converter_does_not_cover(run_cli, 
     assert code == 2 and "GPT2LMHeadModel" in err and not (tmp_path / "m.gguf").exists()
 
 
+def test_audit_in_llama_cpp_without_the_extra_is_one_line_before_any_work(run_cli, micro_target, micro_retrained,
+                                                                        micro_world, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    code, _, err = run_cli("audit", "--target", str(micro_target), "--unlearned", str(micro_retrained), "--corpus",
+                           str(micro_world), "--runtime", "llama.cpp", "--out", str(tmp_path / "a"))
+    assert code == 2 and "unlearn-audit[llamacpp]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+
+
 class ScriptedLlama:
     """Stands in for llama_cpp.Llama: the logits at a position favour token (last token + 1) mod vocab, so
     greedy decoding counts upwards; it records what it was asked to evaluate."""
@@ -323,3 +332,24 @@ def test_greedy_decoding_reads_the_same_logits_as_scoring(micro_target, tmp_path
     for _ in range(6):
         seq.append(int(model.row_logits(seq)[-1].argmax()))
     assert out[0].tolist() == seq
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+def test_audit_in_llama_cpp_runs_full_precision_and_gguf_there_and_other_attacks_in_torch(
+        run_cli, micro_target, micro_retrained, micro_world, tmp_path):
+    args = ("audit", "--target", str(micro_target), "--unlearned", str(micro_retrained), "--corpus", str(micro_world),
+            "--control", "none", "--runtime", "llama.cpp", "--attacks", "quant:gguf-q8_0", "prune:magnitude:0.3",
+            "--limit", "4", "--metrics", "verbmem_f,knowmem_f,knowmem_r", "--out", str(tmp_path / "a"), "--quiet")
+    code, out, err = run_cli(*args)
+    assert code in (0, 1, 3), err
+    assert "llama.cpp runs the models as they are and under gguf-q8_0; torch runs prune:magnitude:0.3" in out
+    report = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert set(report["runtimes"]) == {f"{role} @ {name}" for role in ("target", "unlearned")
+                                       for name in ("full", "quant:scheme=gguf-q8_0")}
+    q8 = report["runtimes"]["unlearned @ quant:scheme=gguf-q8_0"]
+    assert q8["ftype"] == "q8_0" and q8["types"]["blk.0.ffn_down.weight"] == "q8_0"
+    assert report["runtimes"]["target @ full"]["types"]["blk.0.ffn_down.weight"] == "f32"
+    assert "Run in llama.cpp itself" in (tmp_path / "a" / "audit.md").read_text()
+    code2, out2, _ = run_cli(*args)  # resumed: the same numbers, nothing evaluated again
+    assert code2 == code and json.loads((tmp_path / "a" / "audit.json").read_text())["attacks"] == report["attacks"]

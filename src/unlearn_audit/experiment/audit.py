@@ -96,6 +96,7 @@ class AuditConfig:
     batch_size: int | None = None
     dtype: str = "fp32"
     device: str | None = None
+    runtime: str = "torch"  # llama.cpp: the models as they are and under gguf-* quantization run in llama.cpp
 
     def validate(self, has_control: bool, bench: Benchmark, say=print) -> list[Attack]:
         """Check the settings against the benchmark; returns the parsed attacks (presets expanded)."""
@@ -130,6 +131,34 @@ def free(model) -> None:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text)
+
+
+def runtime_scheme(attack: Attack) -> str | None:
+    """The gguf-* scheme llama.cpp applies itself for a quant attack (no importance matrix), else None."""
+    from ..quantize.gguf import parse
+
+    if attack.family != "quant":
+        return None
+    parsed = parse(attack.params["scheme"])
+    return attack.params["scheme"] if parsed is not None and parsed[1] is None else None
+
+
+def check_runtime(cfg: AuditConfig, models: list[str], attacks: list[Attack], load: LoadOptions | None, say) -> None:
+    """--runtime llama.cpp, before any work: the extra installed, every model one llama.cpp runs (a local
+    Llama-style folder or a .gguf file), every gguf-* attack one it applies to each; says what runs where."""
+    if cfg.runtime == "torch":
+        return
+    if cfg.runtime != "llama.cpp":
+        raise UserError(f"--runtime must be torch or llama.cpp, not {cfg.runtime}")
+    from ..quantize.llamacpp import runtime_source
+
+    schemes = ["full", *(s for a in attacks if (s := runtime_scheme(a)))]
+    for model in models:
+        for scheme in schemes:
+            runtime_source(ModelSpec.of(model, load), scheme)
+    in_torch = [a.name for a in attacks if runtime_scheme(a) is None]
+    say("llama.cpp runs the models as they are" + (f" and under {', '.join(schemes[1:])}" if schemes[1:] else "")
+        + (f"; torch runs {', '.join(in_torch)} on their weights" if in_torch else ""))
 
 
 def run_bins(target: str, unlearned: str, attacks: list[Attack], lr: float | None, out: Path | None) -> dict:
@@ -174,6 +203,22 @@ class Auditor:
         self.fingerprints = {role: model_fingerprint(spec, load.revision) for role, spec in self.specs.items()}
         self.results: dict[tuple[str, str, str], dict] = {}
         self.applied: dict[tuple[str, str], dict] = {}  # (role, attack key) -> what its quantizer applied
+        self.runtimes: dict[str, dict] = {}  # "role @ attack" -> the GGUF file llama.cpp ran (--runtime llama.cpp)
+
+    def in_llama_cpp(self, attack: Attack | None) -> bool:
+        """Under --runtime llama.cpp, the models as they are and their gguf-* quantizations run in llama.cpp;
+        every other attack transforms the weights in torch."""
+        return self.cfg.runtime == "llama.cpp" and (attack is None or runtime_scheme(attack) is not None)
+
+    def load(self, role: str, attack: Attack | None):
+        """The model in `role` under `attack`, in torch or in llama.cpp (`in_llama_cpp`)."""
+        spec = self.specs[role]
+        if not self.in_llama_cpp(attack):
+            return load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
+        from ..quantize.llamacpp import runtime_model
+
+        return runtime_model(spec, "full" if attack is None else runtime_scheme(attack), self.out / "llama.cpp",
+                             fingerprint=self.fingerprints[role])
 
     def work(self, attack: Attack) -> Path:
         return self.out / "attacks" / slug(attack.key)
@@ -230,17 +275,22 @@ class Auditor:
         if corpus is not self.corpus:
             where = where / f"on-{corpus.content_hash[:12]}"
         identity = {"model": self.fingerprints[role], "attack": name}
+        if self.in_llama_cpp(attack):
+            identity["runtime"] = "llama.cpp"
         res = finished_results(corpus, ecfg, ref, where, identity)
         if res is None:
-            spec = self.specs[role]
-            self.ctx.tokenizer = load_tokenizer(spec)
-            model = load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
+            self.ctx.tokenizer = load_tokenizer(self.specs[role])
+            model = self.load(role, attack)
             res = evaluate_model(model, self.ctx.tokenizer, corpus, ecfg, ref, where, identity, self.ctx.show)
             if getattr(model, "quantization_record", None):  # per tensor for gguf schemes
                 atomic_write_json(where / "quantization.json", model.quantization_record)
+            if getattr(model, "runtime_record", None):
+                atomic_write_json(where / "runtime.json", model.runtime_record)
             free(model)
         if (where / "quantization.json").is_file():
             self.applied[(role, name)] = read_json(where / "quantization.json")
+        if identity.get("runtime") and (where / "runtime.json").is_file():
+            self.runtimes[f"{role} @ {name}"] = read_json(where / "runtime.json")
         metrics = dict(res["metrics"])
         asked_alike = attack is None or attack.impl.changes_prompts  # the same weights as at full precision
         own = self.bench.reference_from(res["details"]) if role == self.control.role and asked_alike else None
@@ -419,6 +469,8 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, control
     reference = reference_from_log(bench, cfg.reference_log, corpus, ecfg)
     floors = floor_sources(control, corpus, bench, [m for m in bench.knowledge if m in ecfg.metrics])
     check_control(control, ModelSpec.of(target, load))
+    check_runtime(cfg, [str(target), str(unlearned), *([str(control.model)] if control.model is not None else [])],
+                  attacks, load, say)
     say(control.describe() + (f" ({floor_words(floors, bench)})" if floors else ""))
     started = time.time()
     models = {"target": str(target), "unlearned": str(unlearned)}
@@ -457,6 +509,7 @@ def audit(target: str, unlearned: str, corpus: Corpus, cfg: AuditConfig, control
                                       and place_of(r["family"]) is h] for h in places},
               "full": full, "attacks": rows,
               "bins": bins, "references": {k: asdict(v) for k, v in auditor.refs.items()},
+              "runtimes": auditor.runtimes,
               "benchmark": bench.name, "metrics": {m: bench.label(m) for m in ecfg.metrics},
               "load": {"revision": auditor.ctx.load.revision, "tokenizer": auditor.ctx.load.tokenizer,
                        "adapter_base": auditor.ctx.load.adapter_base, "merge_dtype": auditor.ctx.load.merge_dtype},

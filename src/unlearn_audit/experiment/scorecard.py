@@ -109,7 +109,19 @@ def render(report: dict) -> str:
         if r["family"] not in seen:
             seen.add(r["family"])
             lines.append(f"- {r['family']}: {r['source']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + runtime_lines(report)) + "\n"
+
+
+def runtime_lines(report: dict) -> list[str]:
+    """Under --runtime llama.cpp: which evaluations llama.cpp ran, on which file (sha256) and types."""
+    runtimes = report.get("runtimes") or {}
+    if not runtimes:
+        return []
+    lines = ["", "Run in llama.cpp itself (the other evaluations in torch):", ""]
+    for where, r in runtimes.items():
+        lines.append(f"- {where}: `{r['gguf']}` (sha256 {r['sha256'][:16]}, {r.get('ftype') or r.get('outtype') or 'as given'}; "
+                     f"llama-cpp-python {r.get('llama_cpp_python')})")
+    return lines
 
 
 def plot(report: dict, path: Path) -> Path:
