@@ -1,5 +1,6 @@
 """Grid runs: every cell computed once, a killed run resumes without redoing finished cells."""
 
+import importlib.util
 import json
 import os
 import re
@@ -635,3 +636,32 @@ def test_grid_membership_attacks_are_normalised_by_the_retrained_models_auc(run_
     cell = next(c.id for c in ledger.cells("eval") if c.result["model"] == "retrained")
     own = json.loads((tmp_path / "run" / "evals" / cell / "mia_loss" / "log.json").read_text())
     assert losses == {split: pytest.approx([r["score"] for r in rows]) for split, rows in own.items()}  # its LOSS
+
+
+def test_a_grid_in_llama_cpp_without_the_extra_is_one_line_before_any_work(run_cli, micro_world, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, runtime="llama.cpp")))
+    code, _, err = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and "unlearn-audit[llamacpp]" in err and not (tmp_path / "run").exists()
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(micro_grid(micro_world, runtime="vllm")))
+    code, _, err = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and "runtime must be torch or llama.cpp, not vllm" in err
+
+
+@pytest.mark.llamacpp
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama.cpp: pip install 'unlearn-audit[llamacpp]'")
+def test_a_grid_in_llama_cpp_evaluates_full_precision_and_gguf_there(run_cli, micro_world, micro_target, micro_retrained,
+                                                                    tmp_path):
+    grid = micro_grid(micro_world, methods=["ga_gdr"], schemes=["full", "gguf-q8_0", "rtn-int4-g128"], runtime="llama.cpp")
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid))
+    code, out, _ = run_cli("grid", "--config", tmp_path / "g.yaml", "--out", tmp_path / "run", "--quiet")
+    assert code == 0, out
+    evals = [c for c in Ledger(tmp_path / "run" / "ledger.sqlite").cells("eval")]
+    assert len(evals) == 9  # target, retrained and the run, each at three schemes
+    for c in evals:
+        ran = c.result.get("runtime")
+        if c.config["scheme"] == "rtn-int4-g128":
+            assert ran is None  # llama.cpp does not apply RTN: torch
+        else:
+            assert ran["runtime"] == "llama.cpp" and Path(ran["gguf"]).is_file()
+            assert ran["types"]["blk.0.ffn_down.weight"] == ("q8_0" if c.config["scheme"] == "gguf-q8_0" else "f32")

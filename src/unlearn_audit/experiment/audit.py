@@ -135,12 +135,9 @@ def slug(text: str) -> str:
 
 def runtime_scheme(attack: Attack) -> str | None:
     """The gguf-* scheme llama.cpp applies itself for a quant attack (no importance matrix), else None."""
-    from ..quantize.gguf import parse
+    from ..quantize.llamacpp import runs_scheme
 
-    if attack.family != "quant":
-        return None
-    parsed = parse(attack.params["scheme"])
-    return attack.params["scheme"] if parsed is not None and parsed[1] is None else None
+    return attack.params["scheme"] if attack.family == "quant" and runs_scheme(attack.params["scheme"]) else None
 
 
 def check_runtime(cfg: AuditConfig, models: list[str], attacks: list[Attack], load: LoadOptions | None, say) -> None:

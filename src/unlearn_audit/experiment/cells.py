@@ -224,7 +224,7 @@ def eval_cell(runner, cell) -> dict:
         return same_as_full(runner.result(cfg["full_cell"]), scheme, cfg.get("metrics"))
     tok = load_tokenizer(path)
     ctx = Context(corpus=corpus, tokenizer=tok, show=False)
-    model = load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
+    model = evaluated_model(runner, cell, path, ctx)
     ecfg = EvalConfig(limit=cfg["limit"], batch_size=cfg["batch_size"], **cfg.get("eval", {}),
                       **({"metrics": cfg["metrics"]} if cfg.get("metrics") else {}))
     # the retrained model's evaluation is the reference: its PrivLeak AUC, its AUC of each MIA asked for and,
@@ -242,13 +242,27 @@ def eval_cell(runner, cell) -> dict:
     for name in cfg.get("benchmarks", []):
         add_benchmark(res, name, model, tok, corpus, ecfg, runner, cell)
     applied = getattr(model, "quantization_record", None)  # per tensor for gguf schemes
+    ran = getattr(model, "runtime_record", None)  # the GGUF file llama.cpp ran (runtime: llama.cpp)
     if scheme == "full" and runner.by_id[cfg["model"]].kind == "unlearn":
         del model  # before the target is loaded to judge its retain answers
         fluency = run_fluency(runner, cell, ecfg)
         if fluency:
             res["details"]["fluency"] = fluency
     return {**model_identity(runner, cfg["model"]), "scheme": scheme, "metrics": res["metrics"],
-            "details": res["details"], "seconds": res["seconds"], **({"quantization": applied} if applied else {})}
+            "details": res["details"], "seconds": res["seconds"], **({"quantization": applied} if applied else {}),
+            **({"runtime": ran} if ran else {})}
+
+
+def evaluated_model(runner, cell, path: str, ctx: Context):
+    """The model of an eval cell: in llama.cpp itself where the grid says `runtime: llama.cpp` and llama.cpp
+    applies the scheme (full precision, gguf-* without an importance matrix), else in torch."""
+    scheme = cell.config["scheme"]
+    if cell.config.get("runtime") == "llama.cpp":
+        from ..quantize.llamacpp import runs_scheme, runtime_model
+
+        if runs_scheme(scheme):
+            return runtime_model(path, scheme, runner.run_dir / "llama.cpp")
+    return load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
 
 
 def run_fluency(runner, cell, ecfg: EvalConfig) -> dict | None:

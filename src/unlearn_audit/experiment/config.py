@@ -73,6 +73,10 @@ class GridConfig:
         "help": "opt-in MUSE metrics the scheme columns also measure, e.g. the membership-inference attacks "
                 "[mia_loss, mia_zlib, mia_min_k, mia_min_k_plus_plus, mia_reference, mia_gradnorm] "
                 "(docs/metrics.md): AUCs per model and scheme in results.json, normalised by the retrained model's"})
+    runtime: str = field(default="torch", metadata={
+        "help": "torch, or llama.cpp: every model at full precision and under the gguf-* schemes without an "
+                "importance matrix is evaluated in llama.cpp itself (the [llamacpp] extra; docs/quantization.md); "
+                "other schemes and attacks run in torch"})
     workers: int = 1
 
     def validate(self) -> None:
@@ -108,6 +112,12 @@ class GridConfig:
             raise UserError(f"method_overrides names method(s) not in the grid: {', '.join(sorted(unknown))}")
         if self.workers < 1:
             raise UserError("workers must be at least 1")
+        if self.runtime not in ("torch", "llama.cpp"):
+            raise UserError(f"runtime must be torch or llama.cpp, not {self.runtime}")
+        if self.runtime == "llama.cpp":
+            from ..quantize.llamacpp import require
+
+            require()  # before any work: the extra, in one line
         if self.retrained is not None and self.target is None:
             raise UserError("a retrained model needs its target: give `target` too (or neither, and the tiny "
                             "models are trained)")

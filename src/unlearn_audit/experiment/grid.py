@@ -158,7 +158,8 @@ def plan(cfg: GridConfig) -> list[CellSpec]:
     cells.extend(run for run, _ in runs)
     eval_common = {"corpus": corpus.id, "limit": cfg.eval_limit, "batch_size": cfg.eval_batch_size,
                    **({"eval": cfg.eval} if cfg.eval else {}), **({"benchmarks": cfg.benchmarks} if cfg.benchmarks else {}),
-                   **({"metrics": [*EvalConfig().metrics, *cfg.extra_metrics]} if cfg.extra_metrics else {})}
+                   **({"metrics": [*EvalConfig().metrics, *cfg.extra_metrics]} if cfg.extra_metrics else {}),
+                   **({"runtime": cfg.runtime} if cfg.runtime != "torch" else {})}
     refs = {}
     for seed, pair in models.items():
         refs[seed] = spec("eval", {**eval_common, "model": pair["retrained"].id, "scheme": "full"},

@@ -373,6 +373,15 @@ def stopped(criterion, new: list[int]) -> bool:
 # ----------------------------------------------------------------------------- a model at a scheme
 
 
+def runs_scheme(scheme: str) -> bool:
+    """Whether llama.cpp itself applies `scheme`: full precision and the gguf-* file types without an
+    importance matrix (other schemes, and the attacks, transform the weights in torch)."""
+    from .gguf import parse
+
+    parsed = parse(scheme) if scheme != "full" else None
+    return scheme == "full" or (parsed is not None and parsed[1] is None)
+
+
 def runtime_source(spec, scheme: str) -> Path:
     """The file or folder llama.cpp will run for the model argument `spec` at `scheme`, checked before any
     work: the extra installed, the scheme one llama.cpp applies, the model a GGUF file (a package's shipped
@@ -384,7 +393,7 @@ def runtime_source(spec, scheme: str) -> Path:
     require()
     spec = ModelSpec.of(spec)
     parsed = parse(scheme) if scheme != "full" else None
-    if scheme != "full" and (parsed is None or parsed[1] is not None):
+    if not runs_scheme(scheme):
         raise UserError(f"--runtime llama.cpp evaluates full precision and the gguf-* schemes without an importance "
                         f"matrix; {scheme} runs in torch (without --runtime)")
     if spec.kind in (Kind.GGUF, Kind.PACKAGE):
