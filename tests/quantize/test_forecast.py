@@ -113,6 +113,7 @@ def test_the_survival_is_the_gradient_weighted_ratio(micro_target, micro_world, 
     unlearned = edited(micro_target, tmp_path / "u", crossing)
     texts = Corpus(micro_world).raw("forget")
     r = first_order_forecast(micro_target, unlearned, "rtn-int4-g128", texts)
+    assert r["scheme"] == "rtn-int4-g128" and r["texts"] == len(texts)
     num, den = recomputed(micro_target, unlearned, texts)["mid"]
     assert r["first_order_survival"] == pytest.approx(num / den, rel=1e-4)
     assert 0.0 < r["first_order_survival"]
@@ -152,13 +153,39 @@ def test_a_tokenizer_without_pad_or_eos_is_refused():
     class NoPad:
         pad_token_id = None
 
-    with pytest.raises(UserError, match="neither a pad nor an EOS token"):
+    with pytest.raises(UserError) as err:
         forget_gradient(None, NoPad(), ["text"])
+    assert str(err.value) == "the tokenizer has neither a pad nor an EOS token to pad the forget texts with"
+
+
+def test_a_corpus_without_forget_texts_is_refused_in_its_own_words(micro_target):
+    from unlearn_audit.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        first_order_forecast(micro_target, micro_target, "rtn-int4-g128", [])
+    assert str(err.value) == "the first-order forecast needs forget texts; the corpus has none"
 
 
 def test_no_update_has_no_first_order_survival(micro_target, micro_world):
-    r = first_order_forecast(micro_target, micro_target, "rtn-int4-g128", Corpus(micro_world).raw("forget"))
-    assert r["first_order_survival"] is None and "does not change the forget loss" in r["note"]
+    texts = Corpus(micro_world).raw("forget")
+    r = first_order_forecast(micro_target, micro_target, "rtn-int4-g128", texts)
+    assert r == {"scheme": "rtn-int4-g128", "first_order_survival": None, "texts": len(texts),
+                 "note": "the update does not change the forget loss to first order"}
+
+
+def test_storage_rounding_is_read_only_where_both_models_store_the_tensor():
+    from unlearn_audit.quantize.forecast import rounding_of
+
+    class Stored:
+        def __init__(self, dtypes):
+            self.where, self.dtypes = dict.fromkeys(dtypes), dtypes
+
+        def dtype(self, name):
+            return self.dtypes[name]
+
+    t32, u16 = Stored({"a": "F32", "b": "F32"}), Stored({"a": "BF16", "c": "BF16"})  # safetensors dtype names
+    assert rounding_of(t32, u16, "a") == torch.bfloat16  # the fp32 target compared in the unlearned model's bf16
+    assert rounding_of(t32, u16, "b") is None and rounding_of(t32, u16, "c") is None and rounding_of(t32, u16, "d") is None
 
 
 def test_a_bf16_copy_of_an_fp32_target_made_no_update(micro_target, micro_world, tmp_path):
