@@ -414,8 +414,7 @@ def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str]:
     from ..models.spec import Kind, ModelSpec
     from .gguf import parse
 
-    parsed = parse(scheme)
-    if parsed is None or parsed[1] is not None:
+    if scheme == "full" or not runs_scheme(scheme):
         raise UserError(f"--format gguf writes the gguf-* schemes without an importance matrix; {scheme} is written as "
                         "a dequantized model folder (without --format)")
     if Path(out).suffix != ".gguf":
@@ -424,7 +423,7 @@ def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str]:
     if spec.kind is not Kind.FOLDER:
         raise UserError(f"--format gguf converts a local model folder; {spec} is a {spec.kind.value} argument")
     read_config(spec.path)
-    return spec.path, parsed[0]
+    return spec.path, parse(scheme)[0]
 
 
 def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None,
