@@ -54,13 +54,17 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> dict[str, Path]:
-    """The real model: its GGUF file and a safetensors folder converted from it once per session."""
+def smollm2(isolated_cache) -> dict[str, Path]:
+    """The real model: its GGUF file and a safetensors folder converted from it once per session by the
+    `convert` command, written where `package:smollm2` looks for its conversion, so the grids and checks
+    that name the package reuse it instead of converting again."""
     from unlearn_audit.cli import main
+    from unlearn_audit.models.packaged import converted_folder
 
     gguf = smollm2_gguf()
-    folder = tmp_path_factory.mktemp("smollm2") / "model"
-    assert main(["convert", "--model", str(gguf), "--out", str(folder), "--dtype", "fp32"]) == 0
+    folder = converted_folder("package:smollm2")
+    if not (folder / "config.json").is_file():
+        assert main(["convert", "--model", str(gguf), "--out", str(folder), "--dtype", "fp32"]) == 0
     return {"gguf": gguf, "folder": folder}
 
 

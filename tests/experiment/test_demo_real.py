@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def reduced_demo(tmp_path_factory):
+def reduced_demo(tmp_path_factory, smollm2):  # smollm2: the session's one conversion of the package
     from unlearn_audit.cli import main
 
     root = tmp_path_factory.mktemp("real demo")

@@ -392,11 +392,13 @@ def test_ctrl_c_stops_the_workers_keeps_finished_cells_and_says_how_to_resume(mi
     """Ctrl-C while both workers are mid-training (each unlearning run has saved a checkpoint and has
     hundreds of epochs to go, so the signal always lands mid-run; a grid of short runs could finish between
     the test's last look and the signal, as it did in full-suite runs): exit 130, the resume line, the
-    finished cells kept, the running ones given back."""
+    finished cells kept, the running ones given back. The grid names the session's micro models: without a
+    target it would train its own under the portable arithmetic (utils/arithmetic.py), 25 s more."""
     grid_file = tmp_path / "g.yaml"
     grid_file.write_text(yaml.safe_dump(micro_grid(micro_world, methods=["ga", "npo"], schemes=["full"],
                                                    bins_schemes=[], unlearn={"epochs": 400, "batch_size": 4},
-                                                   workers=2)))
+                                                   workers=2, recipe={}, target=str(micro_target),
+                                                   retrained=str(micro_retrained))))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "unlearn_audit.cli", "grid", "--config", str(grid_file), "--out", str(out)]
     proc = subprocess.Popen(cmd, env={**os.environ, "UNLEARN_AUDIT_THREADS": "2"}, stdout=subprocess.PIPE,
