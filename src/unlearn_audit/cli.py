@@ -202,13 +202,25 @@ def cmd_quantize(args) -> int:
 
 
 def write_gguf_file(args) -> int:
-    """`quantize --format gguf`: the .gguf file llama.cpp's converter and quantize would write, without them."""
+    """`quantize --format gguf`: the .gguf file llama.cpp's converter and quantize would write, without them;
+    an -imatrix-* scheme's matrix computed on the --calibration corpus part it names, or read from its file."""
+    from .data.corpus import Corpus
+    from .models.loading import load_model, load_tokenizer
+    from .quantize import calibration_for
     from .quantize.gguf import applied_label
+    from .quantize.imatrix import importance_of
     from .quantize.llamacpp import gguf_file_source, write_gguf
 
-    folder, ftype = gguf_file_source(model_spec(args), args.scheme, args.out)
+    folder, ftype, source = gguf_file_source(model_spec(args), args.scheme, args.out)
+    corpus = Corpus.open(args.calibration) if args.calibration else None
+    texts = calibration_for(args.scheme, corpus)  # a missing corpus or part refused before any work
     started = time.time()
-    info = write_gguf(folder, args.out, ftype=ftype)
+    matrix, about = None, None
+    if source is not None:
+        matrix, computed = importance_of(load_model(folder, "fp32"), args.scheme, source, load_tokenizer(folder), texts)
+        about = {"file": computed.get("file"), "chunks": computed.get("chunks"),
+                 "dataset": f"{source} texts of {args.calibration}" if texts else None}
+    info = write_gguf(folder, args.out, ftype=ftype, imatrix=matrix, imatrix_info=about)
     print(f"{applied_label(args.scheme, info['types'])} written to {args.out} ({time.time() - started:.1f}s)")
     return 0
 
@@ -513,14 +525,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model folder (RTN, bitsandbytes, GPTQ, AWQ, HQQ)")
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--scheme", required=True, help="e.g. rtn-int4-g128, rtn-int8-channel, bnb-nf4, gptq-int4-g128")
-    p.add_argument("--calibration", help="corpus whose retain texts calibrate GPTQ/AWQ")
+    p.add_argument("--calibration", help="corpus whose retain texts calibrate GPTQ/AWQ (and whose part a gguf "
+                   "-imatrix-retain/-imatrix-forget scheme names)")
     p.add_argument("--calibration-samples", type=int, default=64, help="calibration texts (default 64)")
     p.add_argument("--dtype", default="fp32", choices=list(LOAD_DTYPES), help="dtype to load in")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--out", required=True, help="folder for the quantized model (a .gguf file with --format gguf)")
     p.add_argument("--format", choices=("folder", "gguf"), default="folder",
                    help="folder: the dequantized model as safetensors (default); gguf: a gguf-* scheme as the .gguf "
-                        "file llama.cpp's converter and quantize write (Llama-style folders)")
+                        "file llama.cpp's converter and quantize write (Llama-style folders; an importance matrix as "
+                        "llama-quantize --imatrix applies it)")
     add_load_flags(p)
     add_quantize_flags(p)
     p.set_defaults(func=cmd_quantize)

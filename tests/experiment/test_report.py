@@ -192,3 +192,22 @@ def test_utility_constrained_methods_are_those_with_a_retain_term():
 
     assert [m for m in ("ga", "ga_gdr", "npo_klr", "rmu", "simnpo", "simnpo_gdr", "sure", "qat", "bogus")
             if constrained(m)] == ["ga_gdr", "npo_klr", "rmu", "simnpo_gdr", "sure"]
+
+
+def test_gguf_columns_say_what_llama_cpp_applied_read_from_the_target():
+    from types import SimpleNamespace
+
+    def cell(model, scheme, applied, status="done"):
+        result = {"model": model, "scheme": scheme,
+                  **({"quantization": {"applied": applied}} if applied else {})}
+        return SimpleNamespace(status=status, result=result)
+
+    class Cells:
+        def cells(self, kind):
+            assert kind == "eval"
+            return [cell("ga_gdr", "gguf-q4_k_m", "gguf-q4_k_m (applied: q5_0 x9)"),
+                    cell("target", "gguf-q4_k_m", "gguf-q4_k_m (applied: q5_0 x8, q8_0 x4)"),
+                    cell("target", "rtn-int4-g128", None),
+                    cell("target", "gguf-q8_0", "gguf-q8_0 (applied: q8_0 x12)", status="failed")]
+
+    assert report_tables.applied_lines(Cells()) == ["Q4_K_M = gguf-q4_k_m (applied: q5_0 x8, q8_0 x4)"]

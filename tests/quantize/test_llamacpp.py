@@ -105,8 +105,8 @@ def test_quantize_writes_a_gguf_file_and_says_what_it_applied(run_cli, micro_tar
 
 
 @pytest.mark.parametrize("scheme, out, message", [
-    ("rtn-int4-g128", "m.gguf", "without an importance matrix; rtn-int4-g128 is written as a dequantized model folder"),
-    ("gguf-q4_k_m-imatrix-retain", "m.gguf", "without an importance matrix"),
+    ("rtn-int4-g128", "m.gguf", "writes the gguf-* schemes; rtn-int4-g128 is written as a dequantized model folder"),
+    ("gguf-q4_k_m-imatrix-retain", "m.gguf", "calibrates on data: pass --calibration CORPUS"),
     ("gguf-q8_0", "m", "give --out a path ending in .gguf"),
 ])
 def test_quantize_to_gguf_refuses_what_it_cannot_write_in_one_line(run_cli, micro_target, tmp_path, scheme, out, message):
@@ -235,17 +235,20 @@ def test_an_f32_file_in_llama_cpp_gives_torchs_greedy_choices(micro_target, tmp_
     assert model.runtime_record["types"]["blk.0.ffn_up.weight"] == "f32"
 
 
-def assert_holds_the_twins_values(path: Path, micro_target: Path, ftype: str, types: dict[str, str]) -> int:
+def assert_holds_the_twins_values(path: Path, micro_target: Path, ftype: str, types: dict[str, str],
+                                  scheme: str | None = None, corpus=None) -> int:
     """Every tensor of the GGUF file `path` has the type the twin's mix gives it (also in `types`, the writer's
-    record) and dequantizes to exactly the twin's values (quantize/gguf.py) for the same model; returns how
-    many quantized tensors were compared."""
+    record) and dequantizes to exactly the twin's values (quantize/gguf.py) for the same model (`scheme`,
+    default gguf-<ftype>, its importance matrix computed on `corpus`); returns how many quantized tensors
+    were compared."""
     import gguf
 
+    from unlearn_audit.models.loading import load_tokenizer
     from unlearn_audit.quantize import model_at
     from unlearn_audit.quantize.ggml_mix import hf_to_gguf_name
 
     files = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
-    twin = model_at(str(micro_target), f"gguf-{ftype}")
+    twin = model_at(str(micro_target), scheme or f"gguf-{ftype}", tokenizer=load_tokenizer(micro_target), corpus=corpus)
     weights = dict(twin.named_parameters())
     config = json.loads((micro_target / "config.json").read_text())
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
@@ -277,6 +280,32 @@ def test_a_quantized_file_written_without_llama_cpp_holds_the_twins_values(micro
     fields = gguf.GGUFReader(str(tmp_path / "q.gguf")).fields
     assert int(fields["general.file_type"].parts[-1][0]) == llamacpp.FTYPE_IDS[ftype]
     assert int(fields["general.quantization_version"].parts[-1][0]) == gguf.GGML_QUANT_VERSION
+
+
+def test_an_imatrix_file_holds_the_twins_values_and_says_what_calibrated_it(run_cli, micro_target, micro_world,
+                                                                            tmp_path):
+    """`quantize --scheme gguf-q4_k_m-imatrix-forget --format gguf --calibration C`: the matrix computed on the
+    forget texts weights every block's search as in the twin, and the file carries llama-quantize's keys."""
+    import gguf
+
+    from unlearn_audit.data.corpus import Corpus
+
+    scheme = "gguf-q4_k_m-imatrix-forget"
+    code, out, err = run_cli("quantize", "--model", str(micro_target), "--scheme", scheme, "--format", "gguf",
+                             "--calibration", str(micro_world), "--out", str(tmp_path / "m.gguf"))
+    assert code == 0, err
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    types = {t.name: t.tensor_type.name.lower() for t in reader.tensors}
+    config = json.loads((micro_target / "config.json").read_text())
+    assert assert_holds_the_twins_values(tmp_path / "m.gguf", micro_target, "q4_k_m", types, scheme,
+                                         Corpus(micro_world)) >= 7 * config["num_hidden_layers"]
+    fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("quantize.imatrix.")}
+    assert fields["quantize.imatrix.entries_count"] == 7 * config["num_hidden_layers"]  # every linear but the head
+    assert fields["quantize.imatrix.chunks_count"] >= 1 and "forget texts" in fields["quantize.imatrix.dataset"]
+    plain = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(write_gguf(micro_target, tmp_path / "p.gguf",
+                                                                              ftype="q4_k_m")["gguf"])).tensors}
+    weighted = {t.name: bytes(t.data) for t in reader.tensors}
+    assert sum(plain[n] != weighted[n] for n in plain) >= 4 * config["num_hidden_layers"]  # the matrix moved blocks
 
 
 @pytest.mark.llamacpp

@@ -333,19 +333,10 @@ def load_gguf_twin(spec, q: Quantization):
 
 
 def importance_matrix(model, q: Quantization) -> tuple[dict | None, dict]:
-    """The scheme's importance matrix for the loaded (unquantized) model: computed on the calibration texts
-    (the corpus part it names) or read from its file; (None, {}) without one."""
+    """The scheme's importance matrix for the loaded (unquantized) model (imatrix.importance_of)."""
     from . import imatrix
 
-    source = q.scheme.imatrix
-    if source is None:
-        return None, {}
-    if source not in ("retain", "forget"):
-        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        return imatrix.imatrix_for_model(source, shapes), {"file": str(source)}
-    if q.tokenizer is None or not q.calibration_texts:
-        raise UserError(f"{q.scheme.name} computes its importance matrix on the corpus's {source} texts: pass a corpus")
-    return imatrix.compute_imatrix(model, q.tokenizer, q.calibration_texts)
+    return imatrix.importance_of(model, q.scheme.name, q.scheme.imatrix, q.tokenizer, q.calibration_texts)
 
 
 @register_backend("fp8", "mxfp4", "nvfp4")

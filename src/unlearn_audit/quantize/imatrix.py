@@ -99,6 +99,19 @@ def compute_imatrix(model, tokenizer, texts: list[str], n_ctx: int = N_CTX,
     return matrix, info
 
 
+def importance_of(model, scheme: str, source: str | None, tokenizer, texts: list[str] | None) -> tuple[dict | None, dict]:
+    """The importance matrix a gguf scheme names, for the loaded (unquantized) model: computed on the
+    calibration texts (the corpus part `source` names) or read from its file; (None, {}) without one."""
+    if source is None:
+        return None, {}
+    if source not in ("retain", "forget"):
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        return imatrix_for_model(source, shapes), {"file": str(source)}
+    if tokenizer is None or not texts:
+        raise UserError(f"{scheme} computes its importance matrix on the corpus's {source} texts: pass a corpus")
+    return compute_imatrix(model, tokenizer, texts)
+
+
 # ----------------------------------------------------------------------------- files llama-imatrix wrote
 
 

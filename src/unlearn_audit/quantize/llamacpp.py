@@ -152,15 +152,18 @@ def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
     return tokens, types, merges
 
 
-def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype: str | None = None) -> dict:
+def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype: str | None = None,
+               imatrix: dict[str, np.ndarray] | None = None, imatrix_info: dict | None = None) -> dict:
     """Write the Llama-style model `folder` as a GGUF file `out`: unquantized in `outtype`, or, with `ftype`
     ('q4_k_m', 'q8_0', ...), what `convert_hf_to_gguf.py --outtype auto` + `llama-quantize` write, without
     llama.cpp: each tensor's type from ggml_mix.py, its blocks from the byte-exact port ggml_quants.py.
-    Returns what was written (with `types`: {GGUF name: ggml type})."""
+    `imatrix` ({Hugging Face weight name: per-column importance}) is what `llama-quantize --imatrix` reads:
+    the type mix's imatrix rules, the weighted block search, and the `quantize.imatrix.*` keys it writes
+    (`imatrix_info`: `file` or `dataset`, `chunks`). Returns what was written (`types`: {GGUF name: type})."""
     import gguf
 
     from ..models.loading import load_tokenizer
-    from .ggml_mix import FTYPES, tensor_types
+    from .ggml_mix import FTYPES, hf_to_gguf_name, tensor_types
 
     folder, out = Path(folder), Path(out)
     if outtype not in OUTTYPES:
@@ -171,8 +174,12 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype
     tensors = gguf_tensors(folder, config)
     kind = source_outtype(tensors) if outtype == "auto" or ftype is not None else outtype
     shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+    if imatrix is not None and ftype is None:
+        raise UserError("an importance matrix applies to a quantized file type (ftype)")
     qtypes = ({n: ("f32" if t.dim() < 2 else kind) for n, t in tensors.items()} if ftype is None else
-              tensor_types(shapes, ftype, config["num_hidden_layers"], source_type=kind))
+              tensor_types(shapes, ftype, config["num_hidden_layers"], has_imatrix=imatrix is not None,
+                           source_type=kind))
+    importance = {hf_to_gguf_name(n): v for n, v in (imatrix or {}).items()}
     tok = load_tokenizer(folder)
     tokens, types, merges = vocabulary(tok, config["vocab_size"])
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
@@ -182,6 +189,14 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype
     w.add_file_type(FTYPE_IDS[ftype or kind])
     if ftype is not None:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if imatrix is not None:  # the keys llama-quantize adds with an imatrix (tools/quantize; integers as uint32)
+        info = imatrix_info or {}
+        for key in ("file", "dataset"):
+            if info.get(key):
+                w.add_string(f"quantize.imatrix.{key}", str(info[key]))
+        w.add_uint32("quantize.imatrix.entries_count", len(importance))
+        if info.get("chunks"):
+            w.add_uint32("quantize.imatrix.chunks_count", int(info["chunks"]))
     w.add_block_count(config["num_hidden_layers"])
     w.add_context_length(config["max_position_embeddings"])
     w.add_embedding_length(config["hidden_size"])
@@ -205,7 +220,7 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype
             getattr(w, f"add_{key}_token_id")(value)
     try:
         for name, t in tensors.items():
-            array, kwargs = encoded(t, qtypes[name], kind)
+            array, kwargs = encoded(t, qtypes[name], kind, importance.get(name))
             w.add_tensor(name, array, **kwargs)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -214,13 +229,14 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)  # nothing half-written stays behind
-    return {"gguf": str(out), "outtype": kind, "ftype": ftype, "tensors": len(tensors), "types": qtypes}
+    return {"gguf": str(out), "outtype": kind, "ftype": ftype, "tensors": len(tensors), "types": qtypes,
+            "imatrix_entries": len(importance) if imatrix is not None else None}
 
 
-def encoded(t: torch.Tensor, qtype: str, source: str = "f32") -> tuple[np.ndarray, dict]:
+def encoded(t: torch.Tensor, qtype: str, source: str = "f32", imatrix: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """(array, GGUFWriter keyword arguments) for one tensor in ggml type `qtype` ('f32', 'f16', 'bf16' or a
     quantized type, whose blocks are computed from the weights rounded to the converted file's `source`
-    type, as llama-quantize reads them)."""
+    type, as llama-quantize reads them, weighted by the tensor's importance matrix where given)."""
     import gguf
 
     from .ggml_quants import quantize_rows
@@ -233,7 +249,7 @@ def encoded(t: torch.Tensor, qtype: str, source: str = "f32") -> tuple[np.ndarra
         return x.numpy().astype(np.float16), {}
     if qtype == "bf16":
         return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16), {"raw_dtype": gguf.GGMLQuantizationType.BF16}
-    blocks = quantize_rows(round_to_source(x, source).numpy(), qtype)
+    blocks = quantize_rows(round_to_source(x, source).numpy(), qtype, imatrix)
     return blocks.reshape(x.shape[0], -1), {"raw_dtype": gguf.GGMLQuantizationType[qtype.upper()]}
 
 
@@ -408,22 +424,24 @@ def runtime_source(spec, scheme: str) -> Path:
     return spec.path
 
 
-def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str]:
-    """`quantize --format gguf`: (the Llama-style local folder, the ggml file type) for writing `out`, checked
-    before any work (one line for a scheme, output path or model the writer does not take)."""
+def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str, str | None]:
+    """`quantize --format gguf`: (the Llama-style local folder, the ggml file type, the importance matrix's
+    source or None) for writing `out`, checked before any work (one line for a scheme, output path or model
+    the writer does not take)."""
     from ..models.spec import Kind, ModelSpec
     from .gguf import parse
 
-    if scheme == "full" or not runs_scheme(scheme):
-        raise UserError(f"--format gguf writes the gguf-* schemes without an importance matrix; {scheme} is written as "
-                        "a dequantized model folder (without --format)")
+    parsed = parse(scheme) if scheme != "full" else None
+    if parsed is None:
+        raise UserError(f"--format gguf writes the gguf-* schemes; {scheme} is written as a dequantized model folder "
+                        "(without --format)")
     if Path(out).suffix != ".gguf":
         raise UserError(f"--format gguf writes one file: give --out a path ending in .gguf, not {out}")
     spec = ModelSpec.of(spec)
     if spec.kind is not Kind.FOLDER:
         raise UserError(f"--format gguf converts a local model folder; {spec} is a {spec.kind.value} argument")
     read_config(spec.path)
-    return spec.path, parse(scheme)[0]
+    return spec.path, parsed[0], parsed[1]
 
 
 def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None,

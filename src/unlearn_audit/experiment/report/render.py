@@ -22,6 +22,7 @@ from ..ledger import Ledger, PlannedCells
 from .plots import plot_knowledge, plot_retained_bars
 from .rows import aggregate, bins_by_label, bins_rows, is_quantization, label_rows, rows_from_ledger
 from .tables import (
+    applied_lines,
     attack_table,
     bins_lines,
     degrid_lines,
@@ -64,6 +65,7 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
             "quality": model_quality(ledger),
             "degrid": degrid_lines(ledger),
             "target_quantized": target_under_quantization(agg, schemes),
+            "applied": applied_lines(ledger),
             "failures": failures(ledger),
             "benchmarks": other_benchmarks(rows, schemes),
             "counts": ledger.counts(),
@@ -111,6 +113,9 @@ def render(run_dir: str | Path, schemes: list[str], title: str = "unlearn-audit 
     if pieces["target_quantized"]:
         md += ["", "The target's own change under each quantizer (recovery is measured against the quantized "
                "target):", ""] + [f"- {line}" for line in pieces["target_quantized"]]
+    if pieces["applied"]:
+        md += ["", "What each GGUF scheme applied, tensors per llama.cpp type (its type mix and its fallbacks for rows "
+               "not a multiple of 256 wide; tensors kept in F32 not counted):", ""] + [f"- {line}" for line in pieces["applied"]]
     for title, table in pieces["benchmarks"].items():
         md += ["", f"## The same models on {title} (docs/benchmarks.md)", "",
                "Per unlearned run (seeds averaged): the benchmark's forget-knowledge metrics as the share of what the "

@@ -213,6 +213,19 @@ def target_under_quantization(agg: list[dict], schemes: list[str]) -> list[str]:
     return out
 
 
+def applied_lines(ledger) -> list[str]:
+    """What each gguf scheme applied per tensor (llama.cpp's type mix and width fallbacks: a 576-wide
+    model's "Q4_K_M" is mostly Q5_0), read from the target's evaluation, so a table's column is labelled by
+    what was actually applied."""
+    out = {}
+    for cell in ledger.cells("eval"):
+        r = cell.result if cell.status == "done" else None
+        applied = ((r or {}).get("quantization") or {}).get("applied")
+        if applied and (r["scheme"] not in out or r["model"] == "target"):
+            out[r["scheme"]] = f"{precision_label(r['scheme'])} = {applied}"
+    return [out[s] for s in sorted(out)]
+
+
 def model_quality(ledger) -> list[str]:
     out = []
     for cell in ledger.cells("model"):
