@@ -84,12 +84,13 @@ def test_runtime_without_the_extra_is_one_line_and_exit_2(run_cli, micro_target,
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.parametrize("scheme, message", [("rtn-int4-g128", "runs in torch"),
-                                             ("gguf-q4_k_m-imatrix-retain", "without an importance matrix")])
+@pytest.mark.parametrize("scheme, message", [("rtn-int4-g128", "rtn-int4-g128 runs in torch"),
+                                             ("nvfp4", "nvfp4 runs in torch")])
 def test_schemes_llama_cpp_does_not_apply_are_refused(micro_target, scheme, message, monkeypatch):
     monkeypatch.setattr(llamacpp, "require", lambda: None)
     with pytest.raises(UserError, match=message):
         llamacpp.runtime_source(str(micro_target), scheme)
+    assert llamacpp.runtime_source(str(micro_target), "gguf-q4_k_m-imatrix-retain") == micro_target
 
 
 def test_quantize_writes_a_gguf_file_and_says_what_it_applied(run_cli, micro_target, tmp_path):
@@ -324,6 +325,24 @@ def test_llama_cpp_quantizes_every_tensor_as_the_twin_does(micro_target, tmp_pat
     theirs = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
     ours = {t.name: bytes(t.data) for t in gguf.GGUFReader(str(tmp_path / "ours.gguf")).tensors}
     assert ours == theirs
+
+
+@pytest.mark.llamacpp
+@needs_llama_cpp
+def test_an_imatrix_scheme_runs_in_llama_cpp_from_the_ports_file(run_cli, micro_target, micro_world, tmp_path):
+    """llama.cpp's quantize takes no importance matrix through the binding: the file llama.cpp runs is the
+    port's (`quantize --format gguf`), holding the twin's values for the same scheme and corpus."""
+    from unlearn_audit.data.corpus import Corpus
+
+    scheme, out = "gguf-q4_k_m-imatrix-retain", tmp_path / "e"
+    code, _, err = run_cli("eval", "--model", str(micro_target), "--corpus", str(micro_world), "--runtime", "llama.cpp",
+                           "--quantize", scheme, "--limit", "4", "--metrics", "knowmem_f", "--out", str(out), "--quiet")
+    assert code == 0, err
+    runtime = json.loads((out / "metrics.json").read_text())["runtime"]
+    assert runtime["imatrix"] == {"source": "retain", "texts": len(Corpus(micro_world).raw("retain"))}
+    config = json.loads((micro_target / "config.json").read_text())
+    assert assert_holds_the_twins_values(Path(runtime["gguf"]), micro_target, "q4_k_m", runtime["types"], scheme,
+                                         Corpus(micro_world)) >= 7 * config["num_hidden_layers"]
 
 
 @pytest.mark.llamacpp

@@ -326,7 +326,7 @@ def evaluate_to_folder(model_path, corpus: Corpus, cfg: EvalConfig, out: str | P
     if runtime == "llama.cpp":
         from ..quantize.llamacpp import runtime_model
 
-        model = runtime_model(model_path, scheme, out / "llama.cpp", fingerprint=fingerprint)
+        model = runtime_model(model_path, scheme, out / "llama.cpp", fingerprint=fingerprint, corpus=corpus)
     else:
         model = model_at(model_path, scheme, opts, qopts, dtype, device, tok, corpus)
     adapter = merged_adapter(model)

@@ -134,7 +134,7 @@ def slug(text: str) -> str:
 
 
 def runtime_scheme(attack: Attack) -> str | None:
-    """The gguf-* scheme llama.cpp applies itself for a quant attack (no importance matrix), else None."""
+    """The gguf-* scheme llama.cpp runs itself for a quant attack, else None."""
     from ..quantize.llamacpp import runs_scheme
 
     return attack.params["scheme"] if attack.family == "quant" and runs_scheme(attack.params["scheme"]) else None
@@ -215,7 +215,7 @@ class Auditor:
         from ..quantize.llamacpp import runtime_model
 
         return runtime_model(spec, "full" if attack is None else runtime_scheme(attack), self.out / "llama.cpp",
-                             fingerprint=self.fingerprints[role])
+                             fingerprint=self.fingerprints[role], corpus=self.ctx.corpus)
 
     def work(self, attack: Attack) -> Path:
         return self.out / "attacks" / slug(attack.key)

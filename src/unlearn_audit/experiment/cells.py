@@ -255,13 +255,13 @@ def eval_cell(runner, cell) -> dict:
 
 def evaluated_model(runner, cell, path: str, ctx: Context):
     """The model of an eval cell: in llama.cpp itself where the grid says `runtime: llama.cpp` and llama.cpp
-    applies the scheme (full precision, gguf-* without an importance matrix), else in torch."""
+    runs the scheme (full precision, the gguf-* file types), else in torch."""
     scheme = cell.config["scheme"]
     if cell.config.get("runtime") == "llama.cpp":
         from ..quantize.llamacpp import runs_scheme, runtime_model
 
         if runs_scheme(scheme):
-            return runtime_model(path, scheme, runner.run_dir / "llama.cpp")
+            return runtime_model(path, scheme, runner.run_dir / "llama.cpp", corpus=ctx.corpus)
     return load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
 
 

@@ -389,13 +389,30 @@ def stopped(criterion, new: list[int]) -> bool:
 # ----------------------------------------------------------------------------- a model at a scheme
 
 
+def imatrix_file(src: Path, scheme: str, ftype: str, source: str, corpus, work: Path, key: str) -> tuple[Path, dict]:
+    """(the GGUF file of an -imatrix-* scheme, what calibrated it), written once per model, scheme and
+    calibration texts: the matrix computed on the folder's own model in torch, as the twin computes it."""
+    from ..models.loading import load_model, load_tokenizer
+    from ..utils.io import sha256_json
+    from .backends import calibration_for
+    from .imatrix import importance_of
+
+    texts = calibration_for(scheme, corpus)
+    file = work / f"{key}-{ftype}-imatrix-{sha256_json([scheme, texts])[:12]}.gguf"
+    if not file.is_file():
+        matrix, computed = importance_of(load_model(src, "fp32"), scheme, source, load_tokenizer(src), texts)
+        write_gguf(src, file, ftype=ftype, imatrix=matrix,
+                   imatrix_info={"file": computed.get("file"), "chunks": computed.get("chunks"),
+                                 "dataset": f"{source} texts" if texts else None})
+    return file, {"source": source, "texts": len(texts) if texts else None}
+
+
 def runs_scheme(scheme: str) -> bool:
-    """Whether llama.cpp itself applies `scheme`: full precision and the gguf-* file types without an
-    importance matrix (other schemes, and the attacks, transform the weights in torch)."""
+    """Whether llama.cpp runs `scheme` itself: full precision and every gguf-* file type (other schemes, and
+    the attacks, transform the weights in torch)."""
     from .gguf import parse
 
-    parsed = parse(scheme) if scheme != "full" else None
-    return scheme == "full" or (parsed is not None and parsed[1] is None)
+    return scheme == "full" or parse(scheme) is not None
 
 
 def runtime_source(spec, scheme: str) -> Path:
@@ -410,8 +427,8 @@ def runtime_source(spec, scheme: str) -> Path:
     spec = ModelSpec.of(spec)
     parsed = parse(scheme) if scheme != "full" else None
     if not runs_scheme(scheme):
-        raise UserError(f"--runtime llama.cpp evaluates full precision and the gguf-* schemes without an importance "
-                        f"matrix; {scheme} runs in torch (without --runtime)")
+        raise UserError(f"--runtime llama.cpp evaluates full precision and the gguf-* schemes; {scheme} runs in torch "
+                        "(without --runtime)")
     if spec.kind in (Kind.GGUF, Kind.PACKAGE):
         if parsed is not None:
             raise UserError(f"--runtime llama.cpp runs a GGUF file as it is; to quantize it to {scheme}, convert it "
@@ -445,17 +462,20 @@ def gguf_file_source(spec, scheme: str, out: str | Path) -> tuple[Path, str, str
 
 
 def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = None,
-                  fingerprint: str | None = None) -> LlamaCppModel:
+                  fingerprint: str | None = None, corpus=None) -> LlamaCppModel:
     """The model `spec` evaluated in llama.cpp (`runtime_source`): a GGUF file as it is, a folder converted
-    (F32 for full precision, `--outtype auto` for a gguf-* scheme) and quantized by llama.cpp. The files are
-    kept in `work` under the model's fingerprint (computed here unless the caller has it), so a resumed
-    evaluation reuses them."""
+    (F32 for full precision, `--outtype auto` for a gguf-* scheme) and quantized by llama.cpp. An -imatrix-*
+    scheme's file is written by the port (`write_gguf` with the matrix computed on `corpus`'s part, as
+    `quantize --format gguf` writes it): llama.cpp's quantize takes no importance matrix through the
+    binding, and the port's weighted blocks are llama.cpp's bit for bit. The files are kept in `work` under
+    the model's fingerprint (computed here unless the caller has it), so a resumed evaluation reuses them."""
     from transformers import AutoConfig, GenerationConfig
 
     from ..models.loading import model_fingerprint
+    from .gguf import parse
 
     src = runtime_source(spec, scheme)
-    ftype = None if scheme == "full" else scheme.removeprefix("gguf-")
+    ftype, source = parse(scheme) if scheme != "full" else (None, None)
     if src.suffix == ".gguf":
         config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
         file, record = src, {"gguf": str(src), "as_given": True}
@@ -464,15 +484,19 @@ def runtime_model(spec, scheme: str, work: str | Path, threads: int | None = Non
         key = (fingerprint or model_fingerprint(src))[:16]
         work = Path(work)
         work.mkdir(parents=True, exist_ok=True)
-        file = work / f"{key}-{'f32' if ftype is None else 'auto'}.gguf"
-        if not file.is_file():
-            write_gguf(src, file, "f32" if ftype is None else "auto")
         record = {"converted_from": str(src), "outtype": "f32" if ftype is None else "auto"}
-        if ftype is not None:
-            base, file = file, work / f"{key}-{ftype}.gguf"
+        if source is not None:
+            file, record["imatrix"] = imatrix_file(src, scheme, ftype, source, corpus, work, key)
+            record.update(ftype=ftype, quantized_by="unlearn-audit's port of ggml-quants.c (the importance matrix)")
+        else:
+            file = work / f"{key}-{'f32' if ftype is None else 'auto'}.gguf"
             if not file.is_file():
-                quantize_gguf(base, file, ftype, threads)
-            record["ftype"] = ftype
+                write_gguf(src, file, "f32" if ftype is None else "auto")
+            if ftype is not None:
+                base, file = file, work / f"{key}-{ftype}.gguf"
+                if not file.is_file():
+                    quantize_gguf(base, file, ftype, threads)
+                record["ftype"] = ftype
         record["gguf"] = str(file)
     try:
         generation = GenerationConfig.from_pretrained(src if src.is_dir() else src.parent)
