@@ -205,22 +205,16 @@ def write_gguf_file(args) -> int:
     """`quantize --format gguf`: the .gguf file llama.cpp's converter and quantize would write, without them;
     an -imatrix-* scheme's matrix computed on the --calibration corpus part it names, or read from its file."""
     from .data.corpus import Corpus
-    from .models.loading import load_model, load_tokenizer
     from .quantize import calibration_for
     from .quantize.gguf import applied_label
-    from .quantize.imatrix import importance_of
-    from .quantize.llamacpp import gguf_file_source, write_gguf
+    from .quantize.llamacpp import gguf_file_source, write_scheme_file
 
     folder, ftype, source = gguf_file_source(model_spec(args), args.scheme, args.out)
     corpus = Corpus.open(args.calibration) if args.calibration else None
     texts = calibration_for(args.scheme, corpus)  # a missing corpus or part refused before any work
     started = time.time()
-    matrix, about = None, None
-    if source is not None:
-        matrix, computed = importance_of(load_model(folder, "fp32"), args.scheme, source, load_tokenizer(folder), texts)
-        about = {"file": computed.get("file"), "chunks": computed.get("chunks"),
-                 "dataset": f"{source} texts of {args.calibration}" if texts else None}
-    info = write_gguf(folder, args.out, ftype=ftype, imatrix=matrix, imatrix_info=about)
+    info = write_scheme_file(folder, Path(args.out), args.scheme, ftype, source, texts,
+                             f"{source} texts of {args.calibration}")
     print(f"{applied_label(args.scheme, info['types'])} written to {args.out} ({time.time() - started:.1f}s)")
     return 0
 

@@ -389,21 +389,30 @@ def stopped(criterion, new: list[int]) -> bool:
 # ----------------------------------------------------------------------------- a model at a scheme
 
 
+def write_scheme_file(src: Path, out: Path, scheme: str, ftype: str, source: str | None, texts: list[str] | None,
+                      dataset: str | None = None) -> dict:
+    """`write_gguf` of a gguf-* scheme, an -imatrix-* one with its matrix computed on the folder's own model in
+    torch (on `texts`, the corpus part `source` names) or read from its file, as the twin computes it."""
+    from ..models.loading import load_model, load_tokenizer
+    from .imatrix import importance_of
+
+    matrix, about = None, None
+    if source is not None:
+        matrix, computed = importance_of(load_model(src, "fp32"), scheme, source, load_tokenizer(src), texts)
+        about = {"file": computed.get("file"), "chunks": computed.get("chunks"), "dataset": dataset if texts else None}
+    return write_gguf(src, out, ftype=ftype, imatrix=matrix, imatrix_info=about)
+
+
 def imatrix_file(src: Path, scheme: str, ftype: str, source: str, corpus, work: Path, key: str) -> tuple[Path, dict]:
     """(the GGUF file of an -imatrix-* scheme, what calibrated it), written once per model, scheme and
-    calibration texts: the matrix computed on the folder's own model in torch, as the twin computes it."""
-    from ..models.loading import load_model, load_tokenizer
+    calibration texts."""
     from ..utils.io import sha256_json
     from .backends import calibration_for
-    from .imatrix import importance_of
 
     texts = calibration_for(scheme, corpus)
     file = work / f"{key}-{ftype}-imatrix-{sha256_json([scheme, texts])[:12]}.gguf"
     if not file.is_file():
-        matrix, computed = importance_of(load_model(src, "fp32"), scheme, source, load_tokenizer(src), texts)
-        write_gguf(src, file, ftype=ftype, imatrix=matrix,
-                   imatrix_info={"file": computed.get("file"), "chunks": computed.get("chunks"),
-                                 "dataset": f"{source} texts" if texts else None})
+        write_scheme_file(src, file, scheme, ftype, source, texts, f"{source} texts")
     return file, {"source": source, "texts": len(texts) if texts else None}
 
 
