@@ -50,10 +50,10 @@ def batches(tokenizer, corpus: Corpus, batch_size: int, steps: int) -> list[dict
 
 
 def run(method: str, model_dir: Path, inputs: list[dict], dtype: str, joint: bool = False,
-        compiled: bool = False, losses: list | None = None) -> float:
+        compiled: bool = False, record: dict | None = None) -> float:
     """Tokens per second of `steps` optimizer steps (tokens = forget + retain tokens the step reads); with
     `compiled`, the networks run under torch.compile and the clock starts after the first step (which
-    compiles), its seconds appended to `losses` first; each step's loss appended to `losses`."""
+    compiles: its seconds go to `record["compiling"]`); each step's loss goes to `record["losses"]`."""
     cfg = UnlearnConfig(method=method if method != "finetune" else "ga_gdr")
     model = load_model(model_dir, training_dtype(dtype))
     model.train()
@@ -68,7 +68,8 @@ def run(method: str, model_dir: Path, inputs: list[dict], dtype: str, joint: boo
     started = time.perf_counter()
     for i, x in enumerate(inputs):
         if compiled and i == 1:  # the first step compiled the graphs; time the rest
-            losses.insert(0, time.perf_counter() - started)
+            if record is not None:
+                record["compiling"] = time.perf_counter() - started
             tokens, started = 0, time.perf_counter()
         batch = Batch(model, ref, x, joint=joint)
         if m is None:
@@ -83,8 +84,8 @@ def run(method: str, model_dir: Path, inputs: list[dict], dtype: str, joint: boo
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if losses is not None:
-            losses.append(float(loss))
+        if record is not None:
+            record.setdefault("losses", []).append(float(loss))
     return tokens / (time.perf_counter() - started)
 
 
@@ -101,12 +102,11 @@ def padding_share(inputs: list[dict]) -> float:
 
 def compiled_ratio(method: str, model_dir: Path, inputs: list[dict], dtype: str) -> str:
     """'compiled / eager tokens per second (compile seconds, largest loss difference)' for one method."""
-    eager, compiled = [], []
-    speed = run(method, model_dir, inputs, dtype, losses=eager)
-    fast = run(method, model_dir, inputs, dtype, compiled=True, losses=compiled)
-    seconds = compiled.pop(0)
-    drift = max(abs(a - b) for a, b in zip(eager, compiled))
-    return f"{fast / speed:.2f} (compiling {seconds:.0f} s; losses differ by up to {drift:.1e})"
+    eager, compiled = {}, {}
+    speed = run(method, model_dir, inputs, dtype, record=eager)
+    fast = run(method, model_dir, inputs, dtype, compiled=True, record=compiled)
+    drift = max(abs(a - b) for a, b in zip(eager["losses"], compiled["losses"]))
+    return f"{fast / speed:.2f} (compiling {compiled['compiling']:.0f} s; losses differ by up to {drift:.1e})"
 
 
 def main() -> None:

@@ -74,9 +74,9 @@ class GridConfig:
                 "[mia_loss, mia_zlib, mia_min_k, mia_min_k_plus_plus, mia_reference, mia_gradnorm] "
                 "(docs/metrics.md): AUCs per model and scheme in results.json, normalised by the retrained model's"})
     runtime: str = field(default="torch", metadata={
-        "help": "torch, or llama.cpp: every model at full precision and under the gguf-* schemes without an "
-                "importance matrix is evaluated in llama.cpp itself (the [llamacpp] extra; docs/quantization.md); "
-                "other schemes and attacks run in torch"})
+        "help": "torch, or llama.cpp: every model at full precision and under the gguf-* schemes is evaluated in "
+                "llama.cpp itself (the [llamacpp] extra; docs/quantization.md); other schemes and attacks run in "
+                "torch"})
     workers: int = 1
 
     def validate(self) -> None:

@@ -229,8 +229,7 @@ def write_gguf(folder: str | Path, out: str | Path, outtype: str = "auto", ftype
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)  # nothing half-written stays behind
-    return {"gguf": str(out), "outtype": kind, "ftype": ftype, "tensors": len(tensors), "types": qtypes,
-            "imatrix_entries": len(importance) if imatrix is not None else None}
+    return {"gguf": str(out), "outtype": kind, "ftype": ftype, "tensors": len(tensors), "types": qtypes}
 
 
 def encoded(t: torch.Tensor, qtype: str, source: str = "f32", imatrix: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
