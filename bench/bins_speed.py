@@ -8,7 +8,7 @@ its disk cache once per process, ~0.3 s), (c) times its two jobs apart: reading 
 them (the kernel uses every core, so on few cores the two cannot overlap much: the ratio with no overlap,
 read / (reading + counting), is the bound this prints beside the measured one).
 Prints bins throughput / plain-read throughput (goal >= 0.8) and the peak anonymous memory of the bins
-process against the largest tensor (goal <= 2x).
+process against the largest tensor (goal <= 2x). `--scheme bnb-fp4` (or bnb-nf4) measures the codebook kernel.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ if mode in ('bins-warm', 'parts'):  # load the compiled kernel (numba's on-disk 
     if bins_kernel.available():
         z = np.zeros((1, 128), np.uint16)
         bins_kernel.rtn_chunk_stats(z, z, 128, True, 8.0, 4, -8, 7, None)
+        bins_kernel.codebook_chunk_stats(z.reshape(-1), z.reshape(-1), np.zeros(16), 0.1, None, 1, np.arange(3.0))
     load = time.perf_counter() - t0
     started = time.perf_counter()
 if mode == 'read':
@@ -62,13 +63,15 @@ elif mode == 'parts':  # the analysis's two jobs one after the other: reading it
     a, b = bins.open_weights(t), bins.open_weights(u)
     reading = counting = 0.0
     in_kernel = [0.0]
-    compiled = bins_kernel.rtn_chunk_stats
-    def timed(*args):  # the compiled kernel's share of the counting
-        k0 = time.perf_counter()
-        out = compiled(*args)
-        in_kernel[0] += time.perf_counter() - k0
-        return out
-    bins_kernel.rtn_chunk_stats = timed
+    def timed(compiled):  # the compiled kernel's share of the counting
+        def run(*args):
+            k0 = time.perf_counter()
+            out = compiled(*args)
+            in_kernel[0] += time.perf_counter() - k0
+            return out
+        return run
+    bins_kernel.rtn_chunk_stats = timed(bins_kernel.rtn_chunk_stats)
+    bins_kernel.codebook_chunk_stats = timed(bins_kernel.codebook_chunk_stats)
     for name in bins.select_tensors(a, b, bins.BinsOptions(), s):
         per = bins.chunk_rows(a.shape(name), s, bins.CHUNK_ELEMENTS)
         for r0 in range(0, a.shape(name)[0], per):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -198,18 +199,21 @@ def torch_path_tally(wt, wu, scheme, cap):
 
 
 @pytest.mark.skipif(not bins.bins_kernel.available(), reason="numba not installed")
-@pytest.mark.parametrize("name", ["rtn-int4-g128", "rtn-int3-g64-asym", "rtn-int8-channel", "rtn-int4-g128-maxq"])
+@pytest.mark.parametrize("name", ["rtn-int4-g128", "rtn-int3-g64-asym", "rtn-int8-channel", "rtn-int4-g128-maxq",
+                                  "bnb-fp4", "bnb-nf4"])
 @pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16])
 def test_compiled_kernel_equals_the_torch_statistics(name, stored):
-    """The one-pass kernel must count exactly what the torch path counts (codes, zero bins, erased weights,
-    bf16 cap) and sum the same masses, on a width the group size does not divide and with unchanged rows."""
+    """The one-pass kernels must count exactly what the torch path counts (codes, zero bins, erased weights,
+    bf16 cap) and sum the same masses, on a width the group size does not divide (for bitsandbytes: a last
+    partial block of 64) and with unchanged rows."""
     g = torch.Generator().manual_seed(3)
     wt = (torch.randn(37, 200, generator=g) * 0.02).to(stored)
     step = torch.where(torch.rand(37, 200, generator=g) < 0.3, torch.randn(37, 200, generator=g) * 3e-3, 0.0)
     wu = (wt.float() + step).to(stored)
     wu[5] = wt[5]  # a row that did not change
     scheme = bins.parse_scheme(name)
-    fused = bins.tally_rtn_fused(wt, wu, scheme, cap=2.0**-8)
+    assert bins.fused(scheme)
+    fused = bins.tally_chunk(wt, wu, scheme, cap=2.0**-8)
     ref = torch_path_tally(wt.float(), wu.float(), scheme, cap=2.0**-8)
     for k in ("n", "changed", "same_code", "same_value", "zero_bin", "erased", "movable", "cap_inside"):
         assert getattr(fused, k) == getattr(ref, k), k
@@ -217,3 +221,41 @@ def test_compiled_kernel_equals_the_torch_statistics(name, stored):
     for k in ("mass", "erased_mass", "dot", "sq"):
         assert getattr(fused, k) == pytest.approx(getattr(ref, k), rel=1e-5, abs=1e-12), k
     assert fused.dw_hist.sum() == pytest.approx(fused.changed) and fused.w_hist.sum() == pytest.approx(fused.changed)
+    # bitsandbytes' views are the torch path's own (blocks over the flat chunk); RTN's groups are not
+    expected = ref if scheme.family == "bnb" else sampled_histograms(wt, wu, scheme)
+    assert np.array_equal(fused.dw_hist, expected.dw_hist) and np.array_equal(fused.w_hist, expected.w_hist)
+
+
+def sampled_histograms(wt: torch.Tensor, wu: torch.Tensor, scheme) -> bins.Tally:
+    """The histograms as numpy computes them at `sample_positions` of the flat chunk, from each weight's group
+    step (the kernel takes the same positions and must count each into the same bin)."""
+    cols = wt.shape[1]
+    group = cols if scheme.rtn.granularity == "channel" else scheme.rtn.group_size
+    ft, fu = wt.reshape(-1).float(), wu.reshape(-1).float()
+    sel = bins.sample_positions(ft.numel(), lambda i: fu[i] != ft[i])
+    steps = torch.stack([bins.quantize_groups(x, scheme)[2].reshape(-1) for x in wt.float().split(group, dim=1)], 1)
+    t = bins.Tally()
+    bins.add_histograms(t, (fu[sel] - ft[sel]).abs(), ft[sel].abs(), steps[sel // cols, (sel % cols) // group],
+                        int((fu != ft).sum()))
+    return t
+
+
+@pytest.mark.skipif(not bins.bins_kernel.available(), reason="numba not installed")
+@pytest.mark.parametrize("name", ["rtn-int4-g128", "bnb-nf4"])
+def test_compiled_histograms_sample_a_large_chunk_at_its_stride(name):
+    """On a chunk larger than the sample (stride > 1, rows not aligned to it) the kernel takes the same
+    positions as `sample_positions` and the same bins as np.histogram; a chunk whose stride misses every
+    change falls back to all its changed weights."""
+    g = torch.Generator().manual_seed(5)
+    wt = (torch.randn(300, 999, generator=g) * 0.02).bfloat16()
+    wu = torch.where(torch.rand(300, 999, generator=g) < 0.1, wt.float() + 1e-3, wt.float()).bfloat16()
+    scheme = bins.parse_scheme(name)
+    assert wt.numel() // (4 * bins.HIST_SAMPLE) > 1
+    fused = bins.tally_chunk(wt, wu, scheme, cap=None)
+    expected = torch_path_tally(wt.float(), wu.float(), scheme, cap=None) if scheme.family == "bnb" \
+        else sampled_histograms(wt, wu, scheme)
+    assert np.array_equal(fused.dw_hist, expected.dw_hist) and np.array_equal(fused.w_hist, expected.w_hist)
+    sparse = wt.clone()
+    sparse[7, 3] = wt[7, 3].float() + 0.01  # one change, off the stride
+    fused = bins.tally_chunk(wt, sparse, scheme, cap=None)
+    assert fused.changed == 1 and fused.dw_hist.sum() == 1 and fused.w_hist.sum() == 1

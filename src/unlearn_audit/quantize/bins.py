@@ -41,6 +41,7 @@ from ..errors import UserError
 from ..scoring import percent
 from ..utils.io import atomic_write_json, atomic_write_text, save_figure
 from . import bins_kernel
+from .codebook import TABLES, zero_bin_halfwidth
 from .schemes import Scheme, group_views, parse_scheme, precision_label, quantize_groups
 
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 181)])  # in units of Delta
@@ -358,9 +359,14 @@ def percentiles(hist: np.ndarray, qs=(50, 90, 99)) -> dict[str, float | None]:
 HIST_SAMPLE = 1 << 14  # changed weights per chunk that enter the histograms (percentiles are approximate)
 
 
+def codebook_kind(scheme: Scheme) -> str | None:
+    """"fp4" or "nf4" for bitsandbytes' 4-bit codebooks, else None."""
+    return scheme.kind if scheme.family == "bnb" and scheme.kind in TABLES else None
+
+
 def fused(scheme: Scheme) -> bool:
-    """Whether the compiled one-pass kernel analyses this scheme (RTN, numba installed)."""
-    return scheme.family == "rtn" and bins_kernel.available()
+    """Whether a compiled one-pass kernel analyses this scheme (RTN, bitsandbytes FP4/NF4; numba installed)."""
+    return (scheme.family == "rtn" or codebook_kind(scheme) is not None) and bins_kernel.available()
 
 
 def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None,
@@ -368,7 +374,7 @@ def tally_chunk(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float |
     """Statistics of one chunk of rows (target and unlearned, float32, or both bf16 for the fused kernel);
     `scheme_u`: the unlearned model's own resolution of the scheme where it differs (tensor-wide scales)."""
     if fused(scheme) and wt.dtype == wu.dtype:
-        return tally_rtn_fused(wt, wu, scheme, cap)
+        return tally_rtn_fused(wt, wu, scheme, cap) if scheme.family == "rtn" else tally_codebook_fused(wt, wu, scheme, cap)
     wt, wu = wt.float(), wu.float()
     t = Tally()
     for xt, xu in zip(group_views(wt, scheme), group_views(wu, scheme)):
@@ -384,7 +390,7 @@ def count(mask: torch.Tensor) -> int:
 def sample_positions(numel: int, is_changed) -> torch.Tensor:
     """Positions for the histograms: a fixed stride (independent of the values), the changed ones kept;
     when the stride misses every change, all changed positions. `is_changed(positions)` -> bool mask."""
-    sel = torch.arange(0, numel, max(1, numel // (4 * HIST_SAMPLE)))
+    sel = torch.arange(0, numel, sample_stride(numel))
     sel = sel[is_changed(sel)]
     return sel if len(sel) else is_changed(torch.arange(numel)).nonzero().squeeze(1)
 
@@ -403,21 +409,57 @@ def kernel_array(x: torch.Tensor) -> np.ndarray:
 
 
 def tally_rtn_fused(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
-    """RTN statistics of a chunk in one compiled pass (`bins_kernel`); histograms from sampled positions."""
+    """RTN statistics of a chunk in one compiled pass (`bins_kernel`), the histograms' sampled positions
+    included (those `sample_positions` picks; the whole chunk only when its stride misses every change)."""
     rtn = scheme.rtn
     cols = wt.shape[1]
     group = cols if rtn.granularity == "channel" else rtn.group_size
-    totals, steps = bins_kernel.rtn_chunk_stats(kernel_array(wt), kernel_array(wu), group, rtn.symmetric, rtn.divisor,
-                                                rtn.bits, rtn.qmin, rtn.qmax, cap)
-    t = Tally()
-    for k, v in totals.items():
-        setattr(t, k, v)
-    if t.changed:
+    totals, steps, hists = bins_kernel.rtn_chunk_stats(
+        kernel_array(wt), kernel_array(wu), group, rtn.symmetric, rtn.divisor, rtn.bits, rtn.qmin, rtn.qmax, cap,
+        sample_stride(wt.numel()), HIST_EDGES)
+    t = kernel_tally(totals, hists)
+    if t.changed and not hists[2]:
         ft, fu = wt.reshape(-1), wu.reshape(-1)
         sel = sample_positions(ft.numel(), lambda i: fu[i] != ft[i])
         unit = torch.from_numpy(steps)[sel // cols, (sel % cols) // group]
         st, su = ft[sel].float(), fu[sel].float()
         add_histograms(t, (su - st).abs(), st.abs(), unit, t.changed)
+    return t
+
+
+def tally_codebook_fused(wt: torch.Tensor, wu: torch.Tensor, scheme: Scheme, cap: float | None) -> Tally:
+    """bitsandbytes FP4/NF4 statistics of a chunk's whole blocks of 64 in one compiled pass, as `tally_groups`
+    counts them view by view (a tensor's last partial block goes through `tally_groups`)."""
+    kind = codebook_kind(scheme)
+    ft, fu = wt.reshape(-1), wu.reshape(-1)
+    full = (ft.numel() // 64) * 64
+    totals, hists = bins_kernel.codebook_chunk_stats(
+        kernel_array(ft[:full]), kernel_array(fu[:full]), TABLES[kind].numpy(), zero_bin_halfwidth(kind), cap,
+        sample_stride(full), HIST_EDGES)
+    t = kernel_tally(totals, hists)
+    if t.changed and not hists[2]:  # the stride missed every change: the torch path's histograms of all of them
+        whole = Tally()
+        tally_groups(whole, ft[:full].float().reshape(-1, 64), fu[:full].float().reshape(-1, 64), scheme, cap)
+        t.dw_hist, t.w_hist = whole.dw_hist, whole.w_hist
+    if full < ft.numel():
+        tally_groups(t, ft[full:].float().reshape(1, -1), fu[full:].float().reshape(1, -1), scheme, cap)
+    return t
+
+
+def sample_stride(numel: int) -> int:
+    """The histograms' stride over a view of `numel` weights (`sample_positions`)."""
+    return max(1, numel // (4 * HIST_SAMPLE))
+
+
+def kernel_tally(totals: dict, hists: tuple) -> Tally:
+    """A Tally from a kernel's counters and sampled histograms, re-weighted to the chunk's changed count."""
+    t = Tally()
+    for k, v in totals.items():
+        setattr(t, k, v)
+    dw_hist, w_hist, taken = hists
+    if t.changed and taken:
+        t.dw_hist += dw_hist * (t.changed / taken)
+        t.w_hist += w_hist * (t.changed / taken)
     return t
 
 
