@@ -70,3 +70,17 @@ def test_exit_code_3_is_documented_where_users_read_exit_codes():
     assert f"{Gate.OVER_UNLEARNED.exit_code} over-unlearned" in EXIT_CODES
     assert EXIT_CODES in " ".join(build_parser().format_help().split())  # `unlearn-audit --help` lists audit's
     assert "**3**" in (ROOT / "README.md").read_text()
+
+
+def test_the_parser_answers_bad_input_without_loading_the_training_stack():
+    """A mistyped flag is answered in about a second: building the parser reads the options' dataclasses,
+    and none of them may pull in transformers' Trainer, peft or the unlearning trainer (they cost ~5 s of
+    imports before the one-line error; they load once there is work)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from unlearn_audit.cli import build_parser; build_parser(); "
+             "heavy = [m for m in ('transformers.trainer', 'peft', 'unlearn_audit.unlearn.trainer', "
+             "'unlearn_audit.training.core') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

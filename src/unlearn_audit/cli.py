@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.loading import LOAD_DTYPES
     from .models.tiny import TinyRecipe
     from .training.finetune import ROLES, FinetuneConfig
-    from .unlearn.trainer import UnlearnConfig
+    from .unlearn.config import UnlearnConfig
 
     parser = argparse.ArgumentParser(
         prog="unlearn-audit",

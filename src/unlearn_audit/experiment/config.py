@@ -82,7 +82,7 @@ class GridConfig:
     def validate(self) -> None:
         from ..quantize import parse_scheme
         from ..quantize.backends import check_installed
-        from ..training.core import PRECISIONS
+        from ..training.bf16 import PRECISIONS
         from ..unlearn.methods import is_wrapper, resolve_method
 
         self.axes_from_runs()
@@ -276,7 +276,7 @@ class GridConfig:
         """Every axis names an unlearning option with a non-empty list of values, not a built-in axis."""
         import dataclasses
 
-        from ..unlearn.trainer import UnlearnConfig
+        from ..unlearn.config import UnlearnConfig
 
         names = {f.name for f in dataclasses.fields(UnlearnConfig)}
         builtin = {"method": "methods", "dtype": "dtypes", "learning_rate": "learning_rates", "seed": "seeds"}

@@ -58,8 +58,8 @@ def model_work(config: dict, forget_share: float) -> float | None:
 
 
 def unlearn_work(settings: dict, forget_share: float) -> float:
+    from ..unlearn.config import UnlearnConfig
     from ..unlearn.methods import is_wrapper, resolve_method
-    from ..unlearn.trainer import UnlearnConfig
 
     name, factor = settings["method"], 1.0
     if is_wrapper(name):

@@ -62,7 +62,7 @@ def unlearn_settings(cfg: GridConfig, method: str, lr: float, dtype: str, seed: 
     """The UnlearnConfig fields of one run: grid-wide options, the extra axes' values, then the method's
     overrides; the grid's learning-rate axis wins over `unlearn.learning_rate` but not over a method override.
     `own`: the options of an explicit run (`runs:`), which win over everything."""
-    from ..unlearn.trainer import UnlearnConfig
+    from ..unlearn.config import UnlearnConfig
 
     overrides = cfg.method_overrides.get(method, {})
     values = {**cfg.unlearn, **(axes or {}), **overrides, "method": method, "dtype": dtype, "seed": seed,
@@ -280,7 +280,7 @@ def folder_shard(run_dir: Path) -> tuple[int, int] | None:
 def check_runs(cells: list[CellSpec]) -> None:
     """Every unlearning run's options as `unlearn` would refuse them (a bad --lora spec, SURE with LoRA,
     ...), before the first cell runs: one line naming the run."""
-    from ..unlearn.trainer import UnlearnConfig
+    from ..unlearn.config import UnlearnConfig
 
     for c in cells:
         if c.kind == "unlearn":

@@ -28,7 +28,6 @@ from ..errors import UserError
 from ..utils.environment import numerics_key
 from ..utils.io import atomic_dir, atomic_write_json, sha256_json
 from ..utils.paths import cache_dir
-from ..utils.progress import quiet_trainer_output
 from ..utils.threads import torch_threads
 from .generation import right_pad
 from .loading import DTYPES
@@ -210,6 +209,8 @@ def _train_into(
 ) -> None:
     """Build tokenizer and model, train with HF Trainer, save weights + provenance into `folder`."""
     from transformers import Trainer, TrainingArguments, set_seed
+
+    from ..utils.progress import quiet_trainer_output
 
     with torch_threads(training_threads(threads)):
         set_seed(recipe.seed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+PRECISIONS = ("bf16", "fp32", "mixed")  # training precisions: pure bf16 (no fp32 master), fp32, bf16 autocast
 ARITHMETICS = ("auto", "native", "emulated")
 
 

@@ -45,7 +45,7 @@ from . import bf16, lora
 from .nll import chunked_mean_nll, mean_nll
 from .schedule import ScheduleRule
 
-PRECISIONS = ("bf16", "fp32", "mixed")
+PRECISIONS = bf16.PRECISIONS
 
 
 class Diverged(RuntimeError):

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..models.loading import LoadOptions, load_tokenizer, model_fingerprint
 from ..utils.io import atomic_write_json
 from . import bf16
-from .core import PRECISIONS, TrainSettings, train_on_texts
+from .bf16 import PRECISIONS
 from .lora import LeanOptions
 
 ROLES = ("target", "retrained")
@@ -60,6 +60,8 @@ def training_texts(corpus: Corpus, role: str) -> list[str]:
 def finetune(model: str | Path, corpus: Corpus, cfg: FinetuneConfig, out: str | Path,
              opts: LoadOptions | None = None, show: bool = True) -> Path:
     """Fine-tune `model` into the target or retrained model of `corpus`; writes an HF folder to `out`."""
+    from .core import TrainSettings, train_on_texts  # the training stack, once there is work
+
     cfg.validate()
     out = Path(out)
     load_tokenizer(model, opts)  # a bad model folder is refused before any scratch data is written
