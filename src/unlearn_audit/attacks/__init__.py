@@ -14,10 +14,12 @@ from .registry import (
     as_attack,
     families,
     load_attacked,
+    load_in_runtime,
     parse_attack,
     parse_attacks,
+    runtime_scheme,
     target_reference,
 )
 
 __all__ = ["FAMILIES", "PRESETS", "Attack", "AttackFamily", "Context", "as_attack", "families", "load_attacked",
-           "parse_attack", "parse_attacks", "target_reference"]
+           "load_in_runtime", "parse_attack", "parse_attacks", "runtime_scheme", "target_reference"]

@@ -220,6 +220,26 @@ def load_attacked(spec: str, attack: Attack | None, ctx: Context, work: Path):
     return attack.impl.load(spec, attack, ctx)
 
 
+def runtime_scheme(attack: Attack) -> str | None:
+    """The gguf-* scheme llama.cpp runs itself for a quant attack, else None."""
+    from ..quantize.llamacpp import runs_scheme
+
+    return attack.params["scheme"] if attack.family == "quant" and runs_scheme(attack.params["scheme"]) else None
+
+
+def load_in_runtime(spec, attack: Attack | None, ctx: Context, work: Path, runtime: str = "torch",
+                    llama_work: Path | None = None, fingerprint: str | None = None):
+    """The model at `spec` under `attack` where it runs: with runtime "llama.cpp", the model as it is and its
+    gguf-* quantizations in llama.cpp itself (files kept in `llama_work`); every other attack, and every model
+    with runtime "torch", through `load_attacked` on its weights."""
+    scheme = "full" if attack is None else runtime_scheme(attack)
+    if runtime != "llama.cpp" or scheme is None:
+        return load_attacked(spec, attack, ctx, work)
+    from ..quantize.llamacpp import runtime_model
+
+    return runtime_model(spec, scheme, llama_work, fingerprint=fingerprint, corpus=ctx.corpus)
+
+
 PRESETS: dict[str, list[str]] = {
     # what models are served in today (docs/quantization.md): llama.cpp's Q4_K_M and Q8_0 files (Ollama, LM
     # Studio), bitsandbytes NF4 (QLoRA-style loading), AWQ int4, FP8 and NVFP4 (vLLM, TensorRT-LLM)

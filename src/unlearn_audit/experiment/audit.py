@@ -43,7 +43,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..attacks import Attack, Context, load_attacked, parse_attacks
+from ..attacks import Attack, Context, load_attacked, load_in_runtime, parse_attacks, runtime_scheme
 from ..attacks.probe import OUTPUT_KEY, PROBE_KEY
 from ..data.corpus import Corpus
 from ..errors import UserError
@@ -133,13 +133,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", text)
 
 
-def runtime_scheme(attack: Attack) -> str | None:
-    """The gguf-* scheme llama.cpp runs itself for a quant attack, else None."""
-    from ..quantize.llamacpp import runs_scheme
-
-    return attack.params["scheme"] if attack.family == "quant" and runs_scheme(attack.params["scheme"]) else None
-
-
 def check_runtime(cfg: AuditConfig, models: list[str], attacks: list[Attack], load: LoadOptions | None, say) -> None:
     """--runtime llama.cpp, before any work: the extra installed, every model one llama.cpp runs (a local
     Llama-style folder or a .gguf file), every gguf-* attack one it applies to each; says what runs where."""
@@ -209,13 +202,8 @@ class Auditor:
 
     def load(self, role: str, attack: Attack | None):
         """The model in `role` under `attack`, in torch or in llama.cpp (`in_llama_cpp`)."""
-        spec = self.specs[role]
-        if not self.in_llama_cpp(attack):
-            return load_attacked(spec, attack, self.ctx, self.work(attack) if attack else self.out)
-        from ..quantize.llamacpp import runtime_model
-
-        return runtime_model(spec, "full" if attack is None else runtime_scheme(attack), self.out / "llama.cpp",
-                             fingerprint=self.fingerprints[role], corpus=self.ctx.corpus)
+        return load_in_runtime(self.specs[role], attack, self.ctx, self.work(attack) if attack else self.out,
+                               self.cfg.runtime, self.out / "llama.cpp", fingerprint=self.fingerprints[role])
 
     def work(self, attack: Attack) -> Path:
         return self.out / "attacks" / slug(attack.key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..attacks import Context, as_attack, load_attacked
+from ..attacks import Context, as_attack, load_in_runtime
 from ..data.corpus import Corpus
 from ..data.synthetic import WorldConfig, add_benchmark_parts, write_world
 from ..evaluate.benchmark import get_benchmark
@@ -257,12 +257,9 @@ def evaluated_model(runner, cell, path: str, ctx: Context):
     """The model of an eval cell: in llama.cpp itself where the grid says `runtime: llama.cpp` and llama.cpp
     runs the scheme (full precision, the gguf-* file types), else in torch."""
     scheme = cell.config["scheme"]
-    if cell.config.get("runtime") == "llama.cpp":
-        from ..quantize.llamacpp import runs_scheme, runtime_model
-
-        if runs_scheme(scheme):
-            return runtime_model(path, scheme, runner.run_dir / "llama.cpp", corpus=ctx.corpus)
-    return load_attacked(path, None if scheme == "full" else as_attack(scheme), ctx, runner.run_dir / "attacks" / cell.id)
+    return load_in_runtime(path, None if scheme == "full" else as_attack(scheme), ctx,
+                           runner.run_dir / "attacks" / cell.id, cell.config.get("runtime", "torch"),
+                           runner.run_dir / "llama.cpp")
 
 
 def run_fluency(runner, cell, ecfg: EvalConfig) -> dict | None:
