@@ -85,29 +85,6 @@ def isolated_cache(tmp_path_factory):
         os.environ["UNLEARN_AUDIT_CACHE"] = old
 
 
-@pytest.fixture(scope="session", autouse=True)
-def quick_demo_started(isolated_cache, request, tmp_path_factory):
-    """`unlearn-audit demo --quick` as a user starts it (a process of its own, so it computes with the
-    portable arithmetic), started when the session starts if a collected test reads it (`quick_demo`):
-    it trains its two tiny models on one thread each while the tests before it run, on the cores they
-    leave idle (the suite keeps about 1.25 of 2 cores busy; docs/testing.md). (process, log, run folder)."""
-    import subprocess
-    import sys
-
-    if not any("quick_demo" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        yield None
-        return
-    root = tmp_path_factory.mktemp("demo")
-    log, out_dir = root / "output.txt", root / "demo"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "unlearn_audit.cli", "demo", "--quick", "--out", str(out_dir),
-                                 "--quiet"], stdout=sink, stderr=subprocess.STDOUT, text=True)
-    yield proc, log, out_dir
-    if proc.poll() is None:  # the session ended early (-x, Ctrl-C): leave no demo running
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture()
 def hub_offline(monkeypatch):
     """The hub unreachable and known to be: huggingface_hub reads HF_HUB_OFFLINE once, at import, so the

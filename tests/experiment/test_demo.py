@@ -2,6 +2,8 @@
 process of its own as a user starts it, so it computes with the portable arithmetic (utils/arithmetic.py)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -9,12 +11,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def quick_demo(quick_demo_started):
-    """The quick demo's exit code, output and folder; its process was started with the session
-    (tests/conftest.py: `quick_demo_started`), so here it is waited for."""
-    proc, log, out_dir = quick_demo_started
-    code = proc.wait(timeout=900)
-    return code, log.read_text(), out_dir
+def quick_demo(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("demo") / "demo"
+    done = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "demo", "--quick", "--out", str(out_dir),
+                           "--quiet"], capture_output=True, text=True, timeout=900)
+    return done.returncode, done.stdout + done.stderr, out_dir
 
 
 def test_quick_demo_produces_the_paper_table(quick_demo):
