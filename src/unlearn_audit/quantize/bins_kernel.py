@@ -67,8 +67,8 @@ BLOCK = 128  # weights whose float32 partial sums are added to the float64 row s
 
 def _codebook_codes(x, c0, c1, safe, scale, table, codes, values):
     """Codebook codes and dequantized values of x[c0:c1]: the entry nearest to x / safe, the first code on a
-    tie (torch's argmin). `table` (3, k) holds the codebook's distinct values ascending, the code of each
-    (the first index where a value repeats) and that code's value again. The nearest entry is the last one at
+    tie (torch's argmin). `table` (2, k) holds the codebook's distinct values ascending and the code of each
+    (the first index where a value repeats). The nearest entry is the last one at
     or below x / safe or the next, so the entries below are counted first and only those two distances are
     compared (float32, as torch computes all of them: farther entries are farther after rounding too)."""
     n, k = c1 - c0, table.shape[1]
@@ -83,7 +83,7 @@ def _codebook_codes(x, c0, c1, safe, scale, table, codes, values):
         scaled, lo = values[i], int(codes[i])
         d_lo, d_hi = abs(scaled - table[0, lo]), abs(scaled - table[0, lo + 1])
         e = lo + 1 if d_hi < d_lo or (d_hi == d_lo and table[1, lo + 1] < table[1, lo]) else lo
-        codes[i], values[i] = table[1, e], table[2, e] * scale
+        codes[i], values[i] = table[1, e], table[0, e] * scale
 
 
 def _block_stats(xt, xu, c0, c1, st, su, zt, zu, safe_t, safe_u, half, qmin, qmax, cap, coded, counts, sums):
@@ -148,25 +148,22 @@ def _bin_of(edges, x):
     return lo
 
 
-def _add_sampled(d, at, unit, edges, hist_dw, hist_w):
-    """One sampled changed weight into the histograms of |dw| / Delta and |w_t| / Delta."""
-    unit = unit if unit > 0 else np.float32(1.0)
-    b = _bin_of(edges, abs(d) / unit)
-    if b >= 0:
-        hist_dw[b] += 1
-    b = _bin_of(edges, at / unit)
-    if b >= 0:
-        hist_w[b] += 1
-
-
-def _sampled_histograms(xt, xu, r, cols, group, steps_row, stride, edges, hist_dw, hist_w):
-    """Histograms of |dw| / Delta and |w_t| / Delta over the changed weights of row r at the chunk's
-    sampling stride (flat positions p = r * cols + c with p % stride == 0); returns how many were taken."""
+def _sampled_histograms(xt, xu, lo, hi, flat_start, units, group, stride, edges, hist_dw, hist_w):
+    """Histograms of |dw| / Delta and |w_t| / Delta over the changed weights of xt[lo:hi] at the chunk's
+    sampling stride (flat positions flat_start + c with (flat_start + c) % stride == 0), Delta being
+    units[(c - lo) // group]; returns how many were taken."""
     taken = 0
-    for c in range((stride - (r * cols) % stride) % stride, cols, stride):
+    for c in range(lo + (stride - (flat_start + lo) % stride) % stride, hi, stride):
         d = xu[c] - xt[c]
         if d != 0:
-            _add_sampled(d, abs(xt[c]), steps_row[c // group], edges, hist_dw, hist_w)
+            unit = units[(c - lo) // group]
+            unit = unit if unit > 0 else np.float32(1.0)
+            b = _bin_of(edges, abs(d) / unit)
+            if b >= 0:
+                hist_dw[b] += 1
+            b = _bin_of(edges, abs(xt[c]) / unit)
+            if b >= 0:
+                hist_w[b] += 1
             taken += 1
     return taken
 
@@ -198,7 +195,8 @@ def _rtn_stats(wt, wu, group, symmetric, divisor, bits, qmin, qmax, cap, steps, 
                 _block_stats(xt, xu, b0, min(b0 + BLOCK, c1), st, su, zt, zu, safe_t, safe_u, half, fqmin, fqmax,
                              fcap, None, counts[r], sums[r])
         counts[r, 0] = cols
-        counts[r, 8] = _sampled_histograms(xt, xu, r, cols, group, steps[r], stride, edges, hist_dw[r], hist_w[r])
+        counts[r, 8] = _sampled_histograms(xt, xu, 0, cols, r * cols, steps[r], group, stride, edges, hist_dw[r],
+                                           hist_w[r])
     return counts, sums
 
 
@@ -223,6 +221,7 @@ def _codebook_stats(wt, wu, table, halfwidth, cap, segments, stride, edges, hist
         xt = _to_f32(wt[base:b_hi * CODEBOOK_BLOCK])
         xu = _to_f32(wu[base:b_hi * CODEBOOK_BLOCK])
         coded = np.empty((4, CODEBOOK_BLOCK), dtype=np.float32)
+        unit = np.empty(1, dtype=np.float32)
         for b in range(b_hi - b_lo):
             c0, c1 = b * CODEBOOK_BLOCK, (b + 1) * CODEBOOK_BLOCK
             at_max = _group_scale(xt, c0, c1, True, np.float32(1.0), 4)[0]  # absmax
@@ -236,11 +235,9 @@ def _codebook_stats(wt, wu, table, halfwidth, cap, segments, stride, edges, hist
             _codebook_codes(xu, c0, c1, safe_u, au_max, table, coded[2], coded[3])
             _block_stats(xt, xu, c0, c1, at_max, au_max, nil, nil, safe_t, safe_u, half, nil, nil, fcap, coded,
                          counts[s], sums[s])
-            for c in range(c0 + (stride - (base + c0) % stride) % stride, c1, stride):
-                d = xu[c] - xt[c]
-                if d != 0:
-                    _add_sampled(d, abs(xt[c]), np.float32(2.0) * half, edges, hist_dw[s], hist_w[s])
-                    counts[s, 8] += 1
+            unit[0] = np.float32(2.0) * half  # Delta: the zero bin's width
+            counts[s, 8] += _sampled_histograms(xt, xu, c0, c1, base, unit, CODEBOOK_BLOCK, stride, edges,
+                                                hist_dw[s], hist_w[s])
         counts[s, 0] = len(xt)
     return counts, sums
 
@@ -262,7 +259,6 @@ if numba is not None:
     # inlined function's fastmath flags, and without reassociation the block loop does not vectorize
     _codebook_codes = _compile(_codebook_codes)
     _bin_of = _compile(_bin_of)
-    _add_sampled = _compile(_add_sampled)
     _sampled_histograms = _compile(_sampled_histograms)
     _codebook_stats = _compile(_codebook_stats, parallel=True, nogil=True)
     _rtn_stats = _compile(_rtn_stats, parallel=True, nogil=True)  # the next chunk is read meanwhile
@@ -296,14 +292,14 @@ def totals_of(counts: np.ndarray, sums: np.ndarray) -> tuple[dict, int]:
 
 
 def search_table(table: np.ndarray) -> np.ndarray:
-    """A codebook indexed by code as `_code_value` searches it: (distinct values ascending, the first code of
-    each, its value), float32."""
+    """A codebook indexed by code as `_codebook_codes` searches it: (distinct values ascending, the first code
+    of each), float32."""
     table = np.asarray(table, dtype=np.float32)
     first = {}
     for code, v in enumerate(table.tolist()):
         first.setdefault(v, code)
     values = sorted(first)
-    return np.array([values, [first[v] for v in values], values], dtype=np.float32)
+    return np.array([values, [first[v] for v in values]], dtype=np.float32)
 
 
 def codebook_chunk_stats(wt: np.ndarray, wu: np.ndarray, table: np.ndarray, halfwidth: float, cap: float | None,
