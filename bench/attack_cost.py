@@ -20,7 +20,7 @@ import torch
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.experiment.audit import AuditConfig, audit
-from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.unlearn.trainer import UnlearnConfig, unlearn
 from unlearn_audit.utils.quiet import quiet_libraries
 

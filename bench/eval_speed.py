@@ -26,7 +26,7 @@ from unlearn_audit.evaluate.knowmem import build_prompts
 from unlearn_audit.evaluate.reference import reference_auc, reference_knowmem, reference_verbmem
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.utils.quiet import quiet_libraries
 
 GENERATION = ("verbmem_f", "knowmem_f", "knowmem_r")

@@ -26,7 +26,7 @@ from unlearn_audit.evaluate.rouge import rouge_l_recall_stemmed
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.generation import continuation_logprobs, greedy_generate
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import train_tiny
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.utils.quiet import quiet_libraries
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
-from unlearn_audit.models.tiny import TinyRecipe, train_tiny
+from unlearn_audit.models.tiny import TinyRecipe
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.utils.quiet import quiet_libraries
 
 BUDGET_S = 300

@@ -27,8 +27,8 @@ import torch
 from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import train_tiny
 from unlearn_audit.training.core import PairedChunks, PartsCollator, chunk_ids, training_dtype
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.unlearn.losses import mean_nll
 from unlearn_audit.unlearn.methods import Batch, method_names, resolve_method
 from unlearn_audit.unlearn.trainer import UnlearnConfig

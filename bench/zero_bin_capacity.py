@@ -22,9 +22,10 @@ from unlearn_audit.data.corpus import Corpus
 from unlearn_audit.data.synthetic import WorldConfig, write_world
 from unlearn_audit.evaluate.runner import EvalConfig, evaluate_model
 from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import TinyRecipe, train_tiny
+from unlearn_audit.models.tiny import TinyRecipe
 from unlearn_audit.quantize import parse_scheme
 from unlearn_audit.quantize.schemes import group_views, quantize_groups
+from unlearn_audit.training.tiny import train_tiny
 from unlearn_audit.utils.quiet import quiet_libraries
 
 METRICS = ["verbmem_f", "knowmem_f", "knowmem_r"]

@@ -119,7 +119,7 @@ def micro_recipe():
 @pytest.fixture(scope="session")
 def micro_target(micro_world, micro_recipe) -> Path:
     from unlearn_audit.data.corpus import Corpus
-    from unlearn_audit.models.tiny import train_tiny
+    from unlearn_audit.training.tiny import train_tiny
 
     return train_tiny(Corpus(micro_world), "target", micro_recipe, progress=False)
 
@@ -127,7 +127,7 @@ def micro_target(micro_world, micro_recipe) -> Path:
 @pytest.fixture(scope="session")
 def micro_retrained(micro_world, micro_recipe) -> Path:
     from unlearn_audit.data.corpus import Corpus
-    from unlearn_audit.models.tiny import train_tiny
+    from unlearn_audit.training.tiny import train_tiny
 
     return train_tiny(Corpus(micro_world), "retrained", micro_recipe, progress=False)
 

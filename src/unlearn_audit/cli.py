@@ -125,7 +125,8 @@ def cmd_world(args) -> int:
 def cmd_train_tiny(args) -> int:
     from .data.corpus import Corpus
     from .experiment.cells import tiny_quality
-    from .models.tiny import TinyRecipe, train_tiny
+    from .models.tiny import TinyRecipe
+    from .training.tiny import train_tiny
 
     recipe = config_from_args(TinyRecipe, args, args.config)
     corpus = Corpus.open(args.corpus)

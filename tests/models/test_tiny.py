@@ -1,43 +1,8 @@
-"""Tiny target/retrained models: trained with HF Trainer, cached, loadable, and knowing their facts."""
-
-import json
-from dataclasses import replace
+"""The tiny Llama's tokenizer and model folder (training/tiny.py trains them: tests/training/test_tiny_training.py)."""
 
 from transformers import AutoModelForCausalLM
 
-from unlearn_audit.data.corpus import Corpus
-from unlearn_audit.evaluate.knowmem import evaluate_knowmem
-from unlearn_audit.models.loading import load_model, load_tokenizer
-from unlearn_audit.models.tiny import (
-    TRAINING_THREADS,
-    build_tokenizer,
-    cache_key,
-    cached_model_dir,
-    train_tiny,
-)
-
-
-def exact_match(model_dir, corpus, split):
-    _, rows, _ = evaluate_knowmem(load_model(model_dir), load_tokenizer(model_dir), corpus.knowmem(split),
-                                  corpus.knowmem_icl(split))
-    return sum(r["response"].strip() == r["gt"] for r in rows) / len(rows)
-
-
-def test_micro_target_answers_its_questions(micro_target, micro_world):
-    """(Its training time is measured by bench/train_tiny.py, not asserted: a loaded machine is slower.)"""
-    info = json.loads((micro_target / "training.json").read_text())
-    assert info["seconds"] > 0
-    assert info["role"] == "target" and info["recipe"]["dtype"] == "bf16"
-    corpus = Corpus(micro_world)
-    # chance is at most 1/12 per attribute (the smallest value list): the model must be far above it
-    assert exact_match(micro_target, corpus, "forget") >= 0.6
-    assert exact_match(micro_target, corpus, "retain") >= 0.6
-
-
-def test_retrained_never_saw_the_forget_set(micro_retrained, micro_world):
-    corpus = Corpus(micro_world)
-    assert exact_match(micro_retrained, corpus, "retain") >= 0.6
-    assert exact_match(micro_retrained, corpus, "forget") <= 0.3
+from unlearn_audit.models.tiny import build_tokenizer
 
 
 def test_saved_folder_is_a_plain_hf_model(micro_target):
@@ -46,68 +11,9 @@ def test_saved_folder_is_a_plain_hf_model(micro_target):
     assert model.config.hidden_size % 128 == 0 and model.config.intermediate_size % 128 == 0
 
 
-def test_second_call_is_served_from_cache(micro_world, micro_recipe, micro_target, tmp_path, monkeypatch):
-    from unlearn_audit.models import tiny
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("a cached model was trained again")
-
-    monkeypatch.setattr(tiny, "_train_into", no_training)
-    out = train_tiny(Corpus(micro_world), "target", micro_recipe, out=tmp_path / "copy", progress=False)
-    assert (out / "training.json").read_bytes() == (micro_target / "training.json").read_bytes()
-    assert cached_model_dir(Corpus(micro_world), "target", micro_recipe) == micro_target
-
-
-def test_cache_is_keyed_by_the_numeric_environment(micro_world, micro_recipe, monkeypatch):
-    """Another thread count, kernel cap or library version trains other weights: never the same folder."""
-    from unlearn_audit.utils import environment
-
-    corpus = Corpus(micro_world)
-    one, two = (cached_model_dir(corpus, "target", micro_recipe, threads=n) for n in (1, 2))
-    assert one != two
-    real = environment.numerics_key
-    monkeypatch.setattr(environment, "numerics_key", lambda t: {**real(t), "onednn_isa": "AVX2"})
-    monkeypatch.setattr("unlearn_audit.models.tiny.numerics_key", environment.numerics_key)
-    assert cached_model_dir(corpus, "target", micro_recipe, threads=2) != two
-
-
-def test_bf16_storage_is_recorded(micro_world, micro_recipe):
-    recipe = replace(micro_recipe, dtype="bf16", epochs=1)
-    out = train_tiny(Corpus(micro_world), "target", recipe, progress=False)
-    config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16"
-    assert json.loads((out / "training.json").read_text())["recipe"]["dtype"] == "bf16"
-
-
 def test_tokenizer_round_trips_and_keeps_answer_prompts_aligned():
     tok = build_tokenizer(["Question: Where was Ann Lee born?\nAnswer: Veloria\n\nQuestion: x"] * 5, 300)
     text = "Question: Where was Ann Lee born?\nAnswer: Veloria"
     assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
     prompt_ids = tok("Question: Where was Ann Lee born?\nAnswer: ").input_ids
     assert tok(text).input_ids[: len(prompt_ids)] == prompt_ids  # the prompt is a token prefix of the text
-
-
-def test_the_same_recipe_gives_the_same_weights_on_machines_offering_1_or_2_threads(micro_world, micro_recipe,
-                                                                                   tmp_path, monkeypatch):
-    """The demo's numbers must not depend on how many cores a machine has: the process offers 1 or 2 threads
-    (UNLEARN_AUDIT_THREADS and torch's own setting), training uses its fixed count, the weights are equal.
-    (Measured: training on 1 and on 2 threads gives other weights, so this fails without the fixed count.)"""
-    import torch
-    from safetensors.torch import load_file
-
-    recipe = replace(micro_recipe, epochs=3)
-    weights, keys = [], []
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            monkeypatch.setenv("UNLEARN_AUDIT_THREADS", str(threads))
-            monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / f"cache{threads}"))
-            torch.set_num_threads(threads)
-            keys.append(cache_key(Corpus(micro_world), "target", recipe))
-            path = train_tiny(Corpus(micro_world), "target", recipe, progress=False)
-            assert json.loads((path / "training.json").read_text())["threads"] == TRAINING_THREADS
-            weights.append(load_file(str(path / "model.safetensors")))
-    finally:
-        torch.set_num_threads(previous)
-    assert keys[0] == keys[1]
-    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])

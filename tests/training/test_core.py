@@ -3,6 +3,7 @@ resume, and the data pieces every training shares."""
 
 import json
 
+import pytest
 import torch
 
 from unlearn_audit.data.corpus import Corpus
@@ -48,3 +49,60 @@ def test_parts_are_padded_on_their_own_and_partners_are_seeded():
     assert batch["forget_input_ids"].shape == (2, 3)
     assert batch["forget_labels"][1].tolist() == [4, 5, -100]
     assert set(batch) == {f"{p}_{k}" for p in ("forget", "retain") for k in ("input_ids", "attention_mask", "labels")}
+
+
+def test_the_settings_reach_the_trainer_and_default_to_the_plain_loop(tmp_path):
+    from unlearn_audit.training.core import training_arguments
+
+    plain = training_arguments(TrainSettings(learning_rate=1e-3), tmp_path, False, steps_per_epoch=10)
+    assert (plain.lr_scheduler_type, plain.warmup_steps, plain.adam_beta2, plain.save_strategy) == (
+        "constant", 0, 0.999, "epoch")
+    tiny = TrainSettings(learning_rate=1e-3, epochs=50, schedule="cosine", warmup_ratio=0.05, adam_beta2=0.95,
+                         checkpoints=False)
+    args = training_arguments(tiny, tmp_path, False, steps_per_epoch=7)
+    assert (args.lr_scheduler_type, args.warmup_steps, args.adam_beta2, args.save_strategy) == (
+        "cosine", 17, 0.95, "no")  # 0.05 x 350 steps, rounded down
+    capped = training_arguments(TrainSettings(learning_rate=1e-3, max_steps=30, warmup_ratio=0.1), tmp_path, False, 7)
+    assert capped.warmup_steps == 3
+
+
+def test_the_models_own_loss_trains_as_the_mean_nll_does(micro_retrained, micro_world, tmp_path):
+    """HF's causal-LM loss (what the tiny recipe trains with) is the same mean with the same gradients,
+    rounded another way (so Adam's steps on near-zero gradients may differ: no weight comparison)."""
+    texts = Corpus(micro_world).raw("forget")[:6]
+    losses = {}
+    for own in (False, True):
+        s = TrainSettings(learning_rate=1e-3, epochs=1, batch_size=3, model_loss=own, checkpoints=False)
+        out = train_on_texts(micro_retrained, texts, s, tmp_path / f"m{own}", show=False)
+        losses[own] = json.loads((out / "train.json").read_text())["epochs"][0]["text_loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    model, tok = load_model(micro_retrained, "fp32"), load_tokenizer(micro_retrained)
+    batch = PartsCollator(tok.pad_token_id)([{"text": x} for x in chunk_ids(tok, texts, 512)])
+    ids, mask, labels = batch["text_input_ids"], batch["text_attention_mask"], batch["text_labels"]
+    grads = []
+    for loss in (lambda: mean_nll(model(input_ids=ids, attention_mask=mask).logits, labels),
+                 lambda: model(input_ids=ids, attention_mask=mask, labels=labels,
+                               num_items_in_batch=labels[:, 1:].ne(-100).sum()).loss):
+        model.zero_grad()
+        loss().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-7) for n in grads[0])
+
+
+def test_a_run_without_checkpoints_that_diverges_says_so_and_writes_nothing(micro_retrained, micro_world, tmp_path,
+                                                                         monkeypatch):
+    from unlearn_audit.errors import UserError
+    from unlearn_audit.training.core import TextTrainer
+
+    real, calls = TextTrainer.loss_and_parts, {"n": 0}
+
+    def diverging(self, model, inputs):
+        calls["n"] += 1
+        loss, parts = real(self, model, inputs)
+        return (loss * float("nan"), parts) if calls["n"] > 2 else (loss, parts)
+
+    monkeypatch.setattr(TextTrainer, "loss_and_parts", diverging)
+    s = TrainSettings(learning_rate=1e-3, epochs=3, batch_size=2, checkpoints=False)
+    with pytest.raises(UserError, match="no epoch was kept to go back to"):
+        train_on_texts(micro_retrained, Corpus(micro_world).raw("retain")[:4], s, tmp_path / "m", show=False)
+    assert not (tmp_path / "m").exists()

@@ -18,9 +18,10 @@ from ..evaluate.runner import (
     validation_evaluator,
 )
 from ..models.loading import load_model, load_tokenizer
-from ..models.tiny import TinyRecipe, train_tiny
+from ..models.tiny import TinyRecipe
 from ..quantize.bins import analyse, plot
 from ..quantize.forecast import first_order_forecast
+from ..training.tiny import train_tiny
 from ..unlearn.methods import is_wrapper
 from ..unlearn.trainer import UnlearnConfig, unlearn
 from ..utils.io import atomic_write_json

@@ -1,5 +1,5 @@
 """One causal-LM training loop on HF `Trainer` (so `accelerate launch` scales it), shared by `finetune`,
-the relearning attacks and `unlearn`.
+the tiny models (training/tiny.py), the relearning attacks and `unlearn`.
 
 Precision modes (recorded with every trained model):
   bf16   pure bf16: weights, gradients and AdamW state in bf16, no fp32 master copy (the paper's code).
@@ -42,7 +42,7 @@ from ..utils.interrupt import check_interrupt
 from ..utils.io import atomic_write_json, atomic_write_text, read_json, replace_dir, sha256_json
 from ..utils.progress import quiet_trainer_output
 from . import bf16, lora
-from .nll import chunked_mean_nll, mean_nll
+from .nll import IGNORE, chunked_mean_nll, mean_nll
 from .schedule import ScheduleRule
 
 PRECISIONS = bf16.PRECISIONS
@@ -73,6 +73,11 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     optim: str = "adamw"
     loss_chunk: int = 0  # positions per chunk of the output head in plain NLL training (0: full logits)
+    schedule: str = "constant"  # HF's lr_scheduler_type: constant, or the tiny recipe's cosine decay
+    warmup_ratio: float = 0.0  # share of all steps with a linear warm-up (rounded down to whole steps)
+    adam_beta2: float = 0.999
+    model_loss: bool = False  # plain training: the model's own causal-LM loss (HF's), not `mean_nll`
+    checkpoints: bool = True  # per-epoch checkpoints (resume, restoring an epoch); off for short runs
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -158,15 +163,18 @@ class CoreTrainer(Trainer):
 class TextTrainer(CoreTrainer):
     """Plain causal-LM training: the NLL of the "text" part (HF's causal-LM loss)."""
 
-    def __init__(self, *args, loss_chunk: int = 0, **kwargs):
+    def __init__(self, *args, loss_chunk: int = 0, model_loss: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if loss_chunk and self.args.world_size > 1:  # the head runs outside the DDP/FSDP wrapper's forward
             raise UserError("--loss-chunk runs on one process; leave it out under accelerate launch / torchrun")
-        self.loss_chunk = loss_chunk
+        self.loss_chunk, self.model_loss = loss_chunk, model_loss
 
     def loss_and_parts(self, model, inputs):
         ids, mask, labels = inputs["text_input_ids"], inputs["text_attention_mask"], inputs["text_labels"]
-        if self.loss_chunk:
+        if self.model_loss:  # the same mean as `mean_nll`, rounded as HF's cross-entropy rounds it
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels,
+                         num_items_in_batch=labels[:, 1:].ne(IGNORE).sum()).loss
+        elif self.loss_chunk:
             loss = chunked_mean_nll(model, ids, mask, labels, self.loss_chunk)
         else:
             loss = mean_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
@@ -260,7 +268,9 @@ def chunk_length(model, s: TrainSettings) -> int:
     return min(s.max_length, getattr(model.config, "max_position_embeddings", s.max_length) or s.max_length)
 
 
-def training_arguments(s: TrainSettings, work: Path, show: bool) -> TrainingArguments:
+def training_arguments(s: TrainSettings, work: Path, show: bool, steps_per_epoch: int = 0) -> TrainingArguments:
+    """HF's arguments for the settings; `steps_per_epoch` sizes the warm-up."""
+    warmup = s.warmup_ratio * s.max_steps if s.max_steps else s.warmup_ratio * steps_per_epoch * s.epochs
     return TrainingArguments(
         output_dir=str(work / "checkpoints"),
         per_device_train_batch_size=s.batch_size,
@@ -268,13 +278,15 @@ def training_arguments(s: TrainSettings, work: Path, show: bool) -> TrainingArgu
         num_train_epochs=s.epochs,
         max_steps=s.max_steps or -1,
         learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=s.schedule,
+        warmup_steps=int(warmup),
+        adam_beta2=s.adam_beta2,
         weight_decay=s.weight_decay,
         optim="adamw_bnb_8bit" if s.optim == "adamw-8bit" else "adamw_torch_fused" if s.fused_adamw else "adamw_torch",
         gradient_checkpointing=s.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
         bf16=s.dtype == "mixed",
-        save_strategy="epoch",
+        save_strategy="epoch" if s.checkpoints else "no",
         logging_strategy="steps",
         logging_steps=1,
         report_to=[],
@@ -400,6 +412,8 @@ def run_loop(trainer, recorder: EpochRecorder, model, s: TrainSettings, work: Pa
         if trainer.is_world_process_zero():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from
         raise UserError(f"training diverged in the first epoch ({diverged}); lower --learning-rate")
+    if diverged and not s.checkpoints:
+        raise UserError(f"training diverged ({diverged}) and no epoch was kept to go back to; lower the learning rate")
     last_step = recorder.state["epochs"][-1]["step"] if recorder.state["epochs"] else None
     chosen_step = next(e["step"] for e in recorder.state["epochs"] if e["epoch"] == chosen)
     if diverged or chosen_step != last_step or trainer.state.global_step != chosen_step:
@@ -475,17 +489,18 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
     tokenizer = load_tokenizer(model_path, opts)
     dataset = PairedChunks(chunk_ids(tokenizer, texts, chunk_length(model, s)), None, s.seed, names=("text", ""))
     start_work_dir(work, identity)  # only now: bad inputs above leave no scratch folder behind
-    args = training_arguments(s, work, show)
+    args = training_arguments(s, work, show, math.ceil(len(dataset) / (s.batch_size * s.grad_accum)))
     recorder = EpochRecorder(work / "epochs.json", evaluator, None, show)
     trainer = TextTrainer(model=model, args=args, train_dataset=dataset, data_collator=PartsCollator(tokenizer.pad_token_id),
                           callbacks=[recorder], max_abs_loss=s.max_abs_loss, loss_chunk=s.loss_chunk,
+                          model_loss=s.model_loss,
                           optimizer_cls_and_kwargs=emulated_optimizer(args, s) if arithmetic == "emulated" else None)
     quiet_trainer_output(trainer, show)
     refuse_unsupported(trainer, arithmetic)
     outcome = run_loop(trainer, recorder, model, s, work, None, arithmetic)
     record = {**(about or {}), "settings": asdict(s), "precision": precision_record(model, s, arithmetic),
               "source_model": str(model_path), "source_hash": identity["model"], "texts": len(texts),
-              "chunks": len(dataset), "epochs": outcome.epochs, "chosen_epoch": outcome.chosen,
+              "chunks": len(dataset), "tokens": sum(map(len, dataset.main)), "epochs": outcome.epochs, "chosen_epoch": outcome.chosen,
               "chosen_reason": outcome.reason, "diverged": outcome.diverged,
               "memory": memory_record(trainer, model, s),
               "seconds": round(time.time() - started, 2), "versions": versions(),
