@@ -28,7 +28,45 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
+# Parallel runs (the README's `pytest -n logical`, pytest-xdist): each worker computes with its share of the
+# cores, and its subprocesses (CLI runs, grid workers) inherit it, so two workers on 2 cores never run more
+# threads than there are cores (oversubscribed, torch's thread pools wait on each other: measured 4x slower).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if XDIST_WORKERS:
+    from unlearn_audit.utils.threads import default_threads
+
+    _share = str(max(1, default_threads() // XDIST_WORKERS))
+    os.environ.update(UNLEARN_AUDIT_THREADS=_share, OMP_NUM_THREADS=_share, MKL_NUM_THREADS=_share)
+    torch.set_num_threads(int(_share))
+
+# Test files that share the session's SmolLM2 conversion run in one worker (one conversion); these scopes
+# start first, the longest first, so the short files fill in around them instead of waiting at the end.
+SCOPES = {"tests/experiment/test_demo_real.py": "smollm2", "tests/models/test_real_smollm2.py": "smollm2",
+          "tests/models/test_packaged.py": "smollm2"}
+FIRST = ("smollm2", "tests/experiment/test_demo.py", "tests/experiment/test_grid.py", "tests/attacks/test_battery.py")
+
+
+def scope_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SCOPES.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files to a worker (their module fixtures computed once), SCOPES grouped, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesInOrder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    config.option.loadscopereorder = False
+    return FilesInOrder(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {scope: i for i, scope in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(scope_of(item.nodeid), len(FIRST)))  # stable: files keep their order
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
@@ -73,7 +111,12 @@ def isolated_cache(tmp_path_factory):
     """Keep the tests' model cache out of the user's cache dir: a fresh one per session, or the folder
     UNLEARN_AUDIT_TEST_CACHE names (repeated runs, e.g. mutation testing, reuse its tiny models)."""
     kept = os.environ.get("UNLEARN_AUDIT_TEST_CACHE")
-    path = Path(kept) if kept else tmp_path_factory.mktemp("cache")
+    if kept:
+        path = Path(kept)
+    elif XDIST_WORKERS:  # one cache for the run's workers, as one process has one: what one trained, all reuse
+        path = tmp_path_factory.getbasetemp().parent / "cache"
+    else:
+        path = tmp_path_factory.mktemp("cache")
     path.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("UNLEARN_AUDIT_CACHE")
     os.environ["UNLEARN_AUDIT_CACHE"] = str(path)
@@ -116,20 +159,25 @@ def micro_recipe():
     return TinyRecipe(**MICRO_RECIPE)
 
 
-@pytest.fixture(scope="session")
-def micro_target(micro_world, micro_recipe) -> Path:
+def micro_model(world: Path, recipe, role: str, cache: Path) -> Path:
+    """The micro `role` model, trained by whichever parallel worker asks first and reused by the others."""
+    from filelock import FileLock
+
     from unlearn_audit.data.corpus import Corpus
     from unlearn_audit.training.tiny import train_tiny
 
-    return train_tiny(Corpus(micro_world), "target", micro_recipe, progress=False)
+    with FileLock(str(cache / f"micro-{role}.lock")):
+        return train_tiny(Corpus(world), role, recipe, progress=False)
 
 
 @pytest.fixture(scope="session")
-def micro_retrained(micro_world, micro_recipe) -> Path:
-    from unlearn_audit.data.corpus import Corpus
-    from unlearn_audit.training.tiny import train_tiny
+def micro_target(micro_world, micro_recipe, isolated_cache) -> Path:
+    return micro_model(micro_world, micro_recipe, "target", isolated_cache)
 
-    return train_tiny(Corpus(micro_world), "retrained", micro_recipe, progress=False)
+
+@pytest.fixture(scope="session")
+def micro_retrained(micro_world, micro_recipe, isolated_cache) -> Path:
+    return micro_model(micro_world, micro_recipe, "retrained", isolated_cache)
 
 
 @pytest.fixture()

@@ -13,8 +13,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("demo") / "demo"
+    from unlearn_audit.utils.threads import default_threads
+
+    workers = str(min(2, default_threads()))  # the demo's 2, or 1 where a parallel test run gives this file 1 core
     done = subprocess.run([sys.executable, "-m", "unlearn_audit.cli", "demo", "--quick", "--out", str(out_dir),
-                           "--quiet"], capture_output=True, text=True, timeout=900)
+                           "--workers", workers, "--quiet"], capture_output=True, text=True, timeout=900)
     return done.returncode, done.stdout + done.stderr, out_dir
 
 
