@@ -106,3 +106,31 @@ def test_a_run_without_checkpoints_that_diverges_says_so_and_writes_nothing(micr
     with pytest.raises(UserError, match="no epoch was kept to go back to"):
         train_on_texts(micro_retrained, Corpus(micro_world).raw("retain")[:4], s, tmp_path / "m", show=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_the_last_epoch_writes_no_checkpoint_and_a_kill_before_the_save_redoes_it(micro_retrained, micro_world,
+                                                                                tmp_path, monkeypatch):
+    """The checkpoint of the epoch that ends training would be deleted once the model is saved, so it is not
+    written; a run killed between that epoch and the save resumes from the epoch before and writes the same
+    model as an uninterrupted run."""
+    from unlearn_audit.training import core
+
+    texts = Corpus(micro_world).raw("retain")[:4]
+    s = TrainSettings(learning_rate=1e-3, epochs=2, batch_size=2)
+    reference = (train_on_texts(micro_retrained, texts, s, tmp_path / "ref", show=False) / "model.safetensors").read_bytes()
+    real_save = core.save_trained
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core, "save_trained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_texts(micro_retrained, texts, s, tmp_path / "m", show=False)
+    work = tmp_path / ".m.work"
+    epochs = json.loads((work / "epochs.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # both epochs trained ...
+    assert [p.name for p in (work / "checkpoints").glob("checkpoint-*")] == [f"checkpoint-{epochs[0]['step']}"]
+    monkeypatch.setattr(core, "save_trained", real_save)  # ... and only the first one's checkpoint written
+    again = train_on_texts(micro_retrained, texts, s, tmp_path / "m", show=False)
+    assert (again / "model.safetensors").read_bytes() == reference
+    assert not work.exists()

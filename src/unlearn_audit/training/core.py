@@ -12,7 +12,8 @@ Memory-lean modes (training/lora.py): `lora` trains a PEFT adapter on the frozen
 `gradient_checkpointing` recomputes activations, `optim` adamw-8bit keeps bitsandbytes' 8-bit moments;
 the record's `memory` says what trained and what the optimizer kept.
 
-Per epoch: an HF checkpoint (resume after a kill), the mean of each logged loss part and, when an
+Per epoch: an HF checkpoint (resume after a kill; none for the epoch that ends training unless
+checkpoints are kept, `NoFinalCheckpoint`), the mean of each logged loss part and, when an
 evaluator is given, its metrics and MUSE's stopping rule: keep the first epoch whose KnowMem on retain
 falls below the floor, else the last. A non-finite or exploding loss stops the run and the last good
 epoch is kept. Data: texts are split into chunks of at most `max_length` tokens, each item one chunk per
@@ -232,6 +233,25 @@ class EpochRecorder(TrainerCallback):
             print(f"  epoch {epoch}: " + " ".join(shown), flush=True)
 
 
+class NoFinalCheckpoint(TrainerCallback):
+    """The epoch that ends training writes no checkpoint (weights and optimizer state: 12 bytes a parameter
+    under AdamW) only for the work folder to delete it once the model is saved; a run killed in between
+    redoes that epoch from the one before (`redo_unsaved_last_epoch`). Runs after `EpochRecorder`, whose
+    rules may end training at this epoch."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            control.should_save = False
+
+
+def redo_unsaved_last_epoch(state: dict, checkpoints: Path) -> None:
+    """Resume after a kill between the last epoch (no checkpoint: `NoFinalCheckpoint`) and the model's
+    save: forget that epoch, and the stop decided at it, so training repeats it from the checkpoint before."""
+    if state["epochs"] and not (checkpoints / f"checkpoint-{state['epochs'][-1]['step']}").is_dir():
+        state["epochs"].pop()
+        state["stopped"] = None
+
+
 def mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -401,6 +421,9 @@ def run_loop(trainer, recorder: EpochRecorder, model, s: TrainSettings, work: Pa
              arithmetic: str) -> Outcome:
     """Train (resuming from the newest checkpoint), then restore the epoch MUSE's rule keeps."""
     diverged = None
+    if not s.keep_checkpoints:
+        trainer.add_callback(NoFinalCheckpoint())
+        redo_unsaved_last_epoch(recorder.state, work / "checkpoints")
     if recorder.state["stopped"] is None and not finished(recorder.state, s):
         resume = latest_checkpoint(work / "checkpoints")
         try:
