@@ -54,15 +54,15 @@ def test_parts_are_padded_on_their_own_and_partners_are_seeded():
 def test_the_settings_reach_the_trainer_and_default_to_the_plain_loop(tmp_path):
     from unlearn_audit.training.core import training_arguments
 
-    plain = training_arguments(TrainSettings(learning_rate=1e-3), tmp_path, False, steps_per_epoch=10)
+    plain = training_arguments(TrainSettings(learning_rate=1e-3), tmp_path, False, items=40)
     assert (plain.lr_scheduler_type, plain.warmup_steps, plain.adam_beta2, plain.save_strategy) == (
         "constant", 0, 0.999, "epoch")
     tiny = TrainSettings(learning_rate=1e-3, epochs=50, schedule="cosine", warmup_ratio=0.05, adam_beta2=0.95,
                          checkpoints=False)
-    args = training_arguments(tiny, tmp_path, False, steps_per_epoch=7)
+    args = training_arguments(tiny, tmp_path, False, items=27)  # 7 steps of 4
     assert (args.lr_scheduler_type, args.warmup_steps, args.adam_beta2, args.save_strategy) == (
         "cosine", 17, 0.95, "no")  # 0.05 x 350 steps, rounded down
-    capped = training_arguments(TrainSettings(learning_rate=1e-3, max_steps=30, warmup_ratio=0.1), tmp_path, False, 7)
+    capped = training_arguments(TrainSettings(learning_rate=1e-3, max_steps=30, warmup_ratio=0.1), tmp_path, False, 27)
     assert capped.warmup_steps == 3
 
 

@@ -288,8 +288,9 @@ def chunk_length(model, s: TrainSettings) -> int:
     return min(s.max_length, getattr(model.config, "max_position_embeddings", s.max_length) or s.max_length)
 
 
-def training_arguments(s: TrainSettings, work: Path, show: bool, steps_per_epoch: int = 0) -> TrainingArguments:
-    """HF's arguments for the settings; `steps_per_epoch` sizes the warm-up."""
+def training_arguments(s: TrainSettings, work: Path, show: bool, items: int) -> TrainingArguments:
+    """HF's arguments for the settings; the dataset's `items` size the warm-up (HF's steps per epoch)."""
+    steps_per_epoch = math.ceil(items / (s.batch_size * s.grad_accum))
     warmup = s.warmup_ratio * s.max_steps if s.max_steps else s.warmup_ratio * steps_per_epoch * s.epochs
     return TrainingArguments(
         output_dir=str(work / "checkpoints"),
@@ -512,7 +513,7 @@ def train_on_texts(model_path: str | Path, texts: list[str], s: TrainSettings, o
     tokenizer = load_tokenizer(model_path, opts)
     dataset = PairedChunks(chunk_ids(tokenizer, texts, chunk_length(model, s)), None, s.seed, names=("text", ""))
     start_work_dir(work, identity)  # only now: bad inputs above leave no scratch folder behind
-    args = training_arguments(s, work, show, math.ceil(len(dataset) / (s.batch_size * s.grad_accum)))
+    args = training_arguments(s, work, show, len(dataset))
     recorder = EpochRecorder(work / "epochs.json", evaluator, None, show)
     trainer = TextTrainer(model=model, args=args, train_dataset=dataset, data_collator=PartsCollator(tokenizer.pad_token_id),
                           callbacks=[recorder], max_abs_loss=s.max_abs_loss, loss_chunk=s.loss_chunk,

@@ -107,7 +107,7 @@ def _train_into(
     dtype with the tokenizer and the provenance (`training.json`) in `folder`."""
     from transformers import set_seed
 
-    from .core import TRAIN_RECORD, train_on_texts
+    from .core import TRAIN_RECORD, mean, train_on_texts
 
     with torch_threads(training_threads(threads)):
         set_seed(recipe.seed)
@@ -140,7 +140,7 @@ def _train_into(
                 "tokens_per_second": round(tokens * recipe.epochs / max(seconds, 1e-9), 1),
                 "threads": torch.get_num_threads(),
                 "final_train_loss": losses[-1],
-                "mean_train_loss": sum(losses) / len(losses),
+                "mean_train_loss": mean(losses),
                 "loss_curve": losses,
                 "unlearn_audit_version": __version__,
                 "torch_version": torch.__version__,

@@ -144,7 +144,7 @@ def unlearn(
     collator = PartsCollator(tokenizer.pad_token_id)
     start_work_dir(work, identity)  # only now: bad inputs above leave no scratch folder behind
 
-    args = training_arguments(settings, work, show)
+    args = training_arguments(settings, work, show, len(dataset))
     masks = saliency_masks(model, ref, method, cfg, level, dataset, collator, work) if level else None
     recorder = EpochRecorder(work / "epochs.json", evaluator, floor, show, cfg.schedule_rule())
     trainer = UnlearnTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
